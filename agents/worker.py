@@ -1,0 +1,28 @@
+"""Run one Faust worker with every stage, and its /metrics endpoint."""
+
+from __future__ import annotations
+
+import logging
+
+from faust import Worker
+from prometheus_client import start_http_server
+
+from agents import register_stages
+from streams.app import Wire, create_app
+from streams.settings import Settings
+
+
+def build_worker(settings: Settings, worker_index: int = 0, **overrides) -> Wire:
+    """The App with all stages; each worker on a host gets its own table directory."""
+    datadir = str(settings.data_dir / f"worker-{worker_index}")
+    return register_stages(create_app(settings, datadir=datadir, **overrides))
+
+
+def run_worker(settings: Settings, worker_index: int = 0, metrics_port: int | None = None,
+               loglevel: str = "WARNING") -> None:
+    wire = build_worker(settings, worker_index)
+    port = settings.worker_web_port + worker_index if metrics_port is None else metrics_port
+    if port:
+        start_http_server(port, addr="127.0.0.1")
+    logging.getLogger("paycore").info("worker %s metrics on 127.0.0.1:%s", worker_index, port)
+    Worker(wire.app, loglevel=loglevel, quiet=True).execute_from_commandline()

@@ -1,0 +1,1 @@
+"""The HTTP API: commands in (published to pay.commands), queries out (read model)."""

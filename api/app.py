@@ -1,0 +1,165 @@
+"""FastAPI app: publishes commands to ``pay.commands``, answers queries from the read model."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Annotated
+
+from aiokafka import AIOKafkaProducer
+from fastapi import FastAPI, Header, HTTPException, Query, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
+
+from api.read_model import PaymentsView
+from domain.commands import Capture, CaptureMode, Command, Method, Pay, Payer, Refund, Void
+from domain.ids import payment_id_for
+from domain.orders import FINAL_FOR_CLIENTS
+from streams import topics as t
+from streams.settings import Settings
+
+IdempotencyKey = Annotated[str, Header(alias="Idempotency-Key", min_length=1, max_length=64)]
+WAIT_S_MAX = 30
+_STOP_AT = {s.value for s in FINAL_FOR_CLIENTS}
+
+
+class PaymentRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    merchant_id: str
+    merchant_order_no: str
+    amount: StrictInt = Field(gt=0, description="integer minor units")
+    currency: str
+    method: Method
+    capture: CaptureMode = CaptureMode.auto
+    payer: Payer = Payer()
+
+
+class AmountRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    amount: StrictInt | None = Field(default=None, gt=0)
+
+
+class RefundRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    refund_id: str
+    amount: StrictInt = Field(gt=0)
+
+
+def create_api(settings: Settings) -> FastAPI:
+    view = PaymentsView()
+    state: dict = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        stop = asyncio.Event()
+        producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers(), acks=-1)
+        await producer.start()
+        state["producer"] = producer
+        follower = asyncio.create_task(
+            view.follow(settings.bootstrap_servers(), settings.partitions, stop))
+        try:
+            yield
+        finally:
+            stop.set()
+            await asyncio.wait_for(follower, 5)
+            await producer.stop()
+
+    app = FastAPI(title="paycore", version="0.1.0", lifespan=lifespan)
+
+    async def publish(cmd: Command) -> None:
+        raw = cmd.model_dump_json().encode()
+        await state["producer"].send_and_wait(t.COMMANDS, key=cmd.merchant_order_no.encode(),
+                                              value=raw)
+
+    async def wait_for(payment_id: str, wait_s: float) -> dict | None:
+        deadline = time.monotonic() + min(wait_s, WAIT_S_MAX)
+        async with view.changed:
+            while True:
+                row = view.payments.get(payment_id)
+                if row and row["status"] in _STOP_AT or time.monotonic() >= deadline:
+                    return row
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(view.changed.wait(), deadline - time.monotonic())
+
+    def build(cls, **fields):
+        try:
+            return cls(**fields)
+        except ValidationError as exc:
+            detail = [{"loc": e["loc"], "msg": e["msg"]} for e in exc.errors()]
+            raise HTTPException(status_code=422, detail=detail) from exc
+
+    def found(payment_id: str) -> dict:
+        row = view.payments.get(payment_id)
+        if row is None:
+            raise HTTPException(status_code=404, detail=f"payment {payment_id} not found")
+        return row
+
+    @app.post("/v1/payments", status_code=202)
+    async def create_payment(body: PaymentRequest, idempotency_key: IdempotencyKey,
+                             wait: float = Query(default=0, ge=0, le=WAIT_S_MAX)):
+        cmd = build(Pay, merchant_id=body.merchant_id, idempotency_key=idempotency_key,
+                    merchant_order_no=body.merchant_order_no, amount_minor=body.amount,
+                    currency=body.currency, method=body.method, capture=body.capture,
+                    payer=body.payer)
+        await publish(cmd)
+        payment_id = payment_id_for(cmd.merchant_id, cmd.merchant_order_no)
+        row = await wait_for(payment_id, wait) if wait else view.payments.get(payment_id)
+        return {"payment_id": payment_id, "status": row["status"] if row else "accepted",
+                "payment": row}
+
+    @app.get("/v1/payments/{payment_id}")
+    async def get_payment(payment_id: str):
+        return {**found(payment_id), "rejections": view.rejections.get(payment_id, [])}
+
+    @app.get("/v1/payments")
+    async def find_payment(merchant_id: str, merchant_order_no: str):
+        payment_id = view.by_order_no.get((merchant_id, merchant_order_no))
+        if payment_id is None:
+            raise HTTPException(status_code=404, detail="no payment for that merchant order")
+        return found(payment_id)
+
+    @app.post("/v1/payments/{payment_id}/capture", status_code=202)
+    async def capture(payment_id: str, body: AmountRequest, idempotency_key: IdempotencyKey):
+        row = found(payment_id)
+        await publish(build(Capture, merchant_id=row["merchant_id"],
+                            merchant_order_no=row["merchant_order_no"],
+                            idempotency_key=idempotency_key, amount_minor=body.amount))
+        return {"payment_id": payment_id, "status": "capture_requested"}
+
+    @app.post("/v1/payments/{payment_id}/void", status_code=202)
+    async def void(payment_id: str, idempotency_key: IdempotencyKey):
+        row = found(payment_id)
+        await publish(build(Void, merchant_id=row["merchant_id"],
+                            merchant_order_no=row["merchant_order_no"],
+                            idempotency_key=idempotency_key))
+        return {"payment_id": payment_id, "status": "void_requested"}
+
+    @app.post("/v1/payments/{payment_id}/refunds", status_code=202)
+    async def refund(payment_id: str, body: RefundRequest, idempotency_key: IdempotencyKey):
+        row = found(payment_id)
+        await publish(build(Refund, merchant_id=row["merchant_id"],
+                            merchant_order_no=row["merchant_order_no"],
+                            idempotency_key=idempotency_key, refund_id=body.refund_id,
+                            amount_minor=body.amount))
+        return {"payment_id": payment_id, "status": "refund_requested"}
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"ok": True}
+
+    @app.get("/readyz")
+    async def readyz():
+        if not view.caught_up.is_set():
+            raise HTTPException(status_code=503, detail="read model still catching up")
+        return {"ok": True, "payments": len(view.payments)}
+
+    @app.get("/metrics")
+    async def metrics():
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    app.state.view = view
+    return app

@@ -1,0 +1,67 @@
+"""A read model of payments fed by ``pay.events``: every API replica keeps its own copy."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from domain.events import CommandRejected, PaymentStatusChanged
+from streams import topics as t
+from streams.envelope import UndecodableEnvelope, decode
+
+log = logging.getLogger(__name__)
+
+
+class PaymentsView:
+    """Latest status and history per payment, and waiters for status changes."""
+
+    def __init__(self) -> None:
+        self.payments: dict[str, dict] = {}
+        self.by_order_no: dict[tuple[str, str], str] = {}
+        self.rejections: dict[str, list[dict]] = {}
+        self.changed = asyncio.Condition()
+        self.caught_up = asyncio.Event()
+
+    def apply(self, body) -> None:
+        if isinstance(body, PaymentStatusChanged):
+            row = self.payments.setdefault(body.payment_id, {"history": []})
+            if any(h["at_ms"] == body.at_ms and h["status"] == body.status
+                   for h in row["history"]):
+                return  # a replayed event
+            row.update(body.model_dump(exclude={"previous_status", "reason", "trigger", "at_ms"}))
+            row["history"].append({"status": body.status, "reason": body.reason,
+                                   "trigger": body.trigger, "at_ms": body.at_ms})
+            self.by_order_no[(body.merchant_id, body.merchant_order_no)] = body.payment_id
+        elif isinstance(body, CommandRejected):
+            self.rejections.setdefault(body.payment_id, []).append(body.model_dump())
+
+    async def follow(self, bootstrap: str, partitions: int, stop: asyncio.Event) -> None:
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                    auto_offset_reset="earliest")
+        await consumer.start()
+        try:
+            tps = [TopicPartition(t.EVENTS, p) for p in range(partitions)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            ends = await consumer.end_offsets(tps)
+            while not stop.is_set():
+                batch = await consumer.getmany(timeout_ms=200, max_records=1000)
+                for records in batch.values():
+                    for record in records:
+                        self._apply_raw(record.value)
+                if not self.caught_up.is_set():
+                    if all(await consumer.position(tp) >= ends[tp] for tp in tps):
+                        self.caught_up.set()
+                if batch:
+                    async with self.changed:
+                        self.changed.notify_all()
+        finally:
+            await consumer.stop()
+
+    def _apply_raw(self, raw: bytes) -> None:
+        try:
+            self.apply(decode(raw).body)
+        except UndecodableEnvelope as exc:
+            log.warning("read model skipped an undecodable event: %s", exc)

@@ -1,0 +1,39 @@
+"""Account identifiers and their kinds. The id says the kind; the kind says the limit."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class AccountKind(str, Enum):
+    customer_wallet = "wallet"
+    merchant_pending = "merchant"
+    merchant_settled = "settled"
+    channel_clearing = "clearing"
+    fee_revenue = "fees"
+    suspense = "suspense"
+
+
+# Asset-side and technical accounts may run negative without limit: a clearing account is
+# what a channel owes us. Everything else must keep available >= 0 (DESIGN.md §3.4).
+_UNLIMITED = frozenset({AccountKind.channel_clearing, AccountKind.suspense})
+
+
+def merchant_pending(merchant_id: str, currency: str) -> str:
+    return f"merchant:{merchant_id}:pending:{currency}"
+
+
+def channel_clearing(channel: str, currency: str) -> str:
+    return f"clearing:{channel}:{currency}"
+
+
+def fee_revenue(currency: str) -> str:
+    return f"fees:{currency}"
+
+
+def kind_of(account_id: str) -> AccountKind:
+    return AccountKind(account_id.split(":", 1)[0])
+
+
+def overdraft_unlimited(account_id: str) -> bool:
+    return kind_of(account_id) in _UNLIMITED

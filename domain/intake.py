@@ -1,0 +1,40 @@
+"""Parameter validation: raw bytes in, a command or a precise reason out. Never raises."""
+
+from __future__ import annotations
+
+import json
+
+from pydantic import TypeAdapter, ValidationError
+
+from domain.commands import PaymentCommand
+
+COMMAND_BYTES_MAX = 16_384
+_adapter: TypeAdapter = TypeAdapter(PaymentCommand)
+
+
+def _describe(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors()[:5]:
+        where = ".".join(str(p) for p in item["loc"]) or "(message)"
+        parts.append(f"{where}: {item['msg']}")
+    return "; ".join(parts)
+
+
+def parse_command(raw: bytes | None):
+    """Return ``(command, None)`` or ``(None, reason)``; the reason names the field."""
+    if raw is None or len(raw) == 0:
+        return None, "empty message"
+    if len(raw) > COMMAND_BYTES_MAX:
+        return None, f"message too large: {len(raw)} bytes > {COMMAND_BYTES_MAX}"
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return None, f"not JSON: {exc}"
+    if not isinstance(doc, dict):
+        return None, f"not a JSON object: got {type(doc).__name__}"
+    if "type" not in doc:
+        return None, "type: field required (one of pay, capture, void, refund)"
+    try:
+        return _adapter.validate_python(doc, strict=False), None
+    except ValidationError as exc:
+        return None, _describe(exc)

@@ -1,0 +1,112 @@
+"""``paycore``: up, worker, api, simulate, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import time
+
+from streams.settings import Settings
+
+
+class _Stop(Exception):
+    pass
+
+
+def _raise_stop(*_args) -> None:
+    raise _Stop()
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from paycore.stack import Stack
+
+    signal.signal(signal.SIGTERM, _raise_stop)
+    stack = Stack(Settings(), workers=args.workers)
+    try:
+        stack.start()
+        for name, where in stack.describe():
+            print(f"  {name:<12} {where}")
+        print("paycore is up; Ctrl-C stops it.", flush=True)
+        while not stack.dead_parts():
+            time.sleep(0.5)
+        for part in stack.dead_parts():
+            print(f"{part.name} exited with {part.process.returncode}; see {part.log_path}")
+        return 1
+    except (KeyboardInterrupt, _Stop):
+        print("stopping...", flush=True)
+        return 0
+    finally:
+        stack.stop()
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from agents.worker import run_worker
+
+    run_worker(Settings(), worker_index=args.index)
+    return 0
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from api.app import create_api
+
+    settings = Settings()
+    uvicorn.run(create_api(settings), host=settings.api_host, port=settings.api_port,
+                log_level="warning")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from prometheus_client import start_http_server
+
+    from simulators.runner import run_simulator
+
+    settings = Settings()
+    if settings.simulator_metrics_port:
+        start_http_server(settings.simulator_metrics_port, addr="127.0.0.1")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_simulator(settings, stop)
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from paycore.demo import run_demo
+
+    return run_demo(Settings(), payments=args.payments, timeout_s=args.timeout)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    for noisy in ("kafka", "aiokafka"):
+        logging.getLogger(noisy).setLevel(logging.CRITICAL)
+    parser = argparse.ArgumentParser(prog="paycore", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="broker, worker(s), API and simulator until Ctrl-C")
+    up.add_argument("--workers", type=int, default=1)
+    up.set_defaults(run=cmd_up)
+    worker = sub.add_parser("worker", help="one Faust worker against the configured broker")
+    worker.add_argument("--index", type=int, default=0, help="worker number on this host")
+    worker.set_defaults(run=cmd_worker)
+    sub.add_parser("api", help="the HTTP API").set_defaults(run=cmd_api)
+    sub.add_parser("simulate", help="the channel simulators").set_defaults(run=cmd_simulate)
+    demo = sub.add_parser("demo", help="bring the stack up, run a scripted demo, summarize")
+    demo.add_argument("--payments", type=int, default=200)
+    demo.add_argument("--timeout", type=float, default=120.0)
+    demo.set_defaults(run=cmd_demo)
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""The scripted demo: sales over two channels, some declines, a manual capture and a refund.
+
+It checks the outcome independently of the core (an auditor's view): every payment final,
+the journal zero-sum per currency, each account's reported balance equal to a rebuild from
+its legs, and the merchant's balance equal to what the demo expects from the outcomes.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from collections import Counter, defaultdict
+
+from domain import accounts
+from domain.money import fee_minor
+from paycore.observe import Observer, command_producer, send_command
+from paycore.stack import Stack, pick_ports
+from streams.channels_config import load_channels
+from streams.settings import Settings
+
+MERCHANT = "demo-shop"
+FINAL = {"succeeded", "failed", "canceled", "refunded", "partially_refunded",
+         "amount_mismatch"}
+
+
+def sale(i: int, method: str, amount_minor: int, capture: str = "auto") -> dict:
+    return {"type": "pay", "merchant_id": MERCHANT, "idempotency_key": f"pay-{i}",
+            "merchant_order_no": f"order-{i}", "amount_minor": amount_minor,
+            "currency": "USD", "method": method, "capture": capture}
+
+
+def demo_commands(payments: int) -> list[dict]:
+    """Alternate card and wallet; every 20th amount ends in 013, a guaranteed decline."""
+    commands = []
+    for i in range(payments):
+        amount = 1_000 + (i * 7_919) % 90_000
+        if i % 20 == 7:
+            amount = amount - amount % 1000 + 13
+        commands.append(sale(i, "card" if i % 2 == 0 else "wallet", amount))
+    return commands
+
+
+def run_demo(settings: Settings, payments: int = 200, timeout_s: float = 120.0) -> int:
+    settings = pick_ports(settings.model_copy(update={
+        "data_dir": settings.data_dir / "demo", "api_port": 0}))
+    started = time.monotonic()
+    print(f"paycore demo: {payments} sales, one manual capture, one refund", flush=True)
+    with Stack(settings) as stack:
+        for name, where in stack.describe():
+            print(f"  {name:<10} {where}")
+        observer = Observer(stack.settings.kafka_bootstrap, stack.settings.partitions)
+        try:
+            ok = _script(stack, observer, payments, timeout_s)
+            summary_ok = _summarize(stack.settings, observer, started, ok)
+        finally:
+            observer.close()
+    print(f"elapsed {time.monotonic() - started:.1f}s")
+    return 0 if ok and summary_ok else 1
+
+
+def _script(stack: Stack, observer: Observer, payments: int, timeout_s: float) -> bool:
+    producer = command_producer(stack.settings.kafka_bootstrap)
+    sent_at = {}
+    for cmd in demo_commands(payments) + [sale(payments, "card", 42_000, capture="manual")]:
+        send_command(producer, cmd)
+        sent_at[cmd["merchant_order_no"]] = time.time()
+    producer.flush()
+    manual = f"order-{payments}"
+    total = payments + 1
+
+    def by_order(order_no: str):
+        return next((s for s in observer.status.values() if s.merchant_order_no == order_no),
+                    None)
+
+    def settled_count() -> int:
+        return sum(1 for s in observer.status.values()
+                   if s.status in FINAL or s.status == "authorized")
+
+    _progress("payments final", observer, settled_count, total, timeout_s)
+    auth = by_order(manual)
+    if auth is None or auth.status != "authorized":
+        print(f"manual-capture payment did not authorize: {auth}")
+        return False
+    first_ok = next(s for s in observer.status.values() if s.status == "succeeded"
+                    and s.merchant_order_no != manual)
+    send_command(producer, {"type": "capture", "merchant_id": MERCHANT,
+                            "idempotency_key": "capture-1", "merchant_order_no": manual})
+    send_command(producer, {"type": "refund", "merchant_id": MERCHANT,
+                            "idempotency_key": "refund-1", "refund_id": "r1",
+                            "merchant_order_no": first_ok.merchant_order_no,
+                            "amount_minor": first_ok.amount_minor // 2})
+    producer.flush()
+    producer.close()
+    done = observer.wait_until(
+        lambda: by_order(manual).status == "succeeded"
+        and by_order(first_ok.merchant_order_no).status == "partially_refunded", timeout_s)
+    print(f"  manual capture: {by_order(manual).status}; "
+          f"refund on {first_ok.merchant_order_no}: {by_order(first_ok.merchant_order_no).status}")
+    latencies = [(s.at_ms / 1000 - sent_at[s.merchant_order_no]) * 1000
+                 for s in observer.status.values() if s.merchant_order_no in sent_at
+                 and s.status in ("succeeded", "failed")]
+    if latencies:
+        q = statistics.quantiles(latencies, n=100)
+        print(f"  accepted -> final latency ms: p50 {q[49]:.0f}  p95 {q[94]:.0f}  "
+              f"max {max(latencies):.0f}")
+    stuck = [s for s in observer.status.values() if s.status not in FINAL]
+    if stuck or settled_count() < total or not done:
+        print(f"STUCK: {len(stuck)} payments not final, {total - settled_count()} never seen")
+        return False
+    return True
+
+
+def _progress(label: str, observer: Observer, count, total: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    shown = -1
+    while time.monotonic() < deadline and count() < total:
+        observer.poll()
+        if count() != shown and (count() - shown >= 25 or count() == total):
+            shown = count()
+            print(f"  {label}: {shown}/{total}", flush=True)
+
+
+def _expected_merchant_balance(settings: Settings, observer: Observer) -> int:
+    """The auditor's own figure: net of fees for captures, minus refunds."""
+    terms = {c.name: c for c in load_channels(settings.config_dir).channels}
+    expected = 0
+    for history in observer.history.values():
+        for event in history:
+            channel = terms[event.channel]
+            if event.trigger in ("sale", "capture") and event.status in ("succeeded",):
+                captured = event.captured_minor
+                expected += captured - fee_minor(captured, channel.fee_bps,
+                                                 channel.fee_fixed_minor)
+        last = history[-1]
+        expected -= last.refunded_minor
+    return expected
+
+
+def _summarize(settings: Settings, observer: Observer, started: float, ok: bool) -> bool:
+    merchant = accounts.merchant_pending(MERCHANT, "USD")
+    want = _expected_merchant_balance(settings, observer)
+    observer.wait_until(lambda: observer.balances().get(merchant) == want, 15)
+    table: Counter = Counter()
+    for s in observer.status.values():
+        table[(s.channel, s.status)] += 1
+    print("\n  channel          status               count")
+    for (channel, status), n in sorted(table.items()):
+        print(f"  {channel:<16} {status:<20} {n:>5}")
+    balances = observer.balances()
+    per_currency: dict[str, int] = defaultdict(int)
+    for leg in observer.legs.values():
+        per_currency[leg.currency] += leg.amount_minor
+    rebuilt_ok = _reported_equals_rebuilt(observer)
+    zero_sum = all(v == 0 for v in per_currency.values())
+    print(f"\n  ledger legs applied: {len(observer.legs)}; accounts: {len(balances)}")
+    for account, total in sorted(balances.items()):
+        print(f"    {account:<36} {total:>12}")
+    print(f"  zero-sum per currency: {dict(per_currency)} -> {'OK' if zero_sum else 'FAILED'}")
+    print(f"  merchant balance {balances.get(merchant, 0)} == expected {want}: "
+          f"{'OK' if balances.get(merchant, 0) == want else 'FAILED'}")
+    print(f"  reported balances equal rebuild from journal: {'OK' if rebuilt_ok else 'FAILED'}")
+    print(f"  dead letters: {len(observer.deadletters)}")
+    good = ok and zero_sum and rebuilt_ok and balances.get(merchant, 0) == want
+    print(f"\nRESULT: {'OK' if good else 'FAILED'}", file=sys.stdout, flush=True)
+    return good
+
+
+def _reported_equals_rebuilt(observer: Observer) -> bool:
+    """Each account's balance after its latest leg equals the sum of all its legs."""
+    latest: dict[str, object] = {}
+    for leg in observer.legs.values():
+        if leg.account_id not in latest or leg.sequence > latest[leg.account_id].sequence:
+            latest[leg.account_id] = leg
+    rebuilt = observer.balances()
+    return all(rebuilt[a] == leg.total_minor for a, leg in latest.items())

@@ -1,0 +1,80 @@
+"""Follow paycore's output topics from outside: what a test, the demo or an auditor sees."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from typing import Callable
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from domain.events import CommandRejected, LegApplied, PaymentStatusChanged
+from streams import topics as t
+from streams.envelope import decode
+
+
+class Observer:
+    """Reads pay.events, pay.ledger.entries and pay.deadletter from the beginning."""
+
+    def __init__(self, bootstrap: str, partitions: int):
+        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                      auto_offset_reset="earliest", group_id=None)
+        topics = (t.EVENTS, t.LEDGER_ENTRIES, t.DEADLETTER)
+        tps = [TopicPartition(name, p) for name in topics for p in range(partitions)]
+        self.consumer.assign(tps)
+        self.consumer.seek_to_beginning(*tps)
+        self.status: dict[str, PaymentStatusChanged] = {}
+        self.history: dict[str, list[PaymentStatusChanged]] = defaultdict(list)
+        self.rejections: list[CommandRejected] = []
+        self.legs: dict[str, LegApplied] = {}
+        self.deadletters: list[dict] = []
+
+    def poll(self, timeout_ms: int = 200) -> int:
+        count = 0
+        for tp, records in self.consumer.poll(timeout_ms=timeout_ms, max_records=5000).items():
+            for record in records:
+                count += 1
+                if tp.topic == t.DEADLETTER:
+                    self.deadletters.append(json.loads(record.value))
+                else:
+                    self._apply(decode(record.value).body)
+        return count
+
+    def _apply(self, body) -> None:
+        if isinstance(body, PaymentStatusChanged):
+            seen = self.history[body.payment_id]
+            if body not in seen:
+                seen.append(body)
+                self.status[body.payment_id] = body
+        elif isinstance(body, CommandRejected):
+            self.rejections.append(body)
+        elif isinstance(body, LegApplied):
+            self.legs[body.posting_id] = body
+
+    def wait_until(self, done: Callable[[], bool], timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.poll()
+            if done():
+                return True
+        return done()
+
+    def balances(self) -> dict[str, int]:
+        """Each account's balance rebuilt from the journal (sum of its applied legs)."""
+        totals: dict[str, int] = defaultdict(int)
+        for leg in self.legs.values():
+            totals[leg.account_id] += leg.amount_minor
+        return dict(totals)
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def command_producer(bootstrap: str) -> KafkaProducer:
+    return KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+
+
+def send_command(producer: KafkaProducer, command: dict) -> None:
+    key = f"{command['merchant_id']}:{command['merchant_order_no']}".encode()
+    producer.send(t.COMMANDS, key=key, value=json.dumps(command).encode())

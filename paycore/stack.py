@@ -1,0 +1,126 @@
+"""The local stack: broker (embedded unless configured), worker(s), API, simulator.
+
+Each part runs as its own process group so that stopping the stack leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from streams import topics as t
+from streams.broker import EmbeddedBroker, ensure_topics, free_port, wait_for_metadata
+from streams.settings import Settings
+
+STOP_TIMEOUT_S = 8.0
+
+
+@dataclass
+class Part:
+    name: str
+    process: subprocess.Popen
+    listens: str
+    log_path: Path
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    workers: int = 1
+    with_api: bool = True
+    with_simulator: bool = True
+    broker: EmbeddedBroker | None = None
+    parts: list[Part] = field(default_factory=list)
+
+    def start(self) -> "Stack":
+        logs = self.settings.data_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        if not self.settings.kafka_bootstrap:
+            self.broker = EmbeddedBroker(self.settings.broker_port, logs / "broker.log").start()
+            # A fresh in-memory broker means fresh table state: old RocksDB rows would lie.
+            for stale in self.settings.data_dir.glob("worker-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            self.settings = self.settings.model_copy(
+                update={"kafka_bootstrap": self.broker.bootstrap})
+        else:
+            wait_for_metadata(self.settings.kafka_bootstrap)
+        ensure_topics(self.settings.kafka_bootstrap, t.ALL, self.settings.partitions)
+        for index in range(self.workers):
+            self._spawn(f"worker-{index}", ["worker", "--index", str(index)],
+                        f"metrics http://127.0.0.1:{self.settings.worker_web_port + index}")
+        if self.with_api:
+            self._spawn("api", ["api"],
+                        f"http://{self.settings.api_host}:{self.settings.api_port}")
+        if self.with_simulator:
+            self._spawn("simulator", ["simulate"],
+                        f"metrics http://127.0.0.1:{self.settings.simulator_metrics_port}")
+        return self
+
+    def _spawn(self, name: str, args: list[str], listens: str) -> None:
+        env = {**os.environ, **_settings_env(self.settings)}
+        log_path = self.settings.data_dir / "logs" / f"{name}.log"
+        out = open(log_path, "ab")
+        proc = subprocess.Popen([sys.executable, "-m", "paycore", *args], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+        self.parts.append(Part(name, proc, listens, log_path))
+
+    def describe(self) -> list[tuple[str, str]]:
+        rows = [("broker", self.settings.kafka_bootstrap +
+                 (" (embedded Tansu)" if self.broker else " (external)"))]
+        rows += [(p.name, p.listens) for p in self.parts]
+        return rows
+
+    def dead_parts(self) -> list[Part]:
+        return [p for p in self.parts if p.process.poll() is not None]
+
+    def stop(self) -> None:
+        """SIGTERM every process group, wait, then SIGKILL what is left."""
+        for part in reversed(self.parts):
+            _signal_group(part.process, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for part in self.parts:
+            try:
+                part.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal_group(part.process, signal.SIGKILL)
+                part.process.wait()
+        self.parts.clear()
+        if self.broker is not None:
+            self.broker.stop()
+            self.broker = None
+
+    def __enter__(self) -> "Stack":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _settings_env(settings: Settings) -> dict[str, str]:
+    env = {}
+    for name, value in settings.model_dump().items():
+        env[f"PAYCORE_{name.upper()}"] = str(value)
+    return env
+
+
+def pick_ports(settings: Settings) -> Settings:
+    """Free ports for everything that listens, so two stacks (or tests) never collide."""
+    return settings.model_copy(update={
+        "api_port": settings.api_port or free_port(),
+        "worker_web_port": free_port(),
+        "simulator_metrics_port": free_port(),
+    })

@@ -1,0 +1,1 @@
+"""Channel simulators: banks, card acquirers and wallets, deterministic for a seed."""

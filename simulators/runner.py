@@ -1,0 +1,68 @@
+"""The simulator process: consume channel requests, answer each after its latency."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from simulators.channel import answer
+from streams import topics as t
+from streams.channels_config import load_channels
+from streams.envelope import UndecodableEnvelope, child, decode, encode
+from streams.metrics import CHANNEL_REQUESTS
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+async def run_simulator(settings: Settings, stop: asyncio.Event) -> None:
+    profiles = {c.name: c.simulator for c in load_channels(settings.config_dir).channels}
+    bootstrap = settings.bootstrap_servers()
+    consumer = AIOKafkaConsumer(t.CHANNEL_REQUESTS, bootstrap_servers=bootstrap,
+                                group_id=f"{settings.app_id}-simulator",
+                                auto_offset_reset="earliest")
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=-1, linger_ms=2)
+    await producer.start()
+    await consumer.start()
+    pending: set[asyncio.Task] = set()
+    try:
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=200, max_records=500)
+            for records in batch.values():
+                for record in records:
+                    task = _schedule(record, profiles, settings.simulator_seed, producer)
+                    if task is not None:
+                        pending.add(task)
+                        task.add_done_callback(pending.discard)
+        if pending:
+            await asyncio.wait(pending, timeout=5)
+    finally:
+        await consumer.stop()
+        await producer.stop()
+
+
+def _schedule(record, profiles, seed: int, producer) -> asyncio.Task | None:
+    try:
+        env = decode(record.value)
+    except UndecodableEnvelope as exc:
+        log.warning("simulator skipped an undecodable request: %s", exc)
+        return None
+    request = env.body
+    profile = profiles.get(request.channel)
+    if profile is None:
+        log.warning("no simulator for channel %s", request.channel)
+        return None
+    at = int(time.time() * 1000)
+    reply = answer(request, profile, seed, at)
+    out = child(env, reply.response, 0, reply.response.responded_at_ms)
+    CHANNEL_REQUESTS.labels(channel=request.channel, operation=request.operation.value,
+                            outcome=reply.response.outcome.value).inc()
+
+    async def deliver() -> None:
+        await asyncio.sleep(reply.latency_ms / 1000)
+        await producer.send_and_wait(t.CHANNEL_CALLBACKS, key=record.key, value=encode(out))
+
+    return asyncio.create_task(deliver())

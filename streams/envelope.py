@@ -1,0 +1,78 @@
+"""Envelopes around domain messages: a deterministic message id, a trace id, the kind.
+
+Internal topics carry ``{"id", "trace", "kind", "at_ms", "body"}`` as JSON. ``pay.commands``
+carries the bare command JSON so any client can produce it; intake wraps it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import NamedTuple
+
+from domain import commands, events
+from domain.commands import Message
+from domain.ids import derive_id
+
+KINDS: dict[str, type[Message]] = {
+    cls.__name__: cls
+    for cls in (
+        commands.Pay, commands.Capture, commands.Void, commands.Refund,
+        events.ChannelRequested, events.ChannelResponded, events.JournalEntryDecided,
+        events.HoldRequested, events.HoldReleaseRequested, events.HoldResolved,
+        events.PaymentStatusChanged, events.LegApplied, events.CommandRejected,
+    )
+}
+
+
+class Envelope(NamedTuple):
+    message_id: str
+    trace_id: str
+    at_ms: int
+    body: Message
+
+
+def encode(env: Envelope) -> bytes:
+    body = env.body.model_dump(mode="json")
+    doc = {"id": env.message_id, "trace": env.trace_id, "kind": type(env.body).__name__,
+           "at_ms": env.at_ms, "body": body}
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+class UndecodableEnvelope(ValueError):
+    """An internal message we cannot read: it goes to the dead-letter topic with this reason."""
+
+
+def decode(raw: bytes) -> Envelope:
+    try:
+        doc = json.loads(raw)
+        cls = KINDS[doc["kind"]]
+        return Envelope(doc["id"], doc["trace"], int(doc["at_ms"]),
+                        cls.model_validate(doc["body"]))
+    except Exception as exc:  # any shape problem is one reason: undecodable
+        raise UndecodableEnvelope(f"{type(exc).__name__}: {exc}") from exc
+
+
+def child(cause: Envelope | str, body: Message, index: int, at_ms: int, trace_id: str = ""):
+    """An output's envelope: its id derives from the cause's id, so a replay repeats it."""
+    cause_id = cause if isinstance(cause, str) else cause.message_id
+    trace = trace_id or (cause if isinstance(cause, str) else cause.trace_id)
+    return Envelope(derive_id("msg", cause_id, type(body).__name__, str(index)), trace,
+                    at_ms, body)
+
+
+def dead_letter(stage: str, reason: str, topic: str, partition: int, offset: int,
+                key: bytes | None, value: bytes | None, at_ms: int) -> bytes:
+    """The dead-letter record keeps the original bytes (text if UTF-8, else base64)."""
+
+    def keep(raw: bytes | None) -> dict:
+        if raw is None:
+            return {"text": None}
+        try:
+            return {"text": raw.decode()}
+        except UnicodeDecodeError:
+            return {"base64": base64.b64encode(raw).decode()}
+
+    doc = {"stage": stage, "reason": reason, "topic": topic, "partition": partition,
+           "offset": offset, "key": keep(key), "value": keep(value), "at_ms": at_ms}
+    return json.dumps(doc, separators=(",", ":")).encode()

@@ -1,0 +1,24 @@
+"""Prometheus metrics shared by every process. Labels stay bounded: no ids in labels."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+STAGE_EVENTS = Counter("paycore_stage_events_total", "Messages handled per stage", ["stage"])
+STAGE_SECONDS = Histogram(
+    "paycore_stage_seconds", "Time to handle one message per stage", ["stage"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)
+DEADLETTERS = Counter("paycore_deadletters_total", "Messages sent to pay.deadletter",
+                      ["stage", "reason"])
+COMMANDS = Counter("paycore_commands_total", "Commands by type and result", ["type", "result"])
+PAYMENTS_FINAL = Counter("paycore_payments_final_total", "Payments reaching a status",
+                         ["status", "method", "channel"])
+POSTINGS = Counter("paycore_ledger_postings_total", "Ledger legs and holds by result",
+                   ["operation", "result"])
+CHANNEL_REQUESTS = Counter("paycore_channel_requests_total", "Simulated channel answers",
+                           ["channel", "operation", "outcome"])
+END_TO_END_SECONDS = Histogram(
+    "paycore_payment_e2e_seconds", "Command accepted to final status", ["status"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)

@@ -1,0 +1,60 @@
+"""Settings, from ``PAYCORE_*`` environment variables (pydantic-settings)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PAYCORE_", extra="ignore")
+
+    kafka_bootstrap: str = ""
+    """host:port[,host:port]. Empty means: start the embedded broker (Tansu)."""
+
+    partitions: int = Field(default=8, ge=1, le=256)
+    """Partitions per topic (all topics share it, so keyed topics stay co-partitioned)."""
+
+    data_dir: Path = ROOT / ".paycore"
+    """Where workers keep RocksDB tables and processes write logs."""
+
+    app_id: str = "paycore"
+    """Faust application id: the consumer group and the prefix of changelog topics."""
+
+    app_version: int = 1
+    """Bump when a table's key or row layout changes: the new version starts fresh state."""
+
+    table_store: str = "rocksdb://"
+    """Faust table store; tests may use memory://."""
+
+    broker_port: int = 0
+    """Port of the embedded broker; 0 picks a free one."""
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    worker_web_port: int = 6066
+    """Faust worker web server (serves /metrics)."""
+
+    simulator_metrics_port: int = 9310
+
+    config_dir: Path = ROOT / "config"
+    """Folder with routing.yaml, risk.yaml and channels.yaml."""
+
+    idempotency_retention_ms: int = 24 * 3600 * 1000
+    """How long an idempotency key answers with its first result (default 24 h)."""
+
+    simulator_seed: int = 7
+    """Seed for the channel simulators: same seed, same outcomes."""
+
+    rebalance_timeout_s: int = 5
+    """Faust broker_rebalance_timeout: how long a group join waits for members."""
+
+    session_timeout_s: int = 10
+
+    def bootstrap_servers(self) -> str:
+        assert self.kafka_bootstrap, "no broker configured and none started"
+        return self.kafka_bootstrap

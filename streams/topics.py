@@ -1,0 +1,18 @@
+"""Topic names and what keys them (DESIGN.md §2). Every keyed topic has the same partitions."""
+
+from __future__ import annotations
+
+COMMANDS = "pay.commands"            # key: whatever the client used; intake re-keys
+DEDUP = "pay.dedup"                  # internal; key: merchant + idempotency key
+ORDERS = "pay.orders"                # internal; key: payment id
+CHANNEL_REQUESTS = "pay.channel.requests"    # key: payment id
+CHANNEL_CALLBACKS = "pay.channel.callbacks"  # key: payment id
+LEDGER_POSTINGS = "pay.ledger.postings"      # key: account id
+LEDGER_ENTRIES = "pay.ledger.entries"        # key: account id
+SETTLEMENTS = "pay.channel.settlements"      # key: payment id or channel serial
+EVENTS = "pay.events"                # key: payment id
+RECON_EXCEPTIONS = "pay.recon.exceptions"    # key: payment id
+DEADLETTER = "pay.deadletter"        # key: original key
+
+ALL = (COMMANDS, DEDUP, ORDERS, CHANNEL_REQUESTS, CHANNEL_CALLBACKS, LEDGER_POSTINGS,
+       LEDGER_ENTRIES, SETTLEMENTS, EVENTS, RECON_EXCEPTIONS, DEADLETTER)
