@@ -10,6 +10,12 @@ STAGES = (intake, dedup, orders, ledger)
 
 
 def register_stages(wire: Wire) -> Wire:
-    for stage in STAGES:
-        stage.register(wire)
+    wanted = {name.strip() for name in wire.settings.stages.split(",") if name.strip()}
+    known = {stage.__name__.rsplit(".", 1)[-1]: stage for stage in STAGES}
+    unknown = wanted - set(known)
+    if unknown:
+        raise ValueError(f"unknown stages {sorted(unknown)}; known: {sorted(known)}")
+    for name, stage in known.items():
+        if name in wanted:
+            stage.register(wire)
     return wire

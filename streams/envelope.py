@@ -53,12 +53,27 @@ def decode(raw: bytes) -> Envelope:
         raise UndecodableEnvelope(f"{type(exc).__name__}: {exc}") from exc
 
 
+# Bodies that carry an identity of their own get a message id from it, so the same output
+# re-emitted by a later cause (a redelivered command, a replayed callback) keeps its id.
+_NATURAL_ID = {
+    "ChannelRequested": "request_id",
+    "ChannelResponded": "request_id",
+    "JournalEntryDecided": "entry_id",
+    "HoldRequested": "hold_id",
+    "HoldReleaseRequested": "hold_id",
+    "HoldResolved": "hold_id",
+    "LegApplied": "posting_id",
+}
+
+
 def child(cause: Envelope | str, body: Message, index: int, at_ms: int, trace_id: str = ""):
-    """An output's envelope: its id derives from the cause's id, so a replay repeats it."""
+    """An output's envelope; its id derives from the body's own id, else from the cause's."""
     cause_id = cause if isinstance(cause, str) else cause.message_id
     trace = trace_id or (cause if isinstance(cause, str) else cause.trace_id)
-    return Envelope(derive_id("msg", cause_id, type(body).__name__, str(index)), trace,
-                    at_ms, body)
+    kind = type(body).__name__
+    natural = _NATURAL_ID.get(kind)
+    parts = (kind, getattr(body, natural)) if natural else (cause_id, kind, str(index))
+    return Envelope(derive_id("msg", *parts), trace, at_ms, body)
 
 
 def dead_letter(stage: str, reason: str, topic: str, partition: int, offset: int,

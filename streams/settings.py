@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     simulator_seed: int = 7
     """Seed for the channel simulators: same seed, same outcomes."""
 
+    stages: str = "intake,dedup,orders,ledger"
+    """Comma-separated stages this worker runs (all by default; tests may isolate one)."""
+
     rebalance_timeout_s: int = 5
     """Faust broker_rebalance_timeout: how long a group join waits for members."""
 

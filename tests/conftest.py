@@ -1,0 +1,120 @@
+"""Shared fixtures. The broker: $PAYCORE_KAFKA_BOOTSTRAP if set, else testcontainers' Kafka
+when a Docker engine answers, else the embedded broker (Tansu). Whatever it starts, it stops.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from helpers import wait_for_final  # noqa: E402
+from paycore.observe import Observer, command_producer, send_command  # noqa: E402
+from paycore.stack import Stack, pick_ports  # noqa: E402
+from streams.broker import EmbeddedBroker  # noqa: E402
+from streams.settings import Settings  # noqa: E402
+
+PARTITIONS = 4
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=2).ping()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap():
+    external = os.environ.get("PAYCORE_KAFKA_BOOTSTRAP")
+    if external:
+        yield external
+        return
+    if _docker_answers():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer() as kafka:
+            yield kafka.get_bootstrap_server()
+        return
+    with EmbeddedBroker() as broker:
+        yield broker.bootstrap
+
+
+@pytest.fixture(scope="session")
+def deterministic_config(tmp_path_factory) -> Path:
+    """The shipped channels.yaml with random declines off: only magic amounts decline."""
+    shipped = yaml.safe_load((Settings().config_dir / "channels.yaml").read_text())
+    for channel in shipped["channels"]:
+        channel.setdefault("simulator", {})["decline_bps"] = 0
+    folder = tmp_path_factory.mktemp("config")
+    (folder / "channels.yaml").write_text(yaml.safe_dump(shipped))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def stack_settings(kafka_bootstrap, deterministic_config, tmp_path_factory) -> Settings:
+    run = uuid.uuid4().hex[:6]
+    return pick_ports(Settings(
+        kafka_bootstrap=kafka_bootstrap, partitions=PARTITIONS, api_port=0,
+        data_dir=tmp_path_factory.mktemp("paycore"), app_id=f"paycore-test-{run}",
+        config_dir=deterministic_config))
+
+
+@pytest.fixture(scope="session")
+def stack(stack_settings):
+    """One worker (all stages), the API and the simulator: real processes, shared broker."""
+    with Stack(stack_settings, workers=1) as running:
+        producer = command_producer(stack_settings.kafka_bootstrap)
+        send_command(producer, {
+            "type": "pay", "merchant_id": "warmup", "idempotency_key": "warmup",
+            "merchant_order_no": "warmup", "amount_minor": 100, "currency": "USD",
+            "method": "card"})
+        producer.flush()
+        producer.close()
+        observer = Observer(stack_settings.kafka_bootstrap, PARTITIONS)
+        try:
+            started = time.monotonic()
+            ready = wait_for_final(observer, "warmup", "warmup", timeout_s=90)
+            assert ready, f"stack not ready after {time.monotonic() - started:.0f}s: " + \
+                _logs(running)
+        finally:
+            observer.close()
+        yield running
+
+
+@pytest.fixture
+def observer(stack_settings):
+    obs = Observer(stack_settings.kafka_bootstrap, PARTITIONS)
+    yield obs
+    obs.close()
+
+
+@pytest.fixture
+def producer(stack_settings):
+    prod = command_producer(stack_settings.kafka_bootstrap)
+    yield prod
+    prod.close()
+
+
+@pytest.fixture
+def merchant() -> str:
+    """A merchant id of its own per test, so tests on the shared stack never collide."""
+    return f"m-{uuid.uuid4().hex[:10]}"
+
+
+def _logs(stack: Stack) -> str:
+    out = []
+    for part in stack.parts:
+        text = part.log_path.read_text(errors="replace")[-3000:]
+        out.append(f"--- {part.name} ---\n{text}")
+    return "\n".join(out)
