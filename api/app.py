@@ -61,6 +61,7 @@ def create_api(settings: Settings) -> FastAPI:
         state["producer"] = producer
         follower = asyncio.create_task(
             view.follow(settings.bootstrap_servers(), settings.partitions, stop))
+        state["follower"] = follower
         try:
             yield
         finally:
@@ -153,6 +154,8 @@ def create_api(settings: Settings) -> FastAPI:
 
     @app.get("/readyz")
     async def readyz():
+        if state["follower"].done():
+            raise HTTPException(status_code=503, detail="read model stopped; see the API log")
         if not view.caught_up.is_set():
             raise HTTPException(status_code=503, detail="read model still catching up")
         return {"ok": True, "payments": len(view.payments)}

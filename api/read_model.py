@@ -52,7 +52,8 @@ class PaymentsView:
                     for record in records:
                         self._apply_raw(record.value)
                 if not self.caught_up.is_set():
-                    if all(await consumer.position(tp) >= ends[tp] for tp in tps):
+                    positions = [await consumer.position(tp) for tp in tps]
+                    if all(pos >= ends[tp] for pos, tp in zip(positions, tps)):
                         self.caught_up.set()
                 if batch:
                     async with self.changed:

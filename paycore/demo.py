@@ -15,7 +15,7 @@ from collections import Counter, defaultdict
 from domain import accounts
 from domain.money import fee_minor
 from paycore.observe import Observer, command_producer, send_command
-from paycore.stack import Stack, pick_ports
+from paycore.stack import Stack
 from streams.channels_config import load_channels
 from streams.settings import Settings
 
@@ -42,8 +42,9 @@ def demo_commands(payments: int) -> list[dict]:
 
 
 def run_demo(settings: Settings, payments: int = 200, timeout_s: float = 120.0) -> int:
-    settings = pick_ports(settings.model_copy(update={
-        "data_dir": settings.data_dir / "demo", "api_port": 0}))
+    settings = settings.model_copy(update={
+        "data_dir": settings.data_dir / "demo", "api_port": 0, "worker_web_port": 0,
+        "simulator_metrics_port": 0})
     started = time.monotonic()
     print(f"paycore demo: {payments} sales, one manual capture, one refund", flush=True)
     with Stack(settings) as stack:

@@ -51,6 +51,7 @@ class Stack:
         else:
             wait_for_metadata(self.settings.kafka_bootstrap)
         ensure_topics(self.settings.kafka_bootstrap, t.ALL, self.settings.partitions)
+        self.settings = pick_ports(self.settings)
         for index in range(self.workers):
             self._spawn(f"worker-{index}", ["worker", "--index", str(index)],
                         f"metrics http://127.0.0.1:{self.settings.worker_web_port + index}")
@@ -118,9 +119,6 @@ def _settings_env(settings: Settings) -> dict[str, str]:
 
 
 def pick_ports(settings: Settings) -> Settings:
-    """Free ports for everything that listens, so two stacks (or tests) never collide."""
-    return settings.model_copy(update={
-        "api_port": settings.api_port or free_port(),
-        "worker_web_port": free_port(),
-        "simulator_metrics_port": free_port(),
-    })
+    """A free port for every listener configured as 0, so stacks and tests never collide."""
+    names = ("api_port", "worker_web_port", "simulator_metrics_port")
+    return settings.model_copy(update={n: getattr(settings, n) or free_port() for n in names})

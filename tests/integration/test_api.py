@@ -1,0 +1,88 @@
+"""The HTTP API over real HTTP: commands in through pay.commands, reads from pay.events."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def api(stack, stack_settings):
+    base = f"http://127.0.0.1:{stack_settings.api_port}"
+    with httpx.Client(base_url=base, timeout=40) as client:
+        for _ in range(100):
+            try:
+                if client.get("/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            import time
+
+            time.sleep(0.2)
+        yield client
+
+
+class TestPayments:
+    def test_create_and_wait_returns_final_status(self, api, merchant):
+        body = {"merchant_id": merchant, "merchant_order_no": "http-1", "amount": 1_999,
+                "currency": "EUR", "method": "card"}
+
+        response = api.post("/v1/payments?wait=20", json=body,
+                            headers={"Idempotency-Key": "idem-1"})
+
+        assert response.status_code == 202, response.text
+        assert response.json()["status"] == "succeeded"
+        payment_id = response.json()["payment_id"]
+        fetched = api.get(f"/v1/payments/{payment_id}").json()
+        assert [h["status"] for h in fetched["history"]] == ["created", "processing",
+                                                            "succeeded"]
+        assert fetched["channel_serial"]
+
+    def test_float_amount_rejected_with_field_named(self, api, merchant):
+        body = {"merchant_id": merchant, "merchant_order_no": "http-2", "amount": 10.5,
+                "currency": "EUR", "method": "card"}
+
+        response = api.post("/v1/payments", json=body, headers={"Idempotency-Key": "k"})
+
+        assert response.status_code == 422
+        assert "amount" in response.text
+
+    def test_missing_idempotency_key_rejected(self, api, merchant):
+        body = {"merchant_id": merchant, "merchant_order_no": "http-3", "amount": 100,
+                "currency": "EUR", "method": "card"}
+
+        response = api.post("/v1/payments", json=body)
+
+        assert response.status_code == 422
+        assert "Idempotency-Key" in response.text
+
+    def test_unknown_payment_is_404(self, api):
+        assert api.get("/v1/payments/pay_nope").status_code == 404
+
+    def test_manual_capture_over_http(self, api, merchant):
+        body = {"merchant_id": merchant, "merchant_order_no": "http-4", "amount": 5_000,
+                "currency": "USD", "method": "card", "capture": "manual"}
+        created = api.post("/v1/payments?wait=20", json=body,
+                           headers={"Idempotency-Key": "auth"}).json()
+
+        api.post(f"/v1/payments/{created['payment_id']}/capture", json={"amount": 3_000},
+                 headers={"Idempotency-Key": "cap-1"})
+        after = _wait_status(api, created["payment_id"], "authorized", captured=3_000)
+
+        assert created["status"] == "authorized"
+        assert after["captured_minor"] == 3_000
+
+
+def _wait_status(api, payment_id: str, status: str, captured: int, timeout_s: float = 20):
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    row = {}
+    while time.monotonic() < deadline:
+        row = api.get(f"/v1/payments/{payment_id}").json()
+        if row["status"] == status and row["captured_minor"] == captured:
+            return row
+        time.sleep(0.1)
+    return row
