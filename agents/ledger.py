@@ -21,6 +21,7 @@ from streams.metrics import POSTINGS
 def register(wire: Wire) -> None:
     balances = table(wire, "balances", "account id -> balance and open holds")
     applied = table(wire, "applied_postings", "posting id -> 1 once applied")
+    hold_decisions = table(wire, "hold_decisions", "hold id -> first decision (status name)")
 
     def load(account_id: str, currency: str) -> AccountBalance:
         raw = balances.get(account_id.encode())
@@ -57,9 +58,14 @@ def register(wire: Wire) -> None:
 
     async def hold(env, req: HoldRequested) -> None:
         before = load(req.account_id, req.currency)
+        first = hold_decisions.get(req.hold_id.encode())
+        earlier = PostingStatus[first.decode()] if first else None
         after, status = ledger.place_hold(before, Hold(
-            hold_id=req.hold_id, payment_id=req.payment_id, amount_minor=req.amount_minor))
+            hold_id=req.hold_id, payment_id=req.payment_id, amount_minor=req.amount_minor),
+            earlier)
         POSTINGS.labels(operation="hold", result=status.name).inc()
+        if earlier is None:
+            hold_decisions[req.hold_id.encode()] = status.name.encode()
         if status is PostingStatus.applied:
             balances[req.account_id.encode()] = after.model_dump_json().encode()
         placed = status in (PostingStatus.applied, PostingStatus.hold_exists)

@@ -30,8 +30,9 @@ from streams.channels_config import load_channels
 from streams.envelope import Envelope, child, decode
 from streams.metrics import COMMANDS, PAYMENTS_FINAL
 
-_SILENT = (CommandStatus.accepted, CommandStatus.duplicate, CommandStatus.callback_replayed,
-           CommandStatus.callback_late, CommandStatus.callback_for_unknown_request)
+# Everything else is refused (a CommandRejected event) or, for channel and ledger messages,
+# an exception for reconciliation and ops: late and contradicting callbacks included.
+_SILENT = (CommandStatus.accepted, CommandStatus.duplicate, CommandStatus.callback_replayed)
 
 
 def register(wire: Wire) -> None:

@@ -28,13 +28,13 @@ def parse_command(raw: bytes | None):
         return None, f"message too large: {len(raw)} bytes > {COMMAND_BYTES_MAX}"
     try:
         doc = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return None, f"not JSON: {exc}"
+    except (ValueError, RecursionError) as exc:  # bad UTF-8/JSON, too deep, too many digits
+        return None, f"not JSON: {type(exc).__name__}: {str(exc)[:200]}"
     if not isinstance(doc, dict):
         return None, f"not a JSON object: got {type(doc).__name__}"
     if "type" not in doc:
         return None, "type: field required (one of pay, capture, void, refund)"
     try:
-        return _adapter.validate_python(doc, strict=False), None
+        return _adapter.validate_python(doc), None
     except ValidationError as exc:
         return None, _describe(exc)

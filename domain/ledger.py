@@ -43,15 +43,10 @@ class AccountBalance(Message):
     holds: tuple[Hold, ...] = ()
     legs_applied: int = 0
     """How many legs this account has applied: the sequence number of the last one."""
-    closed_holds: tuple[str, ...] = ()
-    """Recently resolved hold ids, so a replayed hold request is not placed twice."""
 
     @property
     def available_minor(self) -> int:
         return self.total_minor - self.frozen_minor
-
-
-CLOSED_HOLDS_KEPT = 64
 
 
 def open_account(account_id: str, currency: str) -> AccountBalance:
@@ -105,13 +100,21 @@ def _capture_hold(balance: AccountBalance, leg: Leg) -> tuple[AccountBalance, Po
     return updated, PostingStatus.applied
 
 
-def place_hold(balance: AccountBalance, hold: Hold) -> tuple[AccountBalance, PostingStatus]:
-    """Try phase: freeze funds if available covers them (or the account may overdraw)."""
+def place_hold(balance: AccountBalance, hold: Hold, earlier: PostingStatus | None = None
+               ) -> tuple[AccountBalance, PostingStatus]:
+    """Try phase: freeze funds if available covers them (or the account may overdraw).
+
+    ``earlier`` is the first decision for this hold id, which the ledger stage keeps for
+    every hold ever requested: a redelivered request gets that same answer and changes
+    nothing, however long ago the hold was placed, captured, released or refused.
+    """
+    if earlier is not None:
+        return balance, (PostingStatus.hold_exists if earlier is PostingStatus.applied
+                         else earlier)
+    if any(h.hold_id == hold.hold_id for h in balance.holds):
+        return balance, PostingStatus.hold_exists
     if hold.amount_minor <= 0:
         return balance, PostingStatus.amount_must_be_positive
-    known = hold.hold_id in balance.closed_holds
-    if known or any(h.hold_id == hold.hold_id for h in balance.holds):
-        return balance, PostingStatus.hold_exists
     limited = not overdraft_unlimited(balance.account_id)
     if limited and balance.available_minor < hold.amount_minor:
         return balance, PostingStatus.insufficient_funds
@@ -132,9 +135,7 @@ def release_hold(balance: AccountBalance, hold_id: str) -> tuple[AccountBalance,
 
 
 def _close_hold(balance: AccountBalance, hold: Hold) -> AccountBalance:
-    closed = (balance.closed_holds + (hold.hold_id,))[-CLOSED_HOLDS_KEPT:]
     return balance.model_copy(update={
         "frozen_minor": balance.frozen_minor - hold.amount_minor,
         "holds": tuple(h for h in balance.holds if h.hold_id != hold.hold_id),
-        "closed_holds": closed,
     })

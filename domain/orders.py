@@ -105,6 +105,8 @@ class AppliedRequest(Message):
     outcome: ChannelOutcome
     amount_minor: int
     reference: str
+    applied_at_ms: int
+    """When it was applied: a replay re-emits its effects stamped with this, byte-identical."""
 
 
 class Order(Message):
@@ -223,28 +225,36 @@ def _create(order: Order | None, cmd: Pay, route: Route | None, now_ms: int) -> 
 
 
 def _capture(order: Order, cmd: Capture, now_ms: int) -> Decision:
-    if order.status is not S.authorized:
+    reference = f"capture-{cmd.idempotency_key}"
+    request_id = _channel_request(order, ChannelOperation.capture, 0, reference).request_id
+    if any(r.request_id == request_id for r in order.requests):
+        return Decision(order, (), CommandStatus.duplicate)
+    if order.status is not S.authorized or _void_outstanding(order):
         return Decision(order, (), CommandStatus.capture_not_allowed_in_status)
     remaining = order.authorized_minor - order.captured_minor - order.capture_pending_minor
     amount = remaining if cmd.amount_minor is None else cmd.amount_minor
     if amount <= 0 or amount > remaining:
         return Decision(order, (), CommandStatus.capture_exceeds_authorized)
-    reference = f"capture-{cmd.idempotency_key}"
     request = _channel_request(order, ChannelOperation.capture, amount, reference)
-    if any(r.request_id == request.request_id for r in order.requests):
-        return Decision(order, (), CommandStatus.duplicate)
+    assert request.request_id == request_id
     updated = _note(order, "capture", f"capture of {amount} requested", now_ms).model_copy(
         update={"capture_pending_minor": order.capture_pending_minor + amount,
                 "requests": order.requests + (request,)})
     return Decision(updated, (request,), CommandStatus.accepted)
 
 
+def _void_outstanding(order: Order) -> bool:
+    applied = {a.request_id for a in order.applied}
+    return any(r.operation is ChannelOperation.void and r.request_id not in applied
+               for r in order.requests)
+
+
 def _void(order: Order, now_ms: int) -> Decision:
-    if order.status is not S.authorized or order.capture_pending_minor:
-        return Decision(order, (), CommandStatus.void_not_allowed_in_status)
     request = _channel_request(order, ChannelOperation.void, 0, "void")
     if any(r.request_id == request.request_id for r in order.requests):
         return Decision(order, (), CommandStatus.duplicate)
+    if order.status is not S.authorized or order.capture_pending_minor:
+        return Decision(order, (), CommandStatus.void_not_allowed_in_status)
     updated = _note(order, "void", "void requested", now_ms).model_copy(
         update={"requests": order.requests + (request,)})
     return Decision(updated, (request,), CommandStatus.accepted)
@@ -319,19 +329,23 @@ def decide_channel_response(order: Order | None, resp: ChannelResponded, now_ms:
                       f"{resp.request_id} ignored", now_ms)
         return Decision(noted, (), CommandStatus.callback_for_unknown_request)
     applied = next((a for a in order.applied if a.request_id == resp.request_id), None)
+    if applied is not None and applied.outcome is not resp.outcome:
+        return _late(order, resp, now_ms, f"contradicts the earlier {applied.outcome.value}")
     if applied is not None:
         return Decision(order, _replay(order, applied), CommandStatus.callback_replayed)
     record = AppliedRequest(request_id=request.request_id, operation=request.operation,
                             outcome=resp.outcome, amount_minor=resp.amount_minor,
-                            reference=request.reference)
+                            reference=request.reference, applied_at_ms=now_ms)
     order = order.model_copy(update={"applied": order.applied + (record,)})
     handler = _RESPONSE_HANDLERS[request.operation]
     return handler(order, request, resp, now_ms)
 
 
-def _late(order: Order, resp: ChannelResponded, now_ms: int) -> Decision:
-    noted = _note(order, resp.operation.value,
-                  f"late {resp.outcome.value} in status {order.status.value}: recorded", now_ms)
+def _late(order: Order, resp: ChannelResponded, now_ms: int, why: str = "") -> Decision:
+    """Recorded, never applied: reconciliation and ops resolve it (pay.recon.exceptions)."""
+    why = why or f"in status {order.status.value}"
+    noted = _note(order, resp.operation.value, f"late {resp.outcome.value} {why}: recorded",
+                  now_ms)
     return Decision(noted, (), CommandStatus.callback_late)
 
 
@@ -360,6 +374,8 @@ def _on_sale_or_authorize(order, request, resp, now_ms) -> Decision:
 
 
 def _on_capture(order, request, resp, now_ms) -> Decision:
+    if order.status is not S.authorized:
+        return _late(order, resp, now_ms)
     assert order.capture_pending_minor >= request.amount_minor
     pending = order.capture_pending_minor - request.amount_minor
     if resp.outcome is ChannelOutcome.declined:
@@ -422,9 +438,9 @@ def _replay(order: Order, applied: AppliedRequest) -> tuple[Message, ...]:
     if applied.operation in (ChannelOperation.sale, ChannelOperation.capture):
         if order.status is S.amount_mismatch:
             return ()
-        return (capture_entry(order, request, order.updated_at_ms),)
+        return (capture_entry(order, request, applied.applied_at_ms),)
     if applied.operation is ChannelOperation.refund:
-        return (refund_entry(order, request, order.updated_at_ms),)
+        return (refund_entry(order, request, applied.applied_at_ms),)
     return ()
 
 

@@ -170,9 +170,6 @@ class TestParseRejected:
 
         _assert_rejected(result, "amount_minor")
 
-    @pytest.mark.xfail(strict=True, reason=(
-        "BUG: intake calls validate_python(doc, strict=False), which overrides the StrictInt "
-        "on AmountMinor; '100', 100.0 and true are coerced to int and accepted"))
     @pytest.mark.parametrize("amount", ["100", 100.0, True], ids=["string", "float", "bool"])
     def test_rejected_when_amount_not_an_integer(self, amount):
         raw = _raw(_pay_doc(amount_minor=amount))
@@ -181,8 +178,6 @@ class TestParseRejected:
 
         _assert_rejected(result, "amount_minor")
 
-    @pytest.mark.xfail(strict=True, reason=(
-        "BUG: strict=False in intake also lets a Capture amount_minor of 2.0 through as int"))
     def test_capture_rejected_when_amount_is_float(self):
         raw = _raw({"type": "capture", "merchant_id": "m-1", "idempotency_key": "c-1",
                     "merchant_order_no": "order-1", "amount_minor": 2.0})
@@ -273,9 +268,6 @@ class TestParseRejected:
 
         _assert_rejected(result, "currency", "method")
 
-    @pytest.mark.xfail(strict=True, reason=(
-        "BUG: json.loads raises RecursionError on deeply nested input under "
-        "COMMAND_BYTES_MAX; parse_command only catches UnicodeDecodeError/JSONDecodeError"))
     def test_rejected_without_raising_when_deeply_nested(self):
         raw = b"[" * 5_000 + b"]" * 5_000
 
@@ -283,9 +275,6 @@ class TestParseRejected:
 
         _assert_rejected(result)
 
-    @pytest.mark.xfail(strict=True, reason=(
-        "BUG: an integer literal over 4300 digits makes json.loads raise plain ValueError "
-        "(int max_str_digits), which parse_command does not catch"))
     def test_rejected_without_raising_when_integer_has_too_many_digits(self):
         raw = b'{"type":"pay","amount_minor":' + b"9" * 5_000 + b"}"
 
