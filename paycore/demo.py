@@ -15,7 +15,7 @@ from collections import Counter, defaultdict
 from domain import accounts
 from domain.money import fee_minor
 from paycore.observe import Observer, command_producer, send_command
-from paycore.stack import Stack
+from paycore.stack import Stack, wait_until_ready
 from streams.channels_config import load_channels
 from streams.settings import Settings
 
@@ -50,7 +50,11 @@ def run_demo(settings: Settings, payments: int = 200, timeout_s: float = 120.0) 
     with Stack(settings) as stack:
         for name, where in stack.describe():
             print(f"  {name:<10} {where}")
-        observer = Observer(stack.settings.kafka_bootstrap, stack.settings.partitions)
+        warmup_s = wait_until_ready(stack.settings)
+        print(f"  ready after {time.monotonic() - started:.1f}s "
+              f"(warm-up payment took {warmup_s:.1f}s)", flush=True)
+        observer = Observer(stack.settings.kafka_bootstrap, stack.settings.partitions,
+                            merchant=MERCHANT)
         try:
             ok = _script(stack, observer, payments, timeout_s)
             summary_ok = _summarize(stack.settings, observer, started, ok)

@@ -15,9 +15,14 @@ from streams.envelope import decode
 
 
 class Observer:
-    """Reads pay.events, pay.ledger.entries and pay.deadletter from the beginning."""
+    """Reads pay.events, pay.ledger.entries and pay.deadletter from the beginning.
 
-    def __init__(self, bootstrap: str, partitions: int):
+    With ``merchant`` set, payment events of other merchants are skipped; ledger legs are
+    always all kept, because zero-sum is a property of the whole ledger.
+    """
+
+    def __init__(self, bootstrap: str, partitions: int, merchant: str | None = None):
+        self.merchant = merchant
         self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                       auto_offset_reset="earliest", group_id=None)
         topics = (t.EVENTS, t.LEDGER_ENTRIES, t.DEADLETTER)
@@ -42,6 +47,8 @@ class Observer:
         return count
 
     def _apply(self, body) -> None:
+        if self.merchant and getattr(body, "merchant_id", self.merchant) != self.merchant:
+            return
         if isinstance(body, PaymentStatusChanged):
             seen = self.history[body.payment_id]
             if body not in seen:

@@ -122,3 +122,36 @@ def pick_ports(settings: Settings) -> Settings:
     """A free port for every listener configured as 0, so stacks and tests never collide."""
     names = ("api_port", "worker_web_port", "simulator_metrics_port")
     return settings.model_copy(update={n: getattr(settings, n) or free_port() for n in names})
+
+
+WARMUP_MERCHANT = "paycore-warmup"
+
+
+def wait_until_ready(settings: Settings, timeout_s: float = 90.0) -> float:
+    """Send one warm-up payment through the whole path and wait for its final event.
+
+    A worker is useful only once its consumer group has joined and its tables recovered;
+    the only honest readiness probe for a pipeline is a message through all of it.
+    Returns the seconds it took; raises TimeoutError if the payment never completes.
+    """
+    from paycore.observe import Observer, command_producer, send_command
+
+    started = time.monotonic()
+    order_no = f"warmup-{int(time.time() * 1000)}"
+    producer = command_producer(settings.kafka_bootstrap)
+    send_command(producer, {
+        "type": "pay", "merchant_id": WARMUP_MERCHANT, "idempotency_key": order_no,
+        "merchant_order_no": order_no, "amount_minor": 100, "currency": "USD",
+        "method": "card"})
+    producer.flush()
+    producer.close()
+    observer = Observer(settings.kafka_bootstrap, settings.partitions)
+    try:
+        done = observer.wait_until(lambda: any(
+            s.merchant_order_no == order_no and s.status in ("succeeded", "failed")
+            for s in observer.status.values()), timeout_s)
+    finally:
+        observer.close()
+    if not done:
+        raise TimeoutError(f"no warm-up payment through the stack in {timeout_s:.0f}s")
+    return time.monotonic() - started

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -15,9 +14,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from helpers import wait_for_final  # noqa: E402
-from paycore.observe import Observer, command_producer, send_command  # noqa: E402
-from paycore.stack import Stack, pick_ports  # noqa: E402
+from paycore.observe import Observer, command_producer  # noqa: E402
+from paycore.stack import Stack, pick_ports, wait_until_ready  # noqa: E402
 from streams.broker import EmbeddedBroker  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 
@@ -75,21 +73,10 @@ def stack_settings(kafka_bootstrap, deterministic_config, tmp_path_factory) -> S
 def stack(stack_settings):
     """One worker (all stages), the API and the simulator: real processes, shared broker."""
     with Stack(stack_settings, workers=1) as running:
-        producer = command_producer(stack_settings.kafka_bootstrap)
-        send_command(producer, {
-            "type": "pay", "merchant_id": "warmup", "idempotency_key": "warmup",
-            "merchant_order_no": "warmup", "amount_minor": 100, "currency": "USD",
-            "method": "card"})
-        producer.flush()
-        producer.close()
-        observer = Observer(stack_settings.kafka_bootstrap, PARTITIONS)
         try:
-            started = time.monotonic()
-            ready = wait_for_final(observer, "warmup", "warmup", timeout_s=90)
-            assert ready, f"stack not ready after {time.monotonic() - started:.0f}s: " + \
-                _logs(running)
-        finally:
-            observer.close()
+            wait_until_ready(running.settings)
+        except TimeoutError as exc:
+            pytest.fail(f"{exc}\n{_logs(running)}")
         yield running
 
 
