@@ -18,11 +18,11 @@ def build_worker(settings: Settings, worker_index: int = 0, **overrides) -> Wire
     return register_stages(create_app(settings, datadir=datadir, **overrides))
 
 
-def run_worker(settings: Settings, worker_index: int = 0, metrics_port: int | None = None,
-               loglevel: str = "WARNING") -> None:
+def run_worker(settings: Settings, worker_index: int = 0, metrics_port: int | None = None
+               ) -> None:
     wire = build_worker(settings, worker_index)
     port = settings.worker_web_port + worker_index if metrics_port is None else metrics_port
     if port:
         start_http_server(port, addr="127.0.0.1")
     logging.getLogger("paycore").info("worker %s metrics on 127.0.0.1:%s", worker_index, port)
-    Worker(wire.app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    Worker(wire.app, loglevel=settings.log_level, quiet=True).execute_from_commandline()

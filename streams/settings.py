@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     simulator_seed: int = 7
     """Seed for the channel simulators: same seed, same outcomes."""
 
+    log_level: str = "WARNING"
+    """Log level of every process (DEBUG, INFO, WARNING, ERROR)."""
+
     stages: str = "intake,dedup,orders,ledger"
     """Comma-separated stages this worker runs (all by default; tests may isolate one)."""
 
