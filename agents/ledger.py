@@ -14,13 +14,13 @@ from domain.events import (
 from domain.ledger import AccountBalance, Hold, PostingStatus
 from streams import topics as t
 from streams.app import Wire, now_ms
-from streams.envelope import child, decode
+from streams.envelope import child, decode, encode
 from streams.metrics import POSTINGS
 
 
 def register(wire: Wire) -> None:
     balances = table(wire, "balances", "account id -> balance and open holds")
-    applied = table(wire, "applied_postings", "posting id -> 1 once applied")
+    applied = table(wire, "applied_postings", "posting id -> the LegApplied it produced")
     hold_decisions = table(wire, "hold_decisions", "hold id -> first decision (status name)")
 
     def load(account_id: str, currency: str) -> AccountBalance:
@@ -37,8 +37,10 @@ def register(wire: Wire) -> None:
             if leg.account_id != account_id:
                 continue
             posting_id = ledger.posting_id_for(entry, account_id)
-            if applied.get(posting_id.encode()):
+            sent = applied.get(posting_id.encode())
+            if sent:  # applied before: say so again (the first send may have died with us)
                 POSTINGS.labels(operation="leg", result="exists").inc()
+                await wire.topics[t.LEDGER_ENTRIES].send(key=account_id.encode(), value=sent)
                 continue
             before = load(account_id, leg.currency)
             after, status = ledger.apply_leg(before, leg)
@@ -46,15 +48,16 @@ def register(wire: Wire) -> None:
             if status is not PostingStatus.applied:
                 await wire.dead_letter("ledger", f"{status.name}: {posting_id}", event)
                 continue
-            balances[account_id.encode()] = after.model_dump_json().encode()
-            applied[posting_id.encode()] = b"1"
             note = LegApplied(
                 posting_id=posting_id, entry_id=entry.entry_id, payment_id=entry.payment_id,
                 account_id=account_id, currency=leg.currency, amount_minor=leg.amount_minor,
                 sequence=after.legs_applied, total_minor=after.total_minor,
                 available_minor=after.available_minor,
                 frozen_minor=after.frozen_minor)
-            await wire.send(t.LEDGER_ENTRIES, account_id, child(env, note, index, now_ms()))
+            value = encode(child(env, note, index, now_ms()))
+            balances[account_id.encode()] = after.model_dump_json().encode()
+            applied[posting_id.encode()] = value
+            await wire.topics[t.LEDGER_ENTRIES].send(key=account_id.encode(), value=value)
 
     async def hold(env, req: HoldRequested) -> None:
         before = load(req.account_id, req.currency)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pydantic import BaseModel, ConfigDict
+
+from agents._outbox import Outgoing, OutboxEntry, recall, remember
 from agents._stage import consume, table
 from domain.commands import Command, Pay
 from domain.events import (
@@ -27,16 +30,26 @@ from domain.routing import choose_route
 from streams import topics as t
 from streams.app import Wire, now_ms
 from streams.channels_config import load_channels
-from streams.envelope import Envelope, child, decode
+from streams.envelope import Envelope, child, decode, encode
 from streams.metrics import COMMANDS, PAYMENTS_FINAL
 
 # Everything else is refused (a CommandRejected event) or, for channel and ledger messages,
 # an exception for reconciliation and ops: late and contradicting callbacks included.
 _SILENT = (CommandStatus.accepted, CommandStatus.duplicate, CommandStatus.callback_replayed)
+_FINAL = {s.value for s in FINAL_FOR_CLIENTS}
+
+
+class OrderRow(BaseModel):
+    """One row per payment id: the order and what was sent for each recent input."""
+
+    model_config = ConfigDict(frozen=True)
+
+    order: Order | None = None
+    outbox: tuple[OutboxEntry, ...] = ()
 
 
 def register(wire: Wire) -> None:
-    orders = table(wire, "orders", "payment id -> order state")
+    orders = table(wire, "orders", "payment id -> order state and outbox")
     channels = tuple(c.terms() for c in load_channels(wire.settings.config_dir).channels)
 
     def decide(order: Order | None, body, at: int) -> Decision:
@@ -53,48 +66,68 @@ def register(wire: Wire) -> None:
         env, at = decode(event.message.value), now_ms()
         key = event.message.key.decode()
         raw = orders.get(event.message.key)
-        before = Order.model_validate_json(raw) if raw else None
-        decision = decide(before, env.body, at)
-        if decision.order is not None and decision.order != before:
-            orders[event.message.key] = decision.order.model_dump_json().encode()
-        if isinstance(env.body, Command):
-            COMMANDS.labels(type=env.body.type, result=decision.status.name).inc()
-        if decision.status not in _SILENT:
-            await _reject(wire, env, decision, key, at)
-        for index, output in enumerate(decision.outputs):
-            await _emit(wire, child(env, output, index, at), decision.order)
+        row = OrderRow.model_validate_json(raw) if raw else OrderRow()
+        again = recall(row.outbox, env.message_id)
+        if again is not None:  # redelivered after a crash: send what we meant to send
+            await wire.send_all(again)
+            return
+        decision = decide(row.order, env.body, at)
+        outgoing = _outgoing(env, decision, key, at)
+        order = decision.order or row.order
+        if outgoing or order != row.order:
+            updated = OrderRow(order=order, outbox=remember(row.outbox, env.message_id, outgoing))
+            orders[event.message.key] = updated.model_dump_json().encode()
+        _count(env.body, decision)
+        await wire.send_all(outgoing)
 
     @wire.app.agent(wire.topic(t.ORDERS, t.CHANNEL_CALLBACKS), name="orders")
     async def order_stage(stream):
         await consume("orders", wire, stream, handle)
 
 
-async def _reject(wire: Wire, env: Envelope, decision: Decision, key: str, at: int) -> None:
+def _count(body, decision: Decision) -> None:
+    if isinstance(body, Command):
+        COMMANDS.labels(type=body.type, result=decision.status.name).inc()
+    for output in decision.outputs:
+        if isinstance(output, PaymentStatusChanged) and output.status in _FINAL \
+                and decision.order is not None:
+            PAYMENTS_FINAL.labels(status=output.status, method=decision.order.method,
+                                  channel=output.channel).inc()
+
+
+def _outgoing(env: Envelope, decision: Decision, key: str, at: int) -> list[Outgoing]:
+    """Every message this decision sends, encoded once: topic, key and exact bytes."""
+    out: list[Outgoing] = []
+    if decision.status not in _SILENT:
+        out.append(_rejection(env, decision, key, at))
+    for index, body in enumerate(decision.outputs):
+        value = encode(child(env, body, index, at)).decode()
+        for topic, out_key in _routes(body):
+            out.append(Outgoing(topic=topic, key=out_key, value=value))
+    return out
+
+
+def _rejection(env: Envelope, decision: Decision, key: str, at: int) -> Outgoing:
     body = env.body
     if not isinstance(body, Command):
-        await wire.send(t.RECON_EXCEPTIONS, key, child(env, body, 0, at))
-        return
+        # Late, contradicting or unknown channel/ledger answers: for reconciliation and ops.
+        return Outgoing(topic=t.RECON_EXCEPTIONS, key=key,
+                        value=encode(child(env, body, 0, at)).decode())
     rejected = CommandRejected(
         payment_id=key, merchant_id=body.merchant_id, merchant_order_no=body.merchant_order_no,
         command_type=body.type, idempotency_key=body.idempotency_key,
         code=decision.status.name, reason=decision.status.name.replace("_", " "), at_ms=at)
-    await wire.send(t.EVENTS, key, child(env, rejected, 0, at))
+    return Outgoing(topic=t.EVENTS, key=key, value=encode(child(env, rejected, 0, at)).decode())
 
 
-async def _emit(wire: Wire, env: Envelope, order: Order | None) -> None:
-    body = env.body
+def _routes(body) -> list[tuple[str, str]]:
+    """Topic and key for an output; a journal entry goes once to each account's partition."""
     if isinstance(body, PaymentStatusChanged):
-        if body.status in {s.value for s in FINAL_FOR_CLIENTS} and order is not None:
-            PAYMENTS_FINAL.labels(status=body.status, method=order.method,
-                                  channel=body.channel).inc()
-        await wire.send(t.EVENTS, body.payment_id, env)
-    elif isinstance(body, ChannelRequested):
-        await wire.send(t.CHANNEL_REQUESTS, body.payment_id, env)
-    elif isinstance(body, JournalEntryDecided):
-        # One copy per account partition; each applies only its own legs, by posting id.
-        for account_id in dict.fromkeys(leg.account_id for leg in body.legs):
-            await wire.send(t.LEDGER_POSTINGS, account_id, env)
-    elif isinstance(body, (HoldRequested, HoldReleaseRequested)):
-        await wire.send(t.LEDGER_POSTINGS, body.account_id, env)
-    else:
-        raise AssertionError(f"no topic for {type(body).__name__}")
+        return [(t.EVENTS, body.payment_id)]
+    if isinstance(body, ChannelRequested):
+        return [(t.CHANNEL_REQUESTS, body.payment_id)]
+    if isinstance(body, JournalEntryDecided):
+        return [(t.LEDGER_POSTINGS, a) for a in dict.fromkeys(leg.account_id for leg in body.legs)]
+    if isinstance(body, (HoldRequested, HoldReleaseRequested)):
+        return [(t.LEDGER_POSTINGS, body.account_id)]
+    raise AssertionError(f"no topic for {type(body).__name__}")

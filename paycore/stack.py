@@ -27,6 +27,7 @@ class Part:
     process: subprocess.Popen
     listens: str
     log_path: Path
+    args: list[str]
 
 
 @dataclass
@@ -47,7 +48,7 @@ class Stack:
             for stale in self.settings.data_dir.glob("worker-*"):
                 shutil.rmtree(stale, ignore_errors=True)
             self.settings = self.settings.model_copy(
-                update={"kafka_bootstrap": self.broker.bootstrap})
+                update={"kafka_bootstrap": self.broker.bootstrap, "embedded_broker": True})
         else:
             wait_for_metadata(self.settings.kafka_bootstrap)
         ensure_topics(self.settings.kafka_bootstrap, t.ALL, self.settings.partitions)
@@ -63,14 +64,32 @@ class Stack:
                         f"metrics http://127.0.0.1:{self.settings.simulator_metrics_port}")
         return self
 
-    def _spawn(self, name: str, args: list[str], listens: str) -> None:
+    def _spawn(self, name: str, args: list[str], listens: str) -> Part:
         env = {**os.environ, **_settings_env(self.settings)}
         log_path = self.settings.data_dir / "logs" / f"{name}.log"
-        out = open(log_path, "ab")
-        proc = subprocess.Popen([sys.executable, "-m", "paycore", *args], env=env, stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
-        self.parts.append(Part(name, proc, listens, log_path))
+        with open(log_path, "ab") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "paycore", *args], env=env,
+                                    stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        part = Part(name, proc, listens, log_path, args)
+        self.parts.append(part)
+        return part
+
+    def part(self, name: str) -> Part:
+        return next(p for p in self.parts if p.name == name)
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Kill one part's whole process group (fault injection) and reap it."""
+        part = self.part(name)
+        _signal_group(part.process, sig)
+        part.process.wait(STOP_TIMEOUT_S)
+
+    def restart(self, name: str) -> Part:
+        """Start a part again with the same arguments (its table state stays on disk)."""
+        old = self.part(name)
+        assert old.process.poll() is not None, f"{name} is still running"
+        self.parts.remove(old)
+        return self._spawn(name, old.args, old.listens)
 
     def describe(self) -> list[tuple[str, str]]:
         rows = [("broker", self.settings.kafka_bootstrap +

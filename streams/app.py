@@ -37,6 +37,11 @@ class Wire:
     async def send(self, topic: str, key: str, env: Envelope) -> None:
         await self.topics[topic].send(key=key.encode(), value=encode(env))
 
+    async def send_all(self, outgoing) -> None:
+        """Send pre-encoded messages (``topic``, ``key``, ``value`` str), in order."""
+        for item in outgoing:
+            await self.topics[item.topic].send(key=item.key.encode(), value=item.value.encode())
+
     async def dead_letter(self, stage: str, reason: str, event) -> None:
         """Park an unprocessable message with its reason; never raises past the agent."""
         msg = event.message
@@ -67,6 +72,10 @@ def create_app(settings: Settings, **overrides) -> Wire:
         **RAW,
     )
     conf.update(overrides)
+    if settings.embedded_broker:
+        from streams.tansu import patch_faust_highwaters
+
+        patch_faust_highwaters(settings.bootstrap_servers())
     app = faust.App(settings.app_id, **conf)
     wire = Wire(app=app, settings=settings)
     for name in t.ALL:

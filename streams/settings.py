@@ -16,6 +16,10 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = ""
     """host:port[,host:port]. Empty means: start the embedded broker (Tansu)."""
 
+    embedded_broker: bool = False
+    """Set by whoever started the embedded broker: turns on the workarounds in
+    ``streams/tansu.py`` (Tansu 0.6 under-reports log end offsets)."""
+
     partitions: int = Field(default=8, ge=1, le=256)
     """Partitions per topic (all topics share it, so keyed topics stay co-partitioned)."""
 

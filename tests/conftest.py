@@ -33,19 +33,25 @@ def _docker_answers() -> bool:
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap():
+def broker():
+    """(bootstrap, embedded?) of the broker every integration test shares."""
     external = os.environ.get("PAYCORE_KAFKA_BOOTSTRAP")
     if external:
-        yield external
+        yield external, False
         return
     if _docker_answers():
         from testcontainers.kafka import KafkaContainer
 
         with KafkaContainer() as kafka:
-            yield kafka.get_bootstrap_server()
+            yield kafka.get_bootstrap_server(), False
         return
-    with EmbeddedBroker() as broker:
-        yield broker.bootstrap
+    with EmbeddedBroker() as embedded:
+        yield embedded.bootstrap, True
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(broker) -> str:
+    return broker[0]
 
 
 @pytest.fixture(scope="session")
@@ -60,10 +66,10 @@ def deterministic_config(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def stack_settings(kafka_bootstrap, deterministic_config, tmp_path_factory) -> Settings:
+def stack_settings(broker, deterministic_config, tmp_path_factory) -> Settings:
     run = uuid.uuid4().hex[:6]
     return pick_ports(Settings(
-        kafka_bootstrap=kafka_bootstrap, partitions=PARTITIONS, api_port=0, worker_web_port=0,
+        kafka_bootstrap=broker[0], embedded_broker=broker[1], partitions=PARTITIONS, api_port=0, worker_web_port=0,
         simulator_metrics_port=0,
         data_dir=tmp_path_factory.mktemp("paycore"), app_id=f"paycore-test-{run}",
         config_dir=deterministic_config))

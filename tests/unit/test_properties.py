@@ -34,6 +34,7 @@ from domain.events import (
     PaymentStatusChanged,
 )
 from domain.ids import derive_id, payment_id_for
+from domain.money import fee_minor
 from domain.ledger import (
     AccountBalance,
     Hold,
@@ -78,7 +79,7 @@ REFUND_IDS = ("rf-1", "rf-2", "rf-3")
 
 _amounts = st.integers(min_value=1, max_value=3_000)
 _FIRST_OPS = (ChannelOperation.sale, ChannelOperation.authorize)
-_ANSWERS = ("ok", "ok", "ok", "ok", "declined", "less", "more")
+_ANSWERS = ("ok", "ok", "ok", "declined", "declined", "other_amount")
 _targets = st.tuples(st.sampled_from(MERCHANTS), st.sampled_from(ORDER_NOS))
 
 
@@ -149,6 +150,7 @@ class PaymentAuditor(RuleBasedStateMachine):
     def _post(self, entry: JournalEntryDecided) -> None:
         """Like the ledger stage: a balanced entry, each leg applied once by posting id."""
         assert entry_balances(entry), entry
+        self._check_entry_shape(entry)
         known = self.entry_legs.setdefault(entry.entry_id, entry.legs)
         assert known == entry.legs, ("same entry id, different legs", known, entry.legs)
         assert self.entry_payment.setdefault(entry.entry_id, entry.payment_id) == entry.payment_id
@@ -162,6 +164,25 @@ class PaymentAuditor(RuleBasedStateMachine):
             self.applied_postings.add(posting_id)
             if accounts.kind_of(leg.account_id) is accounts.AccountKind.channel_clearing:
                 self.clearing_by_payment[entry.payment_id] += leg.amount_minor
+
+    def _check_entry_shape(self, entry: JournalEntryDecided) -> None:
+        """Capture: clearing pays the gross, merchant gets net, fee account the route's fee.
+        Refund: the merchant's hold is consumed and the gross goes back to clearing."""
+        order = self.orders[entry.payment_id]
+        route, ccy = order.route, order.currency
+        legs = {leg.account_id: leg for leg in entry.legs}
+        assert len(legs) == len(entry.legs)
+        clearing = legs[accounts.channel_clearing(route.channel, ccy)].amount_minor
+        merchant = legs[accounts.merchant_pending(order.merchant_id, ccy)]
+        if entry.reason == "capture":
+            fee = fee_minor(-clearing, route.fee_bps, route.fee_fixed_minor)
+            assert merchant.amount_minor == -clearing - fee and not merchant.hold_id
+            fees = legs.get(accounts.fee_revenue(ccy))
+            assert (fees.amount_minor if fees else 0) == fee
+        else:
+            assert entry.reason == "refund", entry.reason
+            assert clearing > 0 and merchant.amount_minor == -clearing
+            assert merchant.hold_id and len(legs) == 2
 
     def _order_of(self, target) -> tuple[str, Order | None]:
         payment_id = payment_id_for(*target)
@@ -317,11 +338,11 @@ class PaymentAuditor(RuleBasedStateMachine):
     @precondition(lambda self: self.channel_pending)
     @rule(data=st.data(), how=st.sampled_from(_ANSWERS))
     def channel_answers(self, data, how):
-        """Any outstanding request, in any order; mostly success, sometimes a decline, and
-        now and then a sale/authorize answered with another amount."""
+        """Any outstanding request, in any order; mostly success, often a decline, and now
+        and then a sale/authorize answered with another amount."""
         request_id = data.draw(st.sampled_from(sorted(self.channel_pending)))
         first_op = self.channel_pending[request_id].operation in _FIRST_OPS
-        delta = {"less": -1, "more": 1}.get(how, 0) if first_op else 0
+        delta = data.draw(st.sampled_from([-1, 1])) if first_op and how == "other_amount" else 0
         self._channel_answer(request_id, how != "declined", delta)
 
     def _channel_answer(self, request_id: str, succeeded: bool, delta: int) -> None:
