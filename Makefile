@@ -27,6 +27,7 @@ up: $(STAMP)
 
 test: $(STAMP)
 	@bash scripts/install-system-deps.sh
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

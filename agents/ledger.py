@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
+from pydantic import BaseModel, ConfigDict
+
 from agents._stage import consume, table
 from domain import ledger
 from domain.events import (
@@ -14,90 +18,166 @@ from domain.events import (
 from domain.ledger import AccountBalance, Hold, PostingStatus
 from streams import topics as t
 from streams.app import Wire, now_ms
-from streams.envelope import child, decode, encode
+from streams.envelope import Envelope, child, decode, encode
 from streams.metrics import POSTINGS
 
 
-def register(wire: Wire) -> None:
-    balances = table(wire, "balances", "account id -> balance and open holds")
-    applied = table(wire, "applied_postings", "posting id -> the LegApplied it produced")
-    hold_decisions = table(wire, "hold_decisions", "hold id -> first decision (status name)")
+log = logging.getLogger(__name__)
 
-    def load(account_id: str, currency: str) -> AccountBalance:
-        raw = balances.get(account_id.encode())
+
+class AccountRow(BaseModel):
+    """The balance and the input offset it reflects, in ONE row so they survive together.
+
+    Faust restores every row from its own changelog; after a crash two rows can come back
+    from different moments. Whatever must agree with the balance lives in this row.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    balance: AccountBalance
+    input_offset: int = -1
+    """Offset in this account's pay.ledger.postings partition of the last message applied."""
+
+
+class Applied(BaseModel):
+    """What a posting or hold id did, kept so a duplicate gets the same answer."""
+
+    model_config = ConfigDict(frozen=True)
+
+    input_offset: int
+    outcome: str
+    """The LegApplied envelope sent (legs) or the first decision's status name (holds)."""
+
+
+class LedgerStage:
+    """The account-partitioned tables and what each posting message does to them.
+
+    A message is already reflected in the balance when its offset is at most the row's
+    ``input_offset`` (a redelivery), or when its posting/hold id was applied from an
+    offset at most that (a copy sent again upstream). Inputs replay in offset order, so a
+    row restored to an older moment is brought forward again before any later copy comes.
+    """
+
+    def __init__(self, wire: Wire):
+        self.wire = wire
+        self.accounts = table(wire, "accounts", "account id -> balance and input offset")
+        self.applied = table(wire, "applied_ids", "posting or hold id -> offset and outcome")
+
+    def load(self, account_id: str, currency: str) -> AccountRow:
+        raw = self.accounts.get(account_id.encode())
         if raw is None:
-            return ledger.open_account(account_id, currency)
-        return AccountBalance.model_validate_json(raw)
+            return AccountRow(balance=ledger.open_account(account_id, currency))
+        return AccountRow.model_validate_json(raw)
 
-    async def post_entry(event, env, entry: JournalEntryDecided, account_id: str) -> None:
+    def store(self, balance: AccountBalance, offset: int) -> None:
+        row = AccountRow(balance=balance, input_offset=offset)
+        self.accounts[balance.account_id.encode()] = row.model_dump_json().encode()
+
+    def seen(self, row: AccountRow, some_id: str, offset: int) -> tuple[bool, Applied | None]:
+        """Whether the row already reflects this message, and the id's earlier outcome."""
+        raw = self.applied.get(some_id.encode())
+        earlier = Applied.model_validate_json(raw) if raw else None
+        if offset <= row.input_offset:
+            return True, earlier  # redelivered: handled before, whatever it did
+        if earlier is not None and earlier.input_offset <= row.input_offset:
+            return True, earlier  # the same id again from upstream, already in the row
+        return False, None
+
+    async def handle(self, event) -> None:
+        env = decode(event.message.value)
+        account_id = event.message.key.decode()
+        offset = event.message.offset
+        if isinstance(env.body, JournalEntryDecided):
+            await self.post_entry(event, env, account_id, offset)
+        elif isinstance(env.body, HoldRequested):
+            await self.hold(env, env.body, offset)
+        elif isinstance(env.body, HoldReleaseRequested):
+            self.release(env.body, offset)
+        else:
+            await self.wire.dead_letter("ledger", f"unexpected kind {type(env.body).__name__}",
+                                        event)
+
+    async def post_entry(self, event, env: Envelope, account_id: str, offset: int) -> None:
+        entry: JournalEntryDecided = env.body
         if not ledger.entry_balances(entry):
-            await wire.dead_letter("ledger", f"entry_unbalanced: {entry.entry_id}", event)
+            await self.wire.dead_letter("ledger", f"entry_unbalanced: {entry.entry_id}", event)
             return
         for index, leg in enumerate(entry.legs):
-            if leg.account_id != account_id:
-                continue
-            posting_id = ledger.posting_id_for(entry, account_id)
-            sent = applied.get(posting_id.encode())
-            if sent:  # applied before: say so again (the first send may have died with us)
-                POSTINGS.labels(operation="leg", result="exists").inc()
-                await wire.topics[t.LEDGER_ENTRIES].send(key=account_id.encode(), value=sent)
-                continue
-            before = load(account_id, leg.currency)
-            after, status = ledger.apply_leg(before, leg)
-            POSTINGS.labels(operation="leg", result=status.name).inc()
-            if status is not PostingStatus.applied:
-                await wire.dead_letter("ledger", f"{status.name}: {posting_id}", event)
-                continue
-            note = LegApplied(
-                posting_id=posting_id, entry_id=entry.entry_id, payment_id=entry.payment_id,
-                account_id=account_id, currency=leg.currency, amount_minor=leg.amount_minor,
-                sequence=after.legs_applied, total_minor=after.total_minor,
-                available_minor=after.available_minor,
-                frozen_minor=after.frozen_minor)
-            value = encode(child(env, note, index, now_ms()))
-            balances[account_id.encode()] = after.model_dump_json().encode()
-            applied[posting_id.encode()] = value
-            await wire.topics[t.LEDGER_ENTRIES].send(key=account_id.encode(), value=value)
+            if leg.account_id == account_id:
+                reason = await self.post_leg(env, entry, index, offset)
+                if reason:
+                    await self.wire.dead_letter("ledger", reason, event)
 
-    async def hold(env, req: HoldRequested) -> None:
-        before = load(req.account_id, req.currency)
-        first = hold_decisions.get(req.hold_id.encode())
-        earlier = PostingStatus[first.decode()] if first else None
-        after, status = ledger.place_hold(before, Hold(
-            hold_id=req.hold_id, payment_id=req.payment_id, amount_minor=req.amount_minor),
-            earlier)
+    async def post_leg(self, env: Envelope, entry: JournalEntryDecided, index: int,
+                       offset: int) -> str:
+        """Apply one leg once; returns a dead-letter reason, or '' when all is well."""
+        leg = entry.legs[index]
+        posting_id = ledger.posting_id_for(entry, leg.account_id)
+        key = leg.account_id.encode()
+        row = self.load(leg.account_id, leg.currency)
+        seen, earlier = self.seen(row, posting_id, offset)
+        if seen:  # say so again: the first send may have died with us
+            POSTINGS.labels(operation="leg", result="exists").inc()
+            if earlier is not None:
+                await self.wire.topics[t.LEDGER_ENTRIES].send(key=key,
+                                                              value=earlier.outcome.encode())
+            return ""
+        after, status = ledger.apply_leg(row.balance, leg)
+        POSTINGS.labels(operation="leg", result=status.name).inc()
+        if status is not PostingStatus.applied:
+            return f"{status.name}: {posting_id}"
+        note = LegApplied(
+            posting_id=posting_id, entry_id=entry.entry_id, payment_id=entry.payment_id,
+            account_id=leg.account_id, currency=leg.currency, amount_minor=leg.amount_minor,
+            sequence=after.legs_applied, total_minor=after.total_minor,
+            available_minor=after.available_minor, frozen_minor=after.frozen_minor)
+        value = encode(child(env, note, index, now_ms()))
+        self.store(after, offset)
+        self.applied[posting_id.encode()] = Applied(
+            input_offset=offset, outcome=value.decode()).model_dump_json().encode()
+        await self.wire.topics[t.LEDGER_ENTRIES].send(key=key, value=value)
+        return ""
+
+    async def hold(self, env: Envelope, req: HoldRequested, offset: int) -> None:
+        row = self.load(req.account_id, req.currency)
+        seen, earlier = self.seen(row, req.hold_id, offset)
+        if seen and earlier is None:  # decided, but its record came back older than the row
+            earlier_status = PostingStatus.applied if any(
+                h.hold_id == req.hold_id for h in row.balance.holds) else None
+            if earlier_status is None:
+                log.warning("hold %s: redelivered, outcome unknown; not answered", req.hold_id)
+                return
+            earlier = Applied(input_offset=offset, outcome=earlier_status.name)
+        after, status = ledger.place_hold(
+            row.balance,
+            Hold(hold_id=req.hold_id, payment_id=req.payment_id, amount_minor=req.amount_minor),
+            PostingStatus[earlier.outcome] if earlier else None)
         POSTINGS.labels(operation="hold", result=status.name).inc()
         if earlier is None:
-            hold_decisions[req.hold_id.encode()] = status.name.encode()
-        if status is PostingStatus.applied:
-            balances[req.account_id.encode()] = after.model_dump_json().encode()
+            self.store(after, offset)  # a refusal moves the offset too
+            self.applied[req.hold_id.encode()] = Applied(
+                input_offset=offset, outcome=status.name).model_dump_json().encode()
         placed = status in (PostingStatus.applied, PostingStatus.hold_exists)
         answer = HoldResolved(hold_id=req.hold_id, payment_id=req.payment_id,
                               account_id=req.account_id, placed=placed,
                               reason="" if placed else status.name)
-        await wire.send(t.ORDERS, req.payment_id, child(env, answer, 0, now_ms()))
+        await self.wire.send(t.ORDERS, req.payment_id, child(env, answer, 0, now_ms()))
 
-    async def release(req: HoldReleaseRequested) -> None:
-        raw = balances.get(req.account_id.encode())
+    def release(self, req: HoldReleaseRequested, offset: int) -> None:
+        raw = self.accounts.get(req.account_id.encode())
         if raw is None:
             return
-        after, status = ledger.release_hold(AccountBalance.model_validate_json(raw), req.hold_id)
+        row = AccountRow.model_validate_json(raw)
+        if offset <= row.input_offset:
+            return
+        after, status = ledger.release_hold(row.balance, req.hold_id)
         POSTINGS.labels(operation="release", result=status.name).inc()
-        if status is PostingStatus.applied:
-            balances[req.account_id.encode()] = after.model_dump_json().encode()
+        self.store(after, offset)
 
-    async def handle(event) -> None:
-        env = decode(event.message.value)
-        account_id = event.message.key.decode()
-        if isinstance(env.body, JournalEntryDecided):
-            await post_entry(event, env, env.body, account_id)
-        elif isinstance(env.body, HoldRequested):
-            await hold(env, env.body)
-        elif isinstance(env.body, HoldReleaseRequested):
-            await release(env.body)
-        else:
-            await wire.dead_letter("ledger", f"unexpected kind {type(env.body).__name__}", event)
+
+def register(wire: Wire) -> None:
+    stage = LedgerStage(wire)
 
     @wire.app.agent(wire.topics[t.LEDGER_POSTINGS], name="ledger")
     async def ledger_stage(stream):
-        await consume("ledger", wire, stream, handle)
+        await consume("ledger", wire, stream, stage.handle)

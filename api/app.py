@@ -50,6 +50,7 @@ class RefundRequest(BaseModel):
 
 
 def create_api(settings: Settings) -> FastAPI:
+    """The app: a producer to pay.commands and a read model following pay.events."""
     view = PaymentsView()
     state: dict = {}
 
@@ -59,95 +60,106 @@ def create_api(settings: Settings) -> FastAPI:
         producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers(), acks=-1)
         await producer.start()
         state["producer"] = producer
-        follower = asyncio.create_task(
+        state["follower"] = asyncio.create_task(
             view.follow(settings.bootstrap_servers(), settings.partitions, stop))
-        state["follower"] = follower
         try:
             yield
         finally:
             stop.set()
-            await asyncio.wait_for(follower, 5)
+            await asyncio.wait_for(state["follower"], 5)
             await producer.stop()
-
-    app = FastAPI(title="paycore", version="0.1.0", lifespan=lifespan)
 
     async def publish(cmd: Command) -> None:
         raw = cmd.model_dump_json().encode()
         await state["producer"].send_and_wait(t.COMMANDS, key=cmd.merchant_order_no.encode(),
                                               value=raw)
 
-    async def wait_for(payment_id: str, wait_s: float) -> dict | None:
-        deadline = time.monotonic() + min(wait_s, WAIT_S_MAX)
-        async with view.changed:
-            while True:
-                row = view.payments.get(payment_id)
-                if row and row["status"] in _STOP_AT or time.monotonic() >= deadline:
-                    return row
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(view.changed.wait(), deadline - time.monotonic())
+    app = FastAPI(title="paycore", version="0.1.0", lifespan=lifespan)
+    _payment_routes(app, view, publish)
+    _follow_up_routes(app, view, publish)
+    _health_routes(app, view, state)
+    app.state.view = view
+    return app
 
-    def build(cls, **fields):
-        try:
-            return cls(**fields)
-        except ValidationError as exc:
-            detail = [{"loc": e["loc"], "msg": e["msg"]} for e in exc.errors()]
-            raise HTTPException(status_code=422, detail=detail) from exc
 
-    def found(payment_id: str) -> dict:
-        row = view.payments.get(payment_id)
-        if row is None:
-            raise HTTPException(status_code=404, detail=f"payment {payment_id} not found")
-        return row
+def _build(cls, **fields):
+    """A domain command from HTTP fields; its validation errors become a precise 422."""
+    try:
+        return cls(**fields)
+    except ValidationError as exc:
+        detail = [{"loc": e["loc"], "msg": e["msg"]} for e in exc.errors()]
+        raise HTTPException(status_code=422, detail=detail) from exc
 
+
+def _found(view: PaymentsView, payment_id: str) -> dict:
+    row = view.payments.get(payment_id)
+    if row is None:
+        raise HTTPException(status_code=404, detail=f"payment {payment_id} not found")
+    return row
+
+
+async def _wait_for(view: PaymentsView, payment_id: str, wait_s: float) -> dict | None:
+    """The payment once it is final or needs the merchant's action, or when time is up."""
+    deadline = time.monotonic() + min(wait_s, WAIT_S_MAX)
+    async with view.changed:
+        while True:
+            row = view.payments.get(payment_id)
+            if row and row["status"] in _STOP_AT or time.monotonic() >= deadline:
+                return row
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(view.changed.wait(), deadline - time.monotonic())
+
+
+def _payment_routes(app: FastAPI, view: PaymentsView, publish) -> None:
     @app.post("/v1/payments", status_code=202)
     async def create_payment(body: PaymentRequest, idempotency_key: IdempotencyKey,
                              wait: float = Query(default=0, ge=0, le=WAIT_S_MAX)):
-        cmd = build(Pay, merchant_id=body.merchant_id, idempotency_key=idempotency_key,
-                    merchant_order_no=body.merchant_order_no, amount_minor=body.amount,
-                    currency=body.currency, method=body.method, capture=body.capture,
-                    payer=body.payer)
+        cmd = _build(Pay, merchant_id=body.merchant_id, idempotency_key=idempotency_key,
+                     merchant_order_no=body.merchant_order_no, amount_minor=body.amount,
+                     currency=body.currency, method=body.method, capture=body.capture,
+                     payer=body.payer)
         await publish(cmd)
         payment_id = payment_id_for(cmd.merchant_id, cmd.merchant_order_no)
-        row = await wait_for(payment_id, wait) if wait else view.payments.get(payment_id)
+        row = await _wait_for(view, payment_id, wait) if wait else view.payments.get(payment_id)
         return {"payment_id": payment_id, "status": row["status"] if row else "accepted",
                 "payment": row}
 
     @app.get("/v1/payments/{payment_id}")
     async def get_payment(payment_id: str):
-        return {**found(payment_id), "rejections": view.rejections.get(payment_id, [])}
+        return {**_found(view, payment_id), "rejections": view.rejections.get(payment_id, [])}
 
     @app.get("/v1/payments")
     async def find_payment(merchant_id: str, merchant_order_no: str):
         payment_id = view.by_order_no.get((merchant_id, merchant_order_no))
         if payment_id is None:
             raise HTTPException(status_code=404, detail="no payment for that merchant order")
-        return found(payment_id)
+        return _found(view, payment_id)
+
+
+def _follow_up_routes(app: FastAPI, view: PaymentsView, publish) -> None:
+    def order_of(payment_id: str) -> dict:
+        row = _found(view, payment_id)
+        return {"merchant_id": row["merchant_id"], "merchant_order_no": row["merchant_order_no"]}
 
     @app.post("/v1/payments/{payment_id}/capture", status_code=202)
     async def capture(payment_id: str, body: AmountRequest, idempotency_key: IdempotencyKey):
-        row = found(payment_id)
-        await publish(build(Capture, merchant_id=row["merchant_id"],
-                            merchant_order_no=row["merchant_order_no"],
-                            idempotency_key=idempotency_key, amount_minor=body.amount))
+        await publish(_build(Capture, **order_of(payment_id), idempotency_key=idempotency_key,
+                             amount_minor=body.amount))
         return {"payment_id": payment_id, "status": "capture_requested"}
 
     @app.post("/v1/payments/{payment_id}/void", status_code=202)
     async def void(payment_id: str, idempotency_key: IdempotencyKey):
-        row = found(payment_id)
-        await publish(build(Void, merchant_id=row["merchant_id"],
-                            merchant_order_no=row["merchant_order_no"],
-                            idempotency_key=idempotency_key))
+        await publish(_build(Void, **order_of(payment_id), idempotency_key=idempotency_key))
         return {"payment_id": payment_id, "status": "void_requested"}
 
     @app.post("/v1/payments/{payment_id}/refunds", status_code=202)
     async def refund(payment_id: str, body: RefundRequest, idempotency_key: IdempotencyKey):
-        row = found(payment_id)
-        await publish(build(Refund, merchant_id=row["merchant_id"],
-                            merchant_order_no=row["merchant_order_no"],
-                            idempotency_key=idempotency_key, refund_id=body.refund_id,
-                            amount_minor=body.amount))
+        await publish(_build(Refund, **order_of(payment_id), idempotency_key=idempotency_key,
+                             refund_id=body.refund_id, amount_minor=body.amount))
         return {"payment_id": payment_id, "status": "refund_requested"}
 
+
+def _health_routes(app: FastAPI, view: PaymentsView, state: dict) -> None:
     @app.get("/healthz")
     async def healthz():
         return {"ok": True}
@@ -163,6 +175,3 @@ def create_api(settings: Settings) -> FastAPI:
     @app.get("/metrics")
     async def metrics():
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
-    app.state.view = view
-    return app

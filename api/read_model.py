@@ -10,6 +10,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from domain.events import CommandRejected, PaymentStatusChanged
 from streams import topics as t
 from streams.envelope import UndecodableEnvelope, decode
+from streams.tansu import true_end_offsets
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class PaymentsView:
             tps = [TopicPartition(t.EVENTS, p) for p in range(partitions)]
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
-            ends = await consumer.end_offsets(tps)
+            ends = await true_end_offsets(consumer, bootstrap, tps)
             while not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=200, max_records=1000)
                 for records in batch.values():
@@ -53,7 +54,7 @@ class PaymentsView:
                         self._apply_raw(record.value)
                 if not self.caught_up.is_set():
                     positions = [await consumer.position(tp) for tp in tps]
-                    if all(pos >= ends[tp] for pos, tp in zip(positions, tps)):
+                    if all(pos >= ends[tp] for pos, tp in zip(positions, tps, strict=True)):
                         self.caught_up.set()
                 if batch:
                     async with self.changed:

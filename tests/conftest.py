@@ -69,8 +69,8 @@ def deterministic_config(tmp_path_factory) -> Path:
 def stack_settings(broker, deterministic_config, tmp_path_factory) -> Settings:
     run = uuid.uuid4().hex[:6]
     return pick_ports(Settings(
-        kafka_bootstrap=broker[0], embedded_broker=broker[1], partitions=PARTITIONS, api_port=0, worker_web_port=0,
-        simulator_metrics_port=0,
+        kafka_bootstrap=broker[0], embedded_broker=broker[1], partitions=PARTITIONS,
+        api_port=0, worker_web_port=0, simulator_metrics_port=0,
         data_dir=tmp_path_factory.mktemp("paycore"), app_id=f"paycore-test-{run}",
         config_dir=deterministic_config))
 

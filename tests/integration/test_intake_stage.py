@@ -4,7 +4,6 @@ field, and the stage keeps going."""
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 from helpers import pay, read_topic, wait_for_final
@@ -36,8 +35,10 @@ class TestMalformedCommands:
         producer.flush()
 
         final = wait_for_final(observer, merchant, "good")
-        ours = lambda: [d for d in observer.deadletters
-                        if (d["key"]["text"] or "").startswith(f"{merchant}-bad-")]
+        def ours() -> list[dict]:
+            return [d for d in observer.deadletters
+                    if (d["key"]["text"] or "").startswith(f"{merchant}-bad-")]
+
         observer.wait_until(lambda: len(ours()) == 4, 10)
 
         assert final is not None and final.status == "succeeded"

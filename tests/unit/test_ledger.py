@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pydantic
 import pytest
 
 from domain import accounts
@@ -309,7 +310,7 @@ class TestInvariants:
     def test_balance_is_frozen_model(self):
         balance = funded(1_000)
 
-        with pytest.raises(Exception):
+        with pytest.raises(pydantic.ValidationError):
             balance.total_minor = 5
 
         assert balance.total_minor == 1_000
