@@ -37,5 +37,6 @@ def choose_route(
         channel=best.name,
         fee_bps=best.fee_bps,
         fee_fixed_minor=best.fee_fixed_minor,
-        reason=f"priority {best.priority} of {len(eligible)} eligible for {method.value}/{currency}",
+        reason=f"priority {best.priority} of {len(eligible)} eligible "
+               f"for {method.value}/{currency}",
     )
