@@ -24,13 +24,11 @@ class PaymentsView:
         self.rejections: dict[str, list[dict]] = {}
         self.changed = asyncio.Condition()
         self.caught_up = asyncio.Event()
+        self._seen_ids: set[str] = set()
 
     def apply(self, body) -> None:
         if isinstance(body, PaymentStatusChanged):
             row = self.payments.setdefault(body.payment_id, {"history": []})
-            if any(h["at_ms"] == body.at_ms and h["status"] == body.status
-                   for h in row["history"]):
-                return  # a replayed event
             row.update(body.model_dump(exclude={"previous_status", "reason", "trigger", "at_ms"}))
             row["history"].append({"status": body.status, "reason": body.reason,
                                    "trigger": body.trigger, "at_ms": body.at_ms})
@@ -64,6 +62,11 @@ class PaymentsView:
 
     def _apply_raw(self, raw: bytes) -> None:
         try:
-            self.apply(decode(raw).body)
+            env = decode(raw)
         except UndecodableEnvelope as exc:
             log.warning("read model skipped an undecodable event: %s", exc)
+            return
+        if env.message_id in self._seen_ids:
+            return  # a redelivered copy: same deterministic id
+        self._seen_ids.add(env.message_id)
+        self.apply(env.body)

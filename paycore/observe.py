@@ -34,6 +34,9 @@ class Observer:
         self.rejections: list[CommandRejected] = []
         self.legs: dict[str, LegApplied] = {}
         self.deadletters: list[dict] = []
+        self.seen_ids: set[str] = set()
+        self.copies_dropped = 0
+        """Redelivered copies recognised by message id, as every consumer should."""
 
     def poll(self, timeout_ms: int = 200) -> int:
         count = 0
@@ -43,17 +46,20 @@ class Observer:
                 if tp.topic == t.DEADLETTER:
                     self.deadletters.append(json.loads(record.value))
                 else:
-                    self._apply(decode(record.value).body)
+                    env = decode(record.value)
+                    if env.message_id in self.seen_ids:
+                        self.copies_dropped += 1
+                        continue
+                    self.seen_ids.add(env.message_id)
+                    self._apply(env.body)
         return count
 
     def _apply(self, body) -> None:
         if self.merchant and getattr(body, "merchant_id", self.merchant) != self.merchant:
             return
         if isinstance(body, PaymentStatusChanged):
-            seen = self.history[body.payment_id]
-            if body not in seen:
-                seen.append(body)
-                self.status[body.payment_id] = body
+            self.history[body.payment_id].append(body)
+            self.status[body.payment_id] = body
         elif isinstance(body, CommandRejected):
             self.rejections.append(body)
         elif isinstance(body, LegApplied):
