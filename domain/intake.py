@@ -12,6 +12,20 @@ COMMAND_BYTES_MAX = 16_384
 _adapter: TypeAdapter = TypeAdapter(PaymentCommand)
 
 
+class _RepeatedKey(Exception):
+    pass
+
+
+def _refuse_repeated_keys(pairs: list[tuple[str, object]]) -> dict:
+    """JSON parsers disagree on which of two equal keys wins; we accept neither."""
+    doc: dict = {}
+    for key, value in pairs:
+        if key in doc:
+            raise _RepeatedKey(key)
+        doc[key] = value
+    return doc
+
+
 def _describe(error: ValidationError) -> str:
     parts = []
     for item in error.errors()[:5]:
@@ -27,7 +41,9 @@ def parse_command(raw: bytes | None):
     if len(raw) > COMMAND_BYTES_MAX:
         return None, f"message too large: {len(raw)} bytes > {COMMAND_BYTES_MAX}"
     try:
-        doc = json.loads(raw)
+        doc = json.loads(raw, object_pairs_hook=_refuse_repeated_keys)
+    except _RepeatedKey as exc:
+        return None, f"{exc.args[0]}: field repeated (ambiguous command)"
     except (ValueError, RecursionError) as exc:  # bad UTF-8/JSON, too deep, too many digits
         return None, f"not JSON: {type(exc).__name__}: {str(exc)[:200]}"
     if not isinstance(doc, dict):

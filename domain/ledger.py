@@ -58,10 +58,12 @@ def posting_id_for(entry: JournalEntryDecided, account_id: str) -> str:
 
 
 def entry_balances(entry: JournalEntryDecided) -> bool:
+    """Two or more legs, one per account (a posting id is entry + account), zero per currency."""
     totals: dict[str, int] = {}
     for leg in entry.legs:
         totals[leg.currency] = totals.get(leg.currency, 0) + leg.amount_minor
-    return len(entry.legs) >= 2 and all(v == 0 for v in totals.values())
+    one_leg_per_account = len({leg.account_id for leg in entry.legs}) == len(entry.legs)
+    return len(entry.legs) >= 2 and one_leg_per_account and all(v == 0 for v in totals.values())
 
 
 def check_invariants(balance: AccountBalance) -> None:

@@ -329,8 +329,11 @@ def decide_channel_response(order: Order | None, resp: ChannelResponded, now_ms:
                       f"{resp.request_id} ignored", now_ms)
         return Decision(noted, (), CommandStatus.callback_for_unknown_request)
     applied = next((a for a in order.applied if a.request_id == resp.request_id), None)
-    if applied is not None and applied.outcome is not resp.outcome:
-        return _late(order, resp, now_ms, f"contradicts the earlier {applied.outcome.value}")
+    if applied is not None and (applied.outcome is not resp.outcome
+                                or applied.amount_minor != resp.amount_minor
+                                or resp.currency != request.currency):
+        return _late(order, resp, now_ms, f"contradicts the earlier {applied.outcome.value} "
+                     f"of {applied.amount_minor} {request.currency}")
     if applied is not None:
         return Decision(order, _replay(order, applied), CommandStatus.callback_replayed)
     record = AppliedRequest(request_id=request.request_id, operation=request.operation,
@@ -479,4 +482,5 @@ def _entry(order, request, reason, legs, now_ms) -> JournalEntryDecided:
         entry_id=derive_id("je", request.request_id), payment_id=order.payment_id,
         reason=reason, legs=tuple(legs), decided_at_ms=now_ms)
     assert sum(leg.amount_minor for leg in entry.legs) == 0, entry
+    assert len({leg.account_id for leg in entry.legs}) == len(entry.legs), entry
     return entry

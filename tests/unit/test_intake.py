@@ -268,6 +268,13 @@ class TestParseRejected:
 
         _assert_rejected(result, "currency", "method")
 
+    def test_rejected_when_field_repeated(self):
+        raw = _raw(_pay_doc(amount_minor=1))[:-1] + b', "amount_minor": 1000000}'
+
+        result = parse_command(raw)
+
+        _assert_rejected(result, "amount_minor")
+
     def test_rejected_without_raising_when_deeply_nested(self):
         raw = b"[" * 5_000 + b"]" * 5_000
 

@@ -331,6 +331,13 @@ class TestEntries:
 
         assert ok is False
 
+    def test_entry_refused_when_two_legs_share_an_account(self):
+        e = entry(leg(-100, CLEARING), leg(60), leg(40))
+
+        ok = entry_balances(e)
+
+        assert ok is False
+
     def test_entry_unbalanced_when_single_leg(self):
         e = entry(leg(0))
 

@@ -740,6 +740,21 @@ class TestChannelResponse:
         assert d.status is C.callback_late
         assert len(d.order.history) == len(declined.history) + 1
 
+    @pytest.mark.parametrize("first_amount,again_amount,again_currency", [
+        (AMOUNT, AMOUNT - 1, CCY), (AMOUNT, AMOUNT, "USD"), (AMOUNT - 1, AMOUNT, CCY),
+    ], ids=["other-amount", "other-currency", "correct-after-mismatch"])
+    def test_repeat_with_other_money_recorded_as_late(self, first_amount, again_amount,
+                                                      again_currency):
+        order, request = processing()
+        first = decide_channel_response(order, answer(request, amount=first_amount), NOW + 1)
+
+        again = decide_channel_response(
+            first.order, answer(request, amount=again_amount, currency=again_currency), NOW + 2)
+
+        assert again.status is C.callback_late
+        assert len(again.order.history) == len(first.order.history) + 1
+        assert again.order.status is first.order.status
+
     def test_capture_never_requested_once_void_sent(self):
         voiding = decide_command(authorized(), void(), None, NOW + 2)
         capturing = decide_command(voiding.order, capture(500, "c1"), None, NOW + 3)
