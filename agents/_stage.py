@@ -1,15 +1,23 @@
-"""What every stage loop shares: timing, metrics, and never letting an exception escape.
+"""What every stage loop shares: timing, metrics, retries, and never skipping a message.
 
 Faust acks an event when the agent raises, so a raised exception would silently skip it.
-Each message is handled inside a guard: an unexpected error sends it to ``pay.deadletter``
-with its reason and the loop goes on.
+Each message is handled inside a guard:
+- a transient failure (the broker unreachable, a send timing out) retries the whole
+  handler with backoff; handlers are idempotent (outbox, input offsets), so that is safe;
+- anything else is a property of the message: it goes to ``pay.deadletter`` with its reason;
+- if even that cannot be done, the process exits without acking, so that the message is
+  delivered again after the restart instead of being lost.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import time
 from typing import Awaitable, Callable
+
+from aiokafka.errors import KafkaError
 
 from streams.app import Wire
 from streams.metrics import STAGE_EVENTS, STAGE_SECONDS
@@ -18,20 +26,61 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[object], Awaitable[None]]
 
+def transient(exc: BaseException) -> bool:
+    """Retryable: broker unreachable or slow. A non-retriable KafkaError (a message too
+    large, say) is a property of the message and is dead-lettered instead."""
+    if isinstance(exc, KafkaError):
+        return bool(getattr(exc, "retriable", False))
+    return isinstance(exc, (asyncio.TimeoutError, ConnectionError))
+
+RETRIES_MAX = 8
+BACKOFF_S_MAX = 5.0
+EXIT_CANNOT_PROCEED = 75  # EX_TEMPFAIL: the supervisor restarts us, the input is redelivered
+
 
 async def consume(stage: str, wire: Wire, stream, handle: Handler) -> None:
     events = STAGE_EVENTS.labels(stage=stage)
     seconds = STAGE_SECONDS.labels(stage=stage)
     async for event in stream.events():
         started = time.perf_counter()
-        try:
-            await handle(event)
-        except Exception as exc:  # the guard itself: see module docstring
-            log.exception("%s failed on %s[%s]@%s", stage, event.message.topic,
-                          event.message.partition, event.message.offset)
-            await wire.dead_letter(stage, f"unexpected: {type(exc).__name__}: {exc}", event)
+        await guarded(stage, wire, event, handle)
         events.inc()
         seconds.observe(time.perf_counter() - started)
+
+
+async def guarded(stage: str, wire: Wire, event, handle: Handler) -> None:
+    where = f"{event.message.topic}[{event.message.partition}]@{event.message.offset}"
+    for attempt in range(RETRIES_MAX):
+        try:
+            await handle(event)
+            return
+        except Exception as exc:  # the guard itself: see module docstring
+            if transient(exc):
+                delay = min(BACKOFF_S_MAX, 0.1 * 2**attempt)
+                log.warning("%s: transient %r on %s, retry in %.1fs", stage, exc, where, delay)
+                await asyncio.sleep(delay)
+                continue
+            log.exception("%s failed on %s", stage, where)
+            await _dead_letter(stage, wire, event, f"unexpected: {type(exc).__name__}: {exc}")
+            return
+    _give_up(stage, where, "transient failures did not clear")
+
+
+async def _dead_letter(stage: str, wire: Wire, event, reason: str) -> None:
+    for attempt in range(RETRIES_MAX):
+        try:
+            await wire.dead_letter(stage, reason, event)
+            return
+        except Exception as exc:
+            log.warning("%s: dead-letter send failed: %r", stage, exc)
+            await asyncio.sleep(min(BACKOFF_S_MAX, 0.1 * 2**attempt))
+    _give_up(stage, "dead-letter", reason)
+
+
+def _give_up(stage: str, where: str, why: str) -> None:
+    log.critical("%s cannot proceed on %s (%s): exiting without ack", stage, where, why)
+    logging.shutdown()
+    os._exit(EXIT_CANNOT_PROCEED)
 
 
 def table(wire: Wire, name: str, help_text: str):
