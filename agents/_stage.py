@@ -17,7 +17,8 @@ import os
 import time
 from typing import Awaitable, Callable
 
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, KafkaTimeoutError
+from faust.exceptions import ProducerSendError
 
 from streams.app import Wire
 from streams.metrics import STAGE_EVENTS, STAGE_SECONDS
@@ -27,8 +28,13 @@ log = logging.getLogger(__name__)
 Handler = Callable[[object], Awaitable[None]]
 
 def transient(exc: BaseException) -> bool:
-    """Retryable: broker unreachable or slow. A non-retriable KafkaError (a message too
-    large, say) is a property of the message and is dead-lettered instead."""
+    """Retryable: broker unreachable or slow. Faust wraps send errors in ProducerSendError,
+    so look at the cause. A non-retriable KafkaError (a message too large, say) is a
+    property of the message and is dead-lettered instead."""
+    if isinstance(exc, ProducerSendError):
+        return exc.__cause__ is None or transient(exc.__cause__)
+    if isinstance(exc, KafkaTimeoutError):
+        return True
     if isinstance(exc, KafkaError):
         return bool(getattr(exc, "retriable", False))
     return isinstance(exc, (asyncio.TimeoutError, ConnectionError))

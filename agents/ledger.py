@@ -37,6 +37,10 @@ class AccountRow(BaseModel):
     balance: AccountBalance
     input_offset: int = -1
     """Offset in this account's pay.ledger.postings partition of the last message applied."""
+    last_id: str = ""
+    last_outcome: str = ""
+    """The posting/hold id applied at ``input_offset`` and what it produced, so the most
+    recent one can be answered exactly even if its applied_ids row came back older."""
 
 
 class Applied(BaseModel):
@@ -69,16 +73,29 @@ class LedgerStage:
             return AccountRow(balance=ledger.open_account(account_id, currency))
         return AccountRow.model_validate_json(raw)
 
-    def store(self, balance: AccountBalance, offset: int) -> None:
-        row = AccountRow(balance=balance, input_offset=offset)
+    def store(self, balance: AccountBalance, offset: int, some_id: str, outcome: str) -> None:
+        """One write for the balance, the offset it reflects and the last outcome; then the
+        id's own record (which may come back older after a crash: see ``seen``)."""
+        row = AccountRow(balance=balance, input_offset=offset, last_id=some_id,
+                         last_outcome=outcome)
         self.accounts[balance.account_id.encode()] = row.model_dump_json().encode()
+        self.remember(some_id, offset, outcome)
+
+    def remember(self, some_id: str, offset: int, outcome: str) -> Applied:
+        applied = Applied(input_offset=offset, outcome=outcome)
+        self.applied[some_id.encode()] = applied.model_dump_json().encode()
+        return applied
 
     def seen(self, row: AccountRow, some_id: str, offset: int) -> tuple[bool, Applied | None]:
         """Whether the row already reflects this message, and the id's earlier outcome."""
         raw = self.applied.get(some_id.encode())
         earlier = Applied.model_validate_json(raw) if raw else None
-        if offset <= row.input_offset:
-            return True, earlier  # redelivered: handled before, whatever it did
+        if offset <= row.input_offset:  # redelivered: handled before, whatever it did
+            if earlier is None:  # its record came back older than the row: repair it,
+                # or a later copy from upstream would be applied a second time
+                outcome = row.last_outcome if row.last_id == some_id else ""
+                earlier = self.remember(some_id, offset, outcome)
+            return True, earlier
         if earlier is not None and earlier.input_offset <= row.input_offset:
             return True, earlier  # the same id again from upstream, already in the row
         return False, None
@@ -118,7 +135,7 @@ class LedgerStage:
         seen, earlier = self.seen(row, posting_id, offset)
         if seen:  # say so again: the first send may have died with us
             POSTINGS.labels(operation="leg", result="exists").inc()
-            if earlier is not None:
+            if earlier is not None and earlier.outcome:
                 await self.wire.topics[t.LEDGER_ENTRIES].send(key=key,
                                                               value=earlier.outcome.encode())
             return ""
@@ -132,31 +149,26 @@ class LedgerStage:
             sequence=after.legs_applied, total_minor=after.total_minor,
             available_minor=after.available_minor, frozen_minor=after.frozen_minor)
         value = encode(child(env, note, index, now_ms()))
-        self.store(after, offset)
-        self.applied[posting_id.encode()] = Applied(
-            input_offset=offset, outcome=value.decode()).model_dump_json().encode()
+        self.store(after, offset, posting_id, value.decode())
         await self.wire.topics[t.LEDGER_ENTRIES].send(key=key, value=value)
         return ""
 
     async def hold(self, env: Envelope, req: HoldRequested, offset: int) -> None:
         row = self.load(req.account_id, req.currency)
         seen, earlier = self.seen(row, req.hold_id, offset)
-        if seen and earlier is None:  # decided, but its record came back older than the row
-            earlier_status = PostingStatus.applied if any(
-                h.hold_id == req.hold_id for h in row.balance.holds) else None
-            if earlier_status is None:
-                log.warning("hold %s: redelivered, outcome unknown; not answered", req.hold_id)
-                return
-            earlier = Applied(input_offset=offset, outcome=earlier_status.name)
+        if seen and not earlier.outcome:  # decided, but the answer is not known any more
+            still_open = any(h.hold_id == req.hold_id for h in row.balance.holds)
+            status = PostingStatus.applied if still_open else PostingStatus.hold_outcome_unknown
+            log.warning("hold %s redelivered after a crash: answering %s", req.hold_id,
+                        status.name)
+            earlier = self.remember(req.hold_id, earlier.input_offset, status.name)
         after, status = ledger.place_hold(
             row.balance,
             Hold(hold_id=req.hold_id, payment_id=req.payment_id, amount_minor=req.amount_minor),
             PostingStatus[earlier.outcome] if earlier else None)
         POSTINGS.labels(operation="hold", result=status.name).inc()
         if earlier is None:
-            self.store(after, offset)  # a refusal moves the offset too
-            self.applied[req.hold_id.encode()] = Applied(
-                input_offset=offset, outcome=status.name).model_dump_json().encode()
+            self.store(after, offset, req.hold_id, status.name)  # a refusal moves it too
         placed = status in (PostingStatus.applied, PostingStatus.hold_exists)
         answer = HoldResolved(hold_id=req.hold_id, payment_id=req.payment_id,
                               account_id=req.account_id, placed=placed,
@@ -172,7 +184,7 @@ class LedgerStage:
             return
         after, status = ledger.release_hold(row.balance, req.hold_id)
         POSTINGS.labels(operation="release", result=status.name).inc()
-        self.store(after, offset)
+        self.store(after, offset, f"release:{req.hold_id}", status.name)
 
 
 def register(wire: Wire) -> None:

@@ -24,6 +24,9 @@ class PostingStatus(IntEnum):
     insufficient_funds = 5
     hold_exists = 6
     amount_must_be_positive = 7
+    hold_outcome_unknown = 8
+    """A redelivered hold request whose first answer was lost in a crash and whose hold is
+    no longer open: it is answered as not placed (the order has moved past it)."""
 
     def transient(self) -> bool:
         return False

@@ -104,6 +104,8 @@ class AppliedRequest(Message):
     operation: ChannelOperation
     outcome: ChannelOutcome
     amount_minor: int
+    currency: str
+    """What the channel reported, which may differ from what we asked (amount mismatch)."""
     reference: str
     applied_at_ms: int
     """When it was applied: a replay re-emits its effects stamped with this, byte-identical."""
@@ -168,7 +170,7 @@ def _status_event(order: Order, previous: str, trigger: str, reason: str, now_ms
 
 def _channel_request(order: Order, op: ChannelOperation, amount_minor: int, reference: str = ""):
     return ChannelRequested(
-        request_id=derive_id("req", order.payment_id, op.value, reference),
+        request_id=derive_id("req", order.payment_id, order.route.channel, op.value, reference),
         payment_id=order.payment_id, channel=order.route.channel, operation=op,
         amount_minor=amount_minor, currency=order.currency, reference=reference,
     )
@@ -331,14 +333,15 @@ def decide_channel_response(order: Order | None, resp: ChannelResponded, now_ms:
     applied = next((a for a in order.applied if a.request_id == resp.request_id), None)
     if applied is not None and (applied.outcome is not resp.outcome
                                 or applied.amount_minor != resp.amount_minor
-                                or resp.currency != request.currency):
+                                or applied.currency != resp.currency):
         return _late(order, resp, now_ms, f"contradicts the earlier {applied.outcome.value} "
-                     f"of {applied.amount_minor} {request.currency}")
+                     f"of {applied.amount_minor} {applied.currency}")
     if applied is not None:
         return Decision(order, _replay(order, applied), CommandStatus.callback_replayed)
     record = AppliedRequest(request_id=request.request_id, operation=request.operation,
                             outcome=resp.outcome, amount_minor=resp.amount_minor,
-                            reference=request.reference, applied_at_ms=now_ms)
+                            currency=resp.currency, reference=request.reference,
+                            applied_at_ms=now_ms)
     order = order.model_copy(update={"applied": order.applied + (record,)})
     handler = _RESPONSE_HANDLERS[request.operation]
     return handler(order, request, resp, now_ms)

@@ -55,14 +55,16 @@ def decode(raw: bytes) -> Envelope:
 
 # Bodies that carry an identity of their own get a message id from it, so the same output
 # re-emitted by a later cause (a redelivered command, a replayed callback) keeps its id.
+# A channel's answer is identified by what it says, not only by the request it answers: a
+# second answer that contradicts the first must not pass for a copy of it.
 _NATURAL_ID = {
-    "ChannelRequested": "request_id",
-    "ChannelResponded": "request_id",
-    "JournalEntryDecided": "entry_id",
-    "HoldRequested": "hold_id",
-    "HoldReleaseRequested": "hold_id",
-    "HoldResolved": "hold_id",
-    "LegApplied": "posting_id",
+    "ChannelRequested": ("request_id",),
+    "ChannelResponded": ("request_id", "outcome", "amount_minor", "currency"),
+    "JournalEntryDecided": ("entry_id",),
+    "HoldRequested": ("hold_id",),
+    "HoldReleaseRequested": ("hold_id",),
+    "HoldResolved": ("hold_id", "placed"),
+    "LegApplied": ("posting_id",),
 }
 
 
@@ -72,7 +74,10 @@ def child(cause: Envelope | str, body: Message, index: int, at_ms: int, trace_id
     trace = trace_id or (cause if isinstance(cause, str) else cause.trace_id)
     kind = type(body).__name__
     natural = _NATURAL_ID.get(kind)
-    parts = (kind, getattr(body, natural)) if natural else (cause_id, kind, str(index))
+    if natural:
+        parts = (kind, *(str(getattr(body, field)) for field in natural))
+    else:
+        parts = (cause_id, kind, str(index))
     return Envelope(derive_id("msg", *parts), trace, at_ms, body)
 
 

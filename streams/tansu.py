@@ -15,6 +15,8 @@ from aiokafka import AIOKafkaConsumer
 
 log = logging.getLogger(__name__)
 
+PROBE_ATTEMPTS = 20
+
 
 async def true_end_offsets(consumer: AIOKafkaConsumer, bootstrap: str, partitions) -> dict:
     """End offsets as Fetch reports them: max(ListOffsets, Fetch high watermark)."""
@@ -28,11 +30,17 @@ async def true_end_offsets(consumer: AIOKafkaConsumer, bootstrap: str, partition
         probe.assign(list(partitions))
         for tp in partitions:
             probe.seek(tp, listed[tp])
-        await probe.getmany(timeout_ms=500)
+        for _attempt in range(PROBE_ATTEMPTS):
+            await probe.getmany(timeout_ms=500)
+            if all(probe.highwater(tp) is not None for tp in partitions):
+                break
+        else:  # never fall back to the figure we know can be wrong
+            missing = [tp for tp in partitions if probe.highwater(tp) is None]
+            raise RuntimeError(f"no fetch high watermark for {missing}")
         fixed = {}
         for tp in partitions:
             fetched = probe.highwater(tp)
-            fixed[tp] = max(listed[tp], fetched or 0)
+            fixed[tp] = max(listed[tp], fetched)
             if fixed[tp] != listed[tp]:
                 log.info("end offset of %s: ListOffsets %s, Fetch %s", tp, listed[tp], fetched)
         return fixed

@@ -755,6 +755,16 @@ class TestChannelResponse:
         assert len(again.order.history) == len(first.order.history) + 1
         assert again.order.status is first.order.status
 
+    def test_identical_repeat_replayed_when_first_reported_other_currency(self):
+        order, request = processing()
+        callback = answer(request, currency="USD")
+        first = decide_channel_response(order, callback, NOW + 1)
+
+        again = decide_channel_response(first.order, callback, NOW + 2)
+
+        assert first.order.status is S.amount_mismatch
+        assert again == Decision(first.order, (), C.callback_replayed)
+
     def test_capture_never_requested_once_void_sent(self):
         voiding = decide_command(authorized(), void(), None, NOW + 2)
         capturing = decide_command(voiding.order, capture(500, "c1"), None, NOW + 3)

@@ -136,3 +136,21 @@ class TestSimulator:
         profile = SimulatorProfile(latency_ms_median=0, latency_ms_p99=0)
 
         assert answer(request(), profile, 1, 0).latency_ms == 0
+
+
+class TestCallbackIdentity:
+    def test_contradicting_answer_is_not_a_copy_of_the_first(self):
+        from domain.events import ChannelResponded
+
+        def said(outcome: ChannelOutcome, amount_minor: int) -> str:
+            body = ChannelResponded(
+                request_id="req_1", payment_id="pay_1", channel="wallet",
+                operation=ChannelOperation.sale, outcome=outcome, amount_minor=amount_minor,
+                currency="USD", channel_serial="s1")
+            return child("any-cause", body, 0, 0).message_id
+
+        first = said(ChannelOutcome.declined, 1_000)
+
+        assert said(ChannelOutcome.declined, 1_000) == first
+        assert said(ChannelOutcome.succeeded, 1_000) != first
+        assert said(ChannelOutcome.declined, 900) != first
