@@ -1,9 +1,12 @@
 """Property tests: the money rules (DESIGN.md §3) hold after every step of random traffic.
 
 (a) ``PaymentAuditor`` drives the order state machine with random commands, channel answers
-    (random outcome, duplicates, any order) and ledger work (holds placed and released in any
-    order, hold answers duplicated), keeping its own ledger from the outputs with the real
-    ``domain.ledger`` functions, applied once per posting id like the ledger stage.
+    (random outcome, other amounts, duplicates, contradictions, any order) and ledger work
+    (holds placed, redelivered and released in any order), keeping its own ledger from the
+    outputs with the real ``domain.ledger`` functions, applied once per posting id like the
+    ledger stage. It registers the acceptable status before every command, checks the money
+    rules after every step, and at the end answers everything outstanding and checks that
+    nothing is left frozen or pending.
 (b) Random posting/hold sequences on one account, checked against a small model.
 
 Hypothesis prints the failing steps (and a ``@reproduce_failure`` blob) on failure; replay
@@ -72,7 +75,7 @@ CHANNELS = (
                  fee_bps=0, fee_fixed_minor=0, priority=20),
 )
 MERCHANTS = ("m-a", "m-b")
-ORDER_NOS = ("o-1", "o-2")
+ORDER_NOS = ("o-1", "o-2", "o-3", "o-4")
 CURRENCIES = ("EUR", "JPY")
 KEYS = ("k-1", "k-2", "k-3")
 REFUND_IDS = ("rf-1", "rf-2", "rf-3")
@@ -81,6 +84,7 @@ _amounts = st.integers(min_value=1, max_value=3_000)
 _FIRST_OPS = (ChannelOperation.sale, ChannelOperation.authorize)
 _ANSWERS = ("ok", "ok", "ok", "declined", "declined", "other_amount")
 _targets = st.tuples(st.sampled_from(MERCHANTS), st.sampled_from(ORDER_NOS))
+_ALL_TARGETS = [(m, n) for m in MERCHANTS for n in ORDER_NOS]
 
 
 class PaymentAuditor(RuleBasedStateMachine):
@@ -188,9 +192,13 @@ class PaymentAuditor(RuleBasedStateMachine):
         payment_id = payment_id_for(*target)
         return payment_id, self.orders.get(payment_id)
 
-    def _pick(self, data) -> tuple[str, str]:
-        """An existing order: follow-up commands for unknown orders have their own rule."""
+    def _pick(self, data, *fitting: OrderStatus) -> tuple[str, str]:
+        """Usually an order in a status where the command makes sense (so runs get deep),
+        sometimes any order (so the refusals get exercised). Unknown orders: ``strays``."""
         known = sorted((o.merchant_id, o.merchant_order_no) for o in self.orders.values())
+        apt = [who for who in known if self.orders[payment_id_for(*who)].status in fitting]
+        if apt and data.draw(st.sampled_from([True, True, True, False]), label="apt"):
+            return data.draw(st.sampled_from(apt), label="who")
         return data.draw(st.sampled_from(known), label="who")
 
     @staticmethod
@@ -207,10 +215,14 @@ class PaymentAuditor(RuleBasedStateMachine):
 
     # ------------------------------------------------------------ commands
 
-    @rule(who=_targets, amount=_amounts, currency=st.sampled_from(CURRENCIES),
+    @rule(data=st.data(), amount=_amounts, currency=st.sampled_from(CURRENCIES),
           method=st.sampled_from(list(Method)), mode=st.sampled_from(list(CaptureMode)),
           key=st.sampled_from(KEYS))
-    def pay(self, who, amount, currency, method, mode, key):
+    def pay(self, data, amount, currency, method, mode, key):
+        """Usually a new order; sometimes the same merchant order again (same or other payload)."""
+        fresh = [who for who in _ALL_TARGETS if payment_id_for(*who) not in self.orders]
+        again = not fresh or not data.draw(st.sampled_from([True, True, True, False]))
+        who = data.draw(st.sampled_from(_ALL_TARGETS if again else fresh), label="who")
         payment_id, before = self._order_of(who)
         cmd = Pay(merchant_id=who[0], merchant_order_no=who[1], idempotency_key=key,
                   amount_minor=amount, currency=currency, method=method, capture=mode)
@@ -229,24 +241,23 @@ class PaymentAuditor(RuleBasedStateMachine):
             assert decision.order.status is S.processing
         self._record(payment_id, before, decision)
 
-    @precondition(lambda self: self.orders)
+    @precondition(lambda self: _any_in(self, S.authorized))
     @rule(data=st.data(), rest=st.booleans(), key=st.sampled_from(KEYS))
     def capture(self, data, rest, key):
-        who = self._pick(data)
+        who = self._pick(data, S.authorized)
         payment_id, before = self._order_of(who)
         left = before.authorized_minor - before.captured_minor - before.capture_pending_minor
         amount = None if rest else self._amount(data, left)
         cmd = Capture(merchant_id=who[0], merchant_order_no=who[1], idempotency_key=key,
                       amount_minor=amount)
-        request_id = derive_id("req", payment_id, "capture", f"capture-{key}")
-        if before is None:
-            allowed = {C.order_not_found}
-        elif any(r.request_id == request_id for r in before.requests):
+        request_id = derive_id("req", payment_id, before.route.channel, "capture",
+                               f"capture-{key}") if before else ""
+        if any(r.request_id == request_id for r in before.requests):
             allowed = {C.duplicate}  # idempotency is checked before status (STYLE rule 4)
         elif before.status is not S.authorized or _void_pending(before):
             allowed = {C.capture_not_allowed_in_status}
         else:
-            allowed = {C.accepted, C.duplicate, C.capture_exceeds_authorized}
+            allowed = {C.accepted, C.capture_exceeds_authorized}
 
         decision = decide_command(before, cmd, None, self._tick())
 
@@ -257,36 +268,35 @@ class PaymentAuditor(RuleBasedStateMachine):
             asked = remaining if amount is None else amount
             assert 0 < asked <= remaining
             assert decision.order.capture_pending_minor == before.capture_pending_minor + asked
-        elif decision.status is not C.order_not_found:
+        else:
             assert decision.order == before
             assert decision.outputs == ()
         self._record(payment_id, before, decision)
 
-    @precondition(lambda self: self.orders)
+    @precondition(lambda self: _any_in(self, S.authorized))
     @rule(data=st.data(), key=st.sampled_from(KEYS))
     def void(self, data, key):
-        who = self._pick(data)
+        who = self._pick(data, S.authorized)
         payment_id, before = self._order_of(who)
         cmd = Void(merchant_id=who[0], merchant_order_no=who[1], idempotency_key=key)
-        void_id = derive_id("req", payment_id, "void", "void")
-        if before is None:
-            allowed = {C.order_not_found}
-        elif any(r.request_id == void_id for r in before.requests):
+        void_id = derive_id("req", payment_id, before.route.channel, "void",
+                            "void") if before else ""
+        if any(r.request_id == void_id for r in before.requests):
             allowed = {C.duplicate}
         elif before.status is not S.authorized or before.capture_pending_minor:
             allowed = {C.void_not_allowed_in_status}
         else:
-            allowed = {C.accepted, C.duplicate}
+            allowed = {C.accepted}
 
         decision = decide_command(before, cmd, None, self._tick())
 
         assert decision.status in allowed, (decision.status, allowed)
         self._record(payment_id, before, decision)
 
-    @precondition(lambda self: self.orders)
+    @precondition(lambda self: _any_in(self, S.succeeded, S.partially_refunded))
     @rule(data=st.data(), refund_id=st.sampled_from(REFUND_IDS))
     def refund(self, data, refund_id):
-        who = self._pick(data)
+        who = self._pick(data, S.succeeded, S.partially_refunded)
         payment_id, before = self._order_of(who)
         live = sum(r.amount_minor for r in before.refunds if r.status != "failed")
         amount = self._amount(data, before.captured_minor - live)
@@ -363,15 +373,19 @@ class PaymentAuditor(RuleBasedStateMachine):
         self._record(request.payment_id, before, decision)
 
     @precondition(lambda self: self.channel_answered)
-    @rule(data=st.data(), contradict=st.booleans())
-    def channel_repeats(self, data, contradict):
-        """The same answer again (a replay), or the opposite outcome (recorded, not applied)."""
+    @rule(data=st.data(), how=st.sampled_from(["same", "same", "outcome", "amount"]))
+    def channel_repeats(self, data, how):
+        """The same answer again (a replay), or one contradicting it: the opposite outcome or
+        other money (recorded, never applied)."""
         request_id = data.draw(st.sampled_from(sorted(self.channel_answered)))
         callback = self.channel_answered[request_id]
-        if contradict:
+        contradict = how != "same"
+        if how == "outcome":
             flipped = (ChannelOutcome.declined if callback.outcome is ChannelOutcome.succeeded
                        else ChannelOutcome.succeeded)
             callback = callback.model_copy(update={"outcome": flipped})
+        elif how == "amount":
+            callback = callback.model_copy(update={"amount_minor": callback.amount_minor + 1})
         before = self.orders[callback.payment_id]
 
         decision = decide_channel_response(before, callback, self._tick())
@@ -504,6 +518,19 @@ class PaymentAuditor(RuleBasedStateMachine):
             for leg in legs:
                 assert f"{entry_id}:{leg.account_id}" in self.applied_postings
 
+    @invariant()
+    def open_holds_belong_to_live_refunds(self):
+        """A hold stays frozen only while its refund is undecided or its release is queued."""
+        refund_of: dict[str, str] = {}
+        for payment_id, order in self.orders.items():
+            for r in order.refunds:
+                refund_of[derive_id("hold", payment_id, r.refund_id)] = r.status
+        releasing = {m.hold_id for m in self.ledger_queue if isinstance(m, HoldReleaseRequested)}
+        for balance in self.balances.values():
+            for h in balance.holds:
+                assert h.hold_id in refund_of, h
+                assert refund_of[h.hold_id] in ("holding", "processing") or h.hold_id in releasing
+
     def _check_account(self, account_id: str) -> None:
         balance = self.balances.get(account_id)
         if balance is None:
@@ -518,15 +545,17 @@ class PaymentAuditor(RuleBasedStateMachine):
     # ------------------------------------------------------------ quiescence
 
     def drain(self):
-        """Answer everything outstanding; then no money may be left frozen or pending."""
-        for _ in range(200):
+        """Answer everything outstanding (success and decline in turn, so both endings get
+        checked); then no money may be left frozen or pending."""
+        for step in range(200):
             if self.channel_pending:
                 request_id = next(iter(self.channel_pending))
                 request = self.channel_pending.pop(request_id)
+                outcome = (ChannelOutcome.succeeded, ChannelOutcome.declined)[step % 2]
                 callback = ChannelResponded(
                     request_id=request_id, payment_id=request.payment_id,
                     channel=request.channel, operation=request.operation,
-                    outcome=ChannelOutcome.succeeded, amount_minor=request.amount_minor,
+                    outcome=outcome, amount_minor=request.amount_minor,
                     currency=request.currency, channel_serial=f"ser-{request_id}")
                 self.channel_answered[request_id] = callback
                 before = self.orders[request.payment_id]
@@ -565,6 +594,10 @@ class PaymentAuditor(RuleBasedStateMachine):
             self.drain()
 
 
+def _any_in(auditor: PaymentAuditor, *statuses: OrderStatus) -> bool:
+    return any(order.status in statuses for order in auditor.orders.values())
+
+
 def _void_pending(order: Order) -> bool:
     answered = {a.request_id for a in order.applied}
     return any(r.operation is ChannelOperation.void and r.request_id not in answered
@@ -589,7 +622,7 @@ def _refund_allowed(order: Order | None, refund_id: str, amount: int) -> Command
 
 TestPaymentAuditor = PaymentAuditor.TestCase
 TestPaymentAuditor.settings = settings(
-    max_examples=200, stateful_step_count=60, deadline=None, database=None,
+    max_examples=300, stateful_step_count=60, deadline=None, database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
 
