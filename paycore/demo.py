@@ -157,7 +157,7 @@ def _summarize(settings: Settings, observer: Observer, started: float, ok: bool)
     per_currency: dict[str, int] = defaultdict(int)
     for leg in observer.legs.values():
         per_currency[leg.currency] += leg.amount_minor
-    rebuilt_ok = _reported_equals_rebuilt(observer)
+    rebuilt_ok = observer.reported_equals_rebuilt()
     zero_sum = all(v == 0 for v in per_currency.values())
     print(f"\n  ledger legs applied: {len(observer.legs)}; accounts: {len(balances)}")
     for account, total in sorted(balances.items()):
@@ -170,13 +170,3 @@ def _summarize(settings: Settings, observer: Observer, started: float, ok: bool)
     good = ok and zero_sum and rebuilt_ok and balances.get(merchant, 0) == want
     print(f"\nRESULT: {'OK' if good else 'FAILED'}", file=sys.stdout, flush=True)
     return good
-
-
-def _reported_equals_rebuilt(observer: Observer) -> bool:
-    """Each account's balance after its latest leg equals the sum of all its legs."""
-    latest: dict[str, object] = {}
-    for leg in observer.legs.values():
-        if leg.account_id not in latest or leg.sequence > latest[leg.account_id].sequence:
-            latest[leg.account_id] = leg
-    rebuilt = observer.balances()
-    return all(rebuilt[a] == leg.total_minor for a, leg in latest.items())

@@ -80,6 +80,24 @@ class Observer:
             totals[leg.account_id] += leg.amount_minor
         return dict(totals)
 
+    def latest_legs(self) -> dict[str, LegApplied]:
+        """Per account, the leg with the highest sequence: its balance after the last leg."""
+        latest: dict[str, LegApplied] = {}
+        for leg in self.legs.values():
+            if leg.account_id not in latest or leg.sequence > latest[leg.account_id].sequence:
+                latest[leg.account_id] = leg
+        return latest
+
+    def reported_equals_rebuilt(self) -> bool:
+        """Each account's reported balance after its latest leg equals the sum of its legs,
+        and its sequence equals the number of legs seen: none lost, none applied twice."""
+        rebuilt = self.balances()
+        counts: dict[str, int] = defaultdict(int)
+        for leg in self.legs.values():
+            counts[leg.account_id] += 1
+        return all(rebuilt[a] == leg.total_minor and counts[a] == leg.sequence
+                   for a, leg in self.latest_legs().items())
+
     def close(self) -> None:
         self.consumer.close()
 

@@ -95,11 +95,4 @@ def _assert_ledger_exact(settings: Settings, observer: Observer, info: str) -> N
     balances = observer.balances()
     assert balances[merchant] == expected_merchant, info
     assert sum(balances.values()) == 0, (info, balances)
-    latest = {}
-    for leg in observer.legs.values():
-        if leg.account_id not in latest or leg.sequence > latest[leg.account_id].sequence:
-            latest[leg.account_id] = leg
-    for account, leg in latest.items():
-        assert leg.total_minor == balances[account], (info, account)
-        assert leg.sequence == sum(1 for x in observer.legs.values()
-                                   if x.account_id == account), (info, account)
+    assert observer.reported_equals_rebuilt(), (info, observer.latest_legs(), balances)
