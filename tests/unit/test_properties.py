@@ -250,9 +250,9 @@ class PaymentAuditor(RuleBasedStateMachine):
         amount = None if rest else self._amount(data, left)
         cmd = Capture(merchant_id=who[0], merchant_order_no=who[1], idempotency_key=key,
                       amount_minor=amount)
-        request_id = derive_id("req", payment_id, before.route.channel, "capture",
-                               f"capture-{key}") if before else ""
-        if any(r.request_id == request_id for r in before.requests):
+        asked_before = any(r.operation is ChannelOperation.capture
+                           and r.reference == f"capture-{key}" for r in before.requests)
+        if asked_before:
             allowed = {C.duplicate}  # idempotency is checked before status (STYLE rule 4)
         elif before.status is not S.authorized or _void_pending(before):
             allowed = {C.capture_not_allowed_in_status}
@@ -279,9 +279,7 @@ class PaymentAuditor(RuleBasedStateMachine):
         who = self._pick(data, S.authorized)
         payment_id, before = self._order_of(who)
         cmd = Void(merchant_id=who[0], merchant_order_no=who[1], idempotency_key=key)
-        void_id = derive_id("req", payment_id, before.route.channel, "void",
-                            "void") if before else ""
-        if any(r.request_id == void_id for r in before.requests):
+        if any(r.operation is ChannelOperation.void for r in before.requests):
             allowed = {C.duplicate}
         elif before.status is not S.authorized or before.capture_pending_minor:
             allowed = {C.void_not_allowed_in_status}
