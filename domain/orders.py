@@ -81,6 +81,10 @@ class CommandStatus(IntEnum):
     callback_replayed = 12
     callback_late = 13
     hold_for_unknown_refund = 14
+    capture_exists_with_different_amount = 15
+    callback_amount_mismatch = 16
+    """A capture or refund the channel reports with other money: recorded, nothing booked,
+    left to reconciliation (the pending capture or refund hold stays until resolved)."""
 
     def transient(self) -> bool:
         return False
@@ -229,7 +233,10 @@ def _create(order: Order | None, cmd: Pay, route: Route | None, now_ms: int) -> 
 def _capture(order: Order, cmd: Capture, now_ms: int) -> Decision:
     reference = f"capture-{cmd.idempotency_key}"
     request_id = _channel_request(order, ChannelOperation.capture, 0, reference).request_id
-    if any(r.request_id == request_id for r in order.requests):
+    earlier = next((r for r in order.requests if r.request_id == request_id), None)
+    if earlier is not None:
+        if cmd.amount_minor is not None and cmd.amount_minor != earlier.amount_minor:
+            return Decision(order, (), CommandStatus.capture_exists_with_different_amount)
         return Decision(order, (), CommandStatus.duplicate)
     if order.status is not S.authorized or _void_outstanding(order):
         return Decision(order, (), CommandStatus.capture_not_allowed_in_status)
@@ -252,11 +259,15 @@ def _void_outstanding(order: Order) -> bool:
 
 
 def _void(order: Order, now_ms: int) -> Decision:
-    request = _channel_request(order, ChannelOperation.void, 0, "void")
-    if any(r.request_id == request.request_id for r in order.requests):
+    """One void at a time: while one is outstanding, or once one succeeded, a void is a
+    duplicate; after a declined void the merchant may try again."""
+    voids = [r for r in order.requests if r.operation is ChannelOperation.void]
+    outcomes = {a.request_id: a.outcome for a in order.applied}
+    if any(outcomes.get(r.request_id) is not ChannelOutcome.declined for r in voids):
         return Decision(order, (), CommandStatus.duplicate)
     if order.status is not S.authorized or order.capture_pending_minor:
         return Decision(order, (), CommandStatus.void_not_allowed_in_status)
+    request = _channel_request(order, ChannelOperation.void, 0, f"void-{len(voids)}")
     updated = _note(order, "void", "void requested", now_ms).model_copy(
         update={"requests": order.requests + (request,)})
     return Decision(updated, (request,), CommandStatus.accepted)
@@ -388,6 +399,8 @@ def _on_capture(order, request, resp, now_ms) -> Decision:
         noted = _note(order, "capture", f"capture declined: {resp.decline_code}", now_ms)
         return Decision(noted.model_copy(update={"capture_pending_minor": pending}), (),
                         CommandStatus.accepted)
+    if _other_money(request, resp):
+        return _money_mismatch(order, request, resp, now_ms)
     captured = order.captured_minor + request.amount_minor
     assert captured <= order.authorized_minor
     to = S.succeeded if captured == order.authorized_minor else S.authorized
@@ -412,6 +425,8 @@ def _on_refund(order, request, resp, now_ms) -> Decision:
         hold_id=derive_id("hold", order.payment_id, request.reference),
         payment_id=order.payment_id,
         account_id=accounts.merchant_pending(order.merchant_id, order.currency))
+    if resp.outcome is ChannelOutcome.succeeded and _other_money(request, resp):
+        return _money_mismatch(order, request, resp, now_ms)
     if resp.outcome is ChannelOutcome.declined:
         updated = _note(_set_refund(order, request.reference, "failed"), "refund",
                         f"refund {request.reference} declined: {resp.decline_code}", now_ms)
@@ -425,6 +440,18 @@ def _on_refund(order, request, resp, now_ms) -> Decision:
     moved, event = _transition(order, to, "refund", f"refunded {request.amount_minor}", now_ms,
                                refunded_minor=refunded)
     return Decision(moved, (event, refund_entry(moved, request, now_ms)), CommandStatus.accepted)
+
+
+def _other_money(request: ChannelRequested, resp: ChannelResponded) -> bool:
+    return resp.amount_minor != request.amount_minor or resp.currency != request.currency
+
+
+def _money_mismatch(order, request, resp, now_ms) -> Decision:
+    """The channel moved other money than we asked: book nothing, leave it to recon."""
+    reason = (f"{request.operation.value} reported as {resp.amount_minor} {resp.currency}, "
+              f"asked {request.amount_minor} {request.currency}: nothing booked")
+    return Decision(_note(order, request.operation.value, reason, now_ms), (),
+                    CommandStatus.callback_amount_mismatch)
 
 
 _RESPONSE_HANDLERS = {

@@ -830,3 +830,49 @@ class TestTerminal:
         assert all(events == [] for _, events in seen)
         assert (current.captured_minor, current.refunded_minor) == (order.captured_minor,
                                                                     order.refunded_minor)
+
+
+# ---------------------------------------------------------------- money the channel reports
+
+
+class TestReportedMoney:
+    def test_capture_reported_with_other_amount_books_nothing(self):
+        asked = decide_command(authorized(), capture(3_000, "c1"), None, NOW + 2)
+        request = only(asked, ChannelRequested)
+
+        d = decide_channel_response(asked.order, answer(request, amount=2_999), NOW + 3)
+
+        assert d.status is C.callback_amount_mismatch
+        assert of_type(d, JournalEntryDecided) == []
+        assert d.order.captured_minor == 0
+        assert d.order.capture_pending_minor == 3_000  # left for reconciliation
+        assert "nothing booked" in d.order.history[-1].reason
+
+    def test_refund_reported_in_other_currency_books_nothing(self):
+        order, _hold, request = refund_sent(sold()[0], "rf-1", 1_000)
+
+        d = decide_channel_response(order, answer(request, currency="GBP"), NOW + 20)
+
+        assert d.status is C.callback_amount_mismatch
+        assert d.outputs == ()
+        assert d.order.refunded_minor == 0
+
+    def test_capture_key_reused_with_other_amount_is_a_conflict(self):
+        asked = decide_command(authorized(), capture(3_000, "c1"), None, NOW + 2)
+
+        d = decide_command(asked.order, capture(4_000, "c1"), None, NOW + 3)
+
+        assert d.status is C.capture_exists_with_different_amount
+        assert d.order is asked.order
+
+
+class TestVoidRetry:
+    def test_void_retried_after_decline_with_a_new_request(self):
+        first = decide_command(authorized(), void("v1"), None, NOW + 2)
+        declined = decide_channel_response(
+            first.order, answer(only(first, ChannelRequested), ChannelOutcome.declined), NOW + 3)
+
+        again = decide_command(declined.order, void("v2"), None, NOW + 4)
+
+        assert again.status is C.accepted
+        assert only(again, ChannelRequested).request_id != only(first, ChannelRequested).request_id

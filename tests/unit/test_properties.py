@@ -252,8 +252,8 @@ class PaymentAuditor(RuleBasedStateMachine):
                       amount_minor=amount)
         asked_before = any(r.operation is ChannelOperation.capture
                            and r.reference == f"capture-{key}" for r in before.requests)
-        if asked_before:
-            allowed = {C.duplicate}  # idempotency is checked before status (STYLE rule 4)
+        if asked_before:  # idempotency is checked before status (STYLE rule 4)
+            allowed = {C.duplicate, C.capture_exists_with_different_amount}
         elif before.status is not S.authorized or _void_pending(before):
             allowed = {C.capture_not_allowed_in_status}
         else:
@@ -279,7 +279,10 @@ class PaymentAuditor(RuleBasedStateMachine):
         who = self._pick(data, S.authorized)
         payment_id, before = self._order_of(who)
         cmd = Void(merchant_id=who[0], merchant_order_no=who[1], idempotency_key=key)
-        if any(r.operation is ChannelOperation.void for r in before.requests):
+        declined = {a.request_id for a in before.applied
+                    if a.outcome is ChannelOutcome.declined}
+        if any(r.operation is ChannelOperation.void and r.request_id not in declined
+               for r in before.requests):
             allowed = {C.duplicate}
         elif before.status is not S.authorized or before.capture_pending_minor:
             allowed = {C.void_not_allowed_in_status}
