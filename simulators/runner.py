@@ -17,6 +17,8 @@ from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
+SEND_ATTEMPTS = 8
+
 
 async def run_simulator(settings: Settings, stop: asyncio.Event) -> None:
     profiles = {c.name: c.simulator for c in load_channels(settings.config_dir).channels}
@@ -63,6 +65,15 @@ def _schedule(record, profiles, seed: int, producer) -> asyncio.Task | None:
 
     async def deliver() -> None:
         await asyncio.sleep(reply.latency_ms / 1000)
-        await producer.send_and_wait(t.CHANNEL_CALLBACKS, key=record.key, value=encode(out))
+        for attempt in range(SEND_ATTEMPTS):
+            try:
+                await producer.send_and_wait(t.CHANNEL_CALLBACKS, key=record.key,
+                                             value=encode(out))
+                return
+            except Exception as exc:  # a broker blip must not silently drop the callback
+                log.warning("callback for %s not sent (%r), retrying", request.request_id, exc)
+                await asyncio.sleep(min(5.0, 0.1 * 2**attempt))
+        log.error("callback for %s dropped after %d attempts", request.request_id,
+                  SEND_ATTEMPTS)
 
     return asyncio.create_task(deliver())
