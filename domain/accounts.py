@@ -14,9 +14,21 @@ class AccountKind(str, Enum):
     suspense = "suspense"
 
 
-# Asset-side and technical accounts may run negative without limit: a clearing account is
-# what a channel owes us. Everything else must keep available >= 0 (DESIGN.md §3.4).
-_UNLIMITED = frozenset({AccountKind.channel_clearing, AccountKind.suspense})
+# Asset-side, technical and revenue accounts may run negative without limit: a clearing
+# account is what a channel owes us; the fee account is what we earned, and a fee reversal
+# (revocation) must never be refused half-way through an entry. Wallets and merchants keep
+# available >= 0 (DESIGN.md §3.4); issue 4 makes limits configurable per account.
+_UNLIMITED = frozenset({AccountKind.channel_clearing, AccountKind.suspense,
+                        AccountKind.fee_revenue})
+
+
+def customer_wallet(account_id: str, currency: str) -> str:
+    return f"wallet:{account_id}:{currency}"
+
+
+def suspense(currency: str) -> str:
+    """Money we hold for nobody yet: a duplicate or late charge on its way back."""
+    return f"suspense:{currency}"
 
 
 def merchant_pending(merchant_id: str, currency: str) -> str:

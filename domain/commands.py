@@ -8,8 +8,17 @@ from __future__ import annotations
 from enum import Enum
 from typing import Annotated, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StringConstraints,
+    model_validator,
+)
 
+from domain.ids import mandate_key_for, payment_id_for
 from domain.money import AMOUNT_MINOR_MAX, is_known_currency
 
 # ASCII only: no look-alike unicode, no control characters, no separators we use in keys.
@@ -32,6 +41,14 @@ class Method(str, Enum):
     card = "card"
     bank = "bank"
     wallet = "wallet"
+    balance = "balance"
+    """Paid from the payer's internal wallet account: no channel, funds frozen first."""
+    mandate = "mandate"
+    """Collected from the payer's bank under a signed mandate (direct debit)."""
+
+
+CHANNEL_METHODS = frozenset({Method.card, Method.bank, Method.wallet})
+"""Methods that go through an outside channel and get its callbacks."""
 
 
 class CaptureMode(str, Enum):
@@ -47,17 +64,38 @@ class Message(BaseModel):
 
 class Payer(Message):
     account_id: Identifier | None = None
+    """The payer's internal wallet (required for ``balance``)."""
     country: Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")] | None = None
+
+
+class SplitShare(Message):
+    """One merchant's part of a split payment."""
+
+    merchant_id: Identifier
+    amount_minor: AmountMinor
+
+
+SPLIT_SHARES_MAX = 10
 
 
 class Command(Message):
     merchant_id: Identifier
     idempotency_key: Identifier
+
+    def subject_id(self) -> str:
+        """The one entity this command acts on; the stage owning it is keyed by this."""
+        raise NotImplementedError
+
+
+class OrderCommand(Command):
     merchant_order_no: Identifier
 
+    def subject_id(self) -> str:
+        return payment_id_for(self.merchant_id, self.merchant_order_no)
 
-class Pay(Command):
-    """Sale (capture=auto) or pre-authorization (capture=manual)."""
+
+class Pay(OrderCommand):
+    """Sale (capture=auto) or pre-authorization (capture=manual), by any method."""
 
     type: Literal["pay"] = "pay"
     amount_minor: AmountMinor
@@ -65,25 +103,133 @@ class Pay(Command):
     method: Method
     capture: CaptureMode = CaptureMode.auto
     payer: Payer = Payer()
+    mandate_id: Identifier | None = None
+    split: tuple[SplitShare, ...] = Field(default=(), max_length=SPLIT_SHARES_MAX)
+    """Empty: all to ``merchant_id``. Else the shares, summing to ``amount_minor``."""
+
+    @model_validator(mode="after")
+    def _method_needs(self) -> Pay:
+        if self.method is Method.balance and self.payer.account_id is None:
+            raise ValueError("payer.account_id: required for method balance")
+        if self.method is Method.mandate:
+            if self.mandate_id is None:
+                raise ValueError("mandate_id: required for method mandate")
+            if self.capture is CaptureMode.manual:
+                raise ValueError("capture: a mandate collection is always captured (auto)")
+        elif self.mandate_id is not None:
+            raise ValueError("mandate_id: only allowed with method mandate")
+        _check_split(self.split, self.amount_minor)
+        return self
 
 
-class Capture(Command):
+def _check_split(split: tuple[SplitShare, ...], amount_minor: int) -> None:
+    if not split:
+        return
+    if len({s.merchant_id for s in split}) != len(split):
+        raise ValueError("split: each merchant may appear once")
+    total = sum(s.amount_minor for s in split)
+    if total != amount_minor:
+        raise ValueError(f"split: shares sum to {total}, amount_minor is {amount_minor}")
+
+
+class Capture(OrderCommand):
     """Capture part or all of an authorization; ``amount_minor`` None means the rest."""
 
     type: Literal["capture"] = "capture"
     amount_minor: AmountMinor | None = None
 
 
-class Void(Command):
+class Void(OrderCommand):
     """Release what is left of an authorization."""
 
     type: Literal["void"] = "void"
 
 
-class Refund(Command):
+class Refund(OrderCommand):
     type: Literal["refund"] = "refund"
     refund_id: Identifier
     amount_minor: AmountMinor
 
 
-PaymentCommand = Annotated[Union[Pay, Capture, Void, Refund], Field(discriminator="type")]
+class Revoke(OrderCommand):
+    """Cancel a payment that has not settled: void an authorization, reverse a sale."""
+
+    type: Literal["revoke"] = "revoke"
+
+
+class Transfer(OrderCommand):
+    """Move money between two internal wallets (funds frozen on the source first)."""
+
+    type: Literal["transfer"] = "transfer"
+    from_account_id: Identifier
+    to_account_id: Identifier
+    amount_minor: AmountMinor
+    currency: Currency
+
+    @model_validator(mode="after")
+    def _different_accounts(self) -> Transfer:
+        if self.from_account_id == self.to_account_id:
+            raise ValueError("to_account_id: must differ from from_account_id")
+        return self
+
+
+class TopUp(OrderCommand):
+    """Recharge a wallet from an outside channel."""
+
+    type: Literal["topup"] = "topup"
+    account_id: Identifier
+    amount_minor: AmountMinor
+    currency: Currency
+    method: Method
+
+    @model_validator(mode="after")
+    def _channel_method(self) -> TopUp:
+        if self.method not in CHANNEL_METHODS:
+            raise ValueError("method: a top-up comes from a channel (card, bank or wallet)")
+        return self
+
+
+class Withdraw(OrderCommand):
+    """Pay out from a wallet to an outside channel: frozen first, debited on success."""
+
+    type: Literal["withdraw"] = "withdraw"
+    account_id: Identifier
+    amount_minor: AmountMinor
+    currency: Currency
+    method: Method = Method.bank
+
+    @model_validator(mode="after")
+    def _channel_method(self) -> Withdraw:
+        if self.method not in CHANNEL_METHODS:
+            raise ValueError("method: a withdrawal goes to a channel (card, bank or wallet)")
+        return self
+
+
+class MandateCommand(Command):
+    mandate_id: Identifier
+
+    def subject_id(self) -> str:
+        return mandate_key_for(self.merchant_id, self.mandate_id)
+
+
+class SignMandate(MandateCommand):
+    """The payer signed a collection mandate for this merchant."""
+
+    type: Literal["sign_mandate"] = "sign_mandate"
+    payer_account_id: Identifier
+    currency: Currency
+    amount_minor_max: AmountMinor
+    """The most one collection under this mandate may take."""
+
+
+class TerminateMandate(MandateCommand):
+    type: Literal["terminate_mandate"] = "terminate_mandate"
+
+
+PaymentCommand = Annotated[
+    Union[Pay, Capture, Void, Refund, Revoke, Transfer, TopUp, Withdraw, SignMandate,
+          TerminateMandate],
+    Field(discriminator="type"),
+]
+COMMAND_TYPES = ("pay", "capture", "void", "refund", "revoke", "transfer", "topup", "withdraw",
+                 "sign_mandate", "terminate_mandate")

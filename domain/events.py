@@ -13,6 +13,10 @@ class ChannelOperation(str, Enum):
     capture = "capture"
     void = "void"
     refund = "refund"
+    reverse = "reverse"
+    """Take back a captured sale that has not settled (revocation)."""
+    payout = "payout"
+    """Send money out of a wallet (withdrawal)."""
 
 
 class ChannelOutcome(str, Enum):
@@ -56,6 +60,9 @@ class Leg(Message):
     amount_minor: int
     hold_id: str = ""
     """When set on a debit, the debit consumes this hold (freeze then debit)."""
+    hold_final: bool = True
+    """With ``hold_id``: True releases what the debit leaves of the hold; False keeps the
+    rest frozen for a later capture (several partial captures of one authorization)."""
 
 
 class JournalEntryDecided(Message):
@@ -136,10 +143,55 @@ class CommandRejected(Message):
     """A well-formed command the core refused, with the status code's name as the reason."""
 
     payment_id: str
+    """The subject the command acted on: a payment id, or a mandate key."""
     merchant_id: str
     merchant_order_no: str
+    """Empty for mandate commands."""
     command_type: str
     idempotency_key: str
     code: str
     reason: str
+    at_ms: int
+
+
+class DeadlineReached(Message):
+    """The sweeper's nudge: this order's deadline passed (callback timeout, auth expiry)."""
+
+    payment_id: str
+    deadline_ms: int
+
+
+class MandateCheckRequested(Message):
+    """The order stage asks the mandate's owner whether a collection may go ahead."""
+
+    payment_id: str
+    mandate_key: str
+    merchant_id: str
+    mandate_id: str
+    amount_minor: int
+    currency: str
+
+
+class MandateChecked(Message):
+    """The mandate stage's answer, back to the order."""
+
+    payment_id: str
+    mandate_key: str
+    allowed: bool
+    code: str
+    payer_account_id: str = ""
+
+
+class MandateStatusChanged(Message):
+    """One per mandate transition, published on ``pay.events`` keyed by mandate key."""
+
+    mandate_key: str
+    merchant_id: str
+    mandate_id: str
+    status: str
+    previous_status: str
+    payer_account_id: str
+    currency: str
+    amount_minor_max: int
+    collections: int
     at_ms: int

@@ -22,3 +22,8 @@ def payment_id_for(merchant_id: str, merchant_order_no: str) -> str:
 def dedup_key_for(merchant_id: str, idempotency_key: str) -> str:
     """Idempotency keys are scoped to their merchant."""
     return f"{merchant_id}{_SEP}{idempotency_key}"
+
+
+def mandate_key_for(merchant_id: str, mandate_id: str) -> str:
+    """The key of a mandate's partition: mandates are scoped to their merchant."""
+    return derive_id("mdt", merchant_id, mandate_id)

@@ -6,7 +6,7 @@ import json
 
 from pydantic import TypeAdapter, ValidationError
 
-from domain.commands import PaymentCommand
+from domain.commands import COMMAND_TYPES, PaymentCommand
 
 COMMAND_BYTES_MAX = 16_384
 _adapter: TypeAdapter = TypeAdapter(PaymentCommand)
@@ -29,8 +29,10 @@ def _refuse_repeated_keys(pairs: list[tuple[str, object]]) -> dict:
 def _describe(error: ValidationError) -> str:
     parts = []
     for item in error.errors()[:5]:
-        where = ".".join(str(p) for p in item["loc"]) or "(message)"
-        parts.append(f"{where}: {item['msg']}")
+        where = ".".join(str(p) for p in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        # A check across fields names its field itself ("split: shares sum to ...").
+        parts.append(f"{where}: {message}" if where else message)
     return "; ".join(parts)
 
 
@@ -49,7 +51,7 @@ def parse_command(raw: bytes | None):
     if not isinstance(doc, dict):
         return None, f"not a JSON object: got {type(doc).__name__}"
     if "type" not in doc:
-        return None, "type: field required (one of pay, capture, void, refund)"
+        return None, f"type: field required (one of {', '.join(COMMAND_TYPES)})"
     try:
         return _adapter.validate_python(doc), None
     except ValidationError as exc:

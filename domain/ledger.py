@@ -98,11 +98,27 @@ def _capture_hold(balance: AccountBalance, leg: Leg) -> tuple[AccountBalance, Po
         return balance, PostingStatus.hold_not_found
     if -leg.amount_minor > hold.amount_minor or leg.amount_minor >= 0:
         return balance, PostingStatus.hold_exceeded
+    if not leg.hold_final and -leg.amount_minor < hold.amount_minor:
+        return _take_from_hold(balance, hold, -leg.amount_minor), PostingStatus.applied
     updated = _close_hold(balance, hold).model_copy(
         update={"total_minor": balance.total_minor + leg.amount_minor,
                 "legs_applied": balance.legs_applied + 1})
     check_invariants(updated)
     return updated, PostingStatus.applied
+
+
+def _take_from_hold(balance: AccountBalance, hold: Hold, taken_minor: int) -> AccountBalance:
+    """A partial capture that keeps the rest of the hold open for later captures."""
+    assert 0 < taken_minor < hold.amount_minor
+    rest = hold.model_copy(update={"amount_minor": hold.amount_minor - taken_minor})
+    updated = balance.model_copy(update={
+        "total_minor": balance.total_minor - taken_minor,
+        "frozen_minor": balance.frozen_minor - taken_minor,
+        "holds": tuple(rest if h.hold_id == hold.hold_id else h for h in balance.holds),
+        "legs_applied": balance.legs_applied + 1,
+    })
+    check_invariants(updated)
+    return updated
 
 
 def place_hold(balance: AccountBalance, hold: Hold, earlier: PostingStatus | None = None

@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
+from enum import Enum
+
 from domain.commands import Message, Method
+
+
+class LateSuccess(str, Enum):
+    """What to do with a success that arrives after the order timed out."""
+
+    accept = "accept"
+    """Book it: the order succeeds after all."""
+    refund = "refund"
+    """Send the money back through the channel: the order fails."""
 
 
 class ChannelTerms(Message):
@@ -14,6 +25,9 @@ class ChannelTerms(Message):
     fee_bps: int = 0
     fee_fixed_minor: int = 0
     priority: int = 100
+    callback_timeout_ms: int = 30_000
+    authorization_ttl_ms: int = 7 * 86_400_000
+    late_success: LateSuccess = LateSuccess.refund
 
 
 class Route(Message):
@@ -23,6 +37,19 @@ class Route(Message):
     fee_bps: int
     fee_fixed_minor: int
     reason: str
+    callback_timeout_ms: int = 30_000
+    authorization_ttl_ms: int = 7 * 86_400_000
+    late_success: LateSuccess = LateSuccess.refund
+
+
+INTERNAL_CHANNEL = "internal"
+"""Money that moves only inside our ledger (balance pay, transfers): answered at once."""
+
+
+def internal_route(authorization_ttl_ms: int) -> Route:
+    return Route(channel=INTERNAL_CHANNEL, fee_bps=0, fee_fixed_minor=0,
+                 reason="internal accounts", callback_timeout_ms=0,
+                 authorization_ttl_ms=authorization_ttl_ms)
 
 
 def choose_route(
@@ -37,6 +64,9 @@ def choose_route(
         channel=best.name,
         fee_bps=best.fee_bps,
         fee_fixed_minor=best.fee_fixed_minor,
+        callback_timeout_ms=best.callback_timeout_ms,
+        authorization_ttl_ms=best.authorization_ttl_ms,
+        late_success=best.late_success,
         reason=f"priority {best.priority} of {len(eligible)} eligible "
                f"for {method.value}/{currency}",
     )

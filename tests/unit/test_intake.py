@@ -8,7 +8,21 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from domain.commands import Capture, CaptureMode, Method, Pay, Refund, Void
+from domain.commands import (
+    COMMAND_TYPES,
+    Capture,
+    CaptureMode,
+    Method,
+    Pay,
+    Refund,
+    Revoke,
+    SignMandate,
+    TerminateMandate,
+    TopUp,
+    Transfer,
+    Void,
+    Withdraw,
+)
 from domain.intake import COMMAND_BYTES_MAX, parse_command
 from domain.money import AMOUNT_MINOR_MAX
 
@@ -290,6 +304,60 @@ class TestParseRejected:
         _assert_rejected(result)
 
 
+class TestNewCommands:
+    @pytest.mark.parametrize("doc", [
+        {"type": "revoke", "merchant_id": "m", "idempotency_key": "k", "merchant_order_no": "o"},
+        {"type": "transfer", "merchant_id": "m", "idempotency_key": "k",
+         "merchant_order_no": "o", "from_account_id": "a", "to_account_id": "b",
+         "amount_minor": 5, "currency": "EUR"},
+        {"type": "topup", "merchant_id": "m", "idempotency_key": "k", "merchant_order_no": "o",
+         "account_id": "a", "amount_minor": 5, "currency": "EUR", "method": "card"},
+        {"type": "withdraw", "merchant_id": "m", "idempotency_key": "k",
+         "merchant_order_no": "o", "account_id": "a", "amount_minor": 5, "currency": "EUR"},
+        {"type": "sign_mandate", "merchant_id": "m", "idempotency_key": "k", "mandate_id": "d",
+         "payer_account_id": "iban-1", "currency": "EUR", "amount_minor_max": 100},
+        {"type": "terminate_mandate", "merchant_id": "m", "idempotency_key": "k",
+         "mandate_id": "d"},
+    ], ids=lambda d: d["type"])
+    def test_parses_when_well_formed(self, doc):
+        cmd, reason = parse_command(_raw(doc))
+
+        assert reason is None
+        assert cmd.type == doc["type"]
+
+    @pytest.mark.parametrize("changes,field", [
+        ({"method": "balance"}, "payer.account_id"),
+        ({"method": "mandate"}, "mandate_id"),
+        ({"mandate_id": "d"}, "mandate_id"),
+        ({"method": "mandate", "mandate_id": "d", "capture": "manual"}, "capture"),
+        ({"split": [{"merchant_id": "a", "amount_minor": 400}]}, "split"),
+        ({"split": [{"merchant_id": "a", "amount_minor": 500},
+                    {"merchant_id": "a", "amount_minor": 500}]}, "split"),
+        ({"split": [{"merchant_id": "a", "amount_minor": 0},
+                    {"merchant_id": "b", "amount_minor": 1_000}]}, "split.0.amount_minor"),
+    ])
+    def test_pay_rejected_naming_field_when_fields_disagree(self, changes, field):
+        result = parse_command(_raw(_pay_doc(**changes)))
+
+        reason = _assert_rejected(result, field)
+        assert not reason.startswith("Value error")
+
+    def test_transfer_rejected_naming_field_when_accounts_equal(self):
+        doc = {"type": "transfer", "merchant_id": "m", "idempotency_key": "k",
+               "merchant_order_no": "o", "from_account_id": "a", "to_account_id": "a",
+               "amount_minor": 5, "currency": "EUR"}
+
+        _assert_rejected(parse_command(_raw(doc)), "to_account_id")
+
+    @pytest.mark.parametrize("kind", ["topup", "withdraw"])
+    def test_rejected_naming_method_when_not_a_channel(self, kind):
+        doc = {"type": kind, "merchant_id": "m", "idempotency_key": "k",
+               "merchant_order_no": "o", "account_id": "a", "amount_minor": 5,
+               "currency": "EUR", "method": "balance"}
+
+        _assert_rejected(parse_command(_raw(doc)), "method")
+
+
 # ---------------------------------------------------------------- never raises
 
 _json_leaf = st.one_of(
@@ -304,9 +372,10 @@ _json_value = st.recursive(
 )
 _field_names = st.sampled_from([
     "type", "merchant_id", "idempotency_key", "merchant_order_no", "amount_minor", "currency",
-    "method", "capture", "payer", "refund_id", "extra",
+    "method", "capture", "payer", "refund_id", "extra", "split", "mandate_id",
+    "from_account_id", "to_account_id", "account_id", "payer_account_id", "amount_minor_max",
 ])
-_type_values = st.sampled_from(["pay", "capture", "void", "refund", "PAY", "", "x"])
+_type_values = st.sampled_from([*COMMAND_TYPES, "PAY", "", "x"])
 
 
 def _assert_exactly_one(result) -> None:
@@ -337,7 +406,7 @@ def test_parse_never_raises_when_arbitrary_json(doc):
 
 @settings(max_examples=200, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow])
-@given(st.sampled_from(["pay", "capture", "void", "refund"]),
+@given(st.sampled_from(COMMAND_TYPES),
        st.dictionaries(_field_names, _json_value, max_size=6), _type_values, st.booleans())
 def test_parse_never_raises_when_command_fields_mutated(kind, changes, type_value, keep_type):
     doc = {**_pay_doc(type=kind), **changes}
@@ -350,5 +419,6 @@ def test_parse_never_raises_when_command_fields_mutated(kind, changes, type_valu
     _assert_exactly_one(result)
     cmd, _ = result
     if cmd is not None:
-        assert isinstance(cmd, (Pay, Capture, Void, Refund))
+        assert isinstance(cmd, (Pay, Capture, Void, Refund, Revoke, Transfer, TopUp, Withdraw,
+                                SignMandate, TerminateMandate))
         assert cmd.type == doc["type"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pydantic
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from domain import accounts
 from domain.events import JournalEntryDecided, Leg
@@ -28,8 +30,9 @@ FEES = accounts.fee_revenue(CCY)
 SUSPENSE = f"suspense:{CCY}"
 
 
-def leg(amount, account=MERCHANT, currency=CCY, hold_id="") -> Leg:
-    return Leg(account_id=account, currency=currency, amount_minor=amount, hold_id=hold_id)
+def leg(amount, account=MERCHANT, currency=CCY, hold_id="", hold_final=True) -> Leg:
+    return Leg(account_id=account, currency=currency, amount_minor=amount, hold_id=hold_id,
+               hold_final=hold_final)
 
 
 def hold(hold_id="h-1", amount=300) -> Hold:
@@ -73,7 +76,7 @@ class TestApplyLeg:
         assert status is P.applied
         assert after.available_minor == 0
 
-    @pytest.mark.parametrize("account", [MERCHANT, FEES, "wallet:p-1:EUR", "settled:m-1:EUR"])
+    @pytest.mark.parametrize("account", [MERCHANT, "wallet:p-1:EUR", "settled:m-1:EUR"])
     def test_debit_rejected_insufficient_funds_when_beyond_funds(self, account):
         balance = funded(1_000, account)
 
@@ -91,7 +94,7 @@ class TestApplyLeg:
         assert status is P.insufficient_funds
         assert after is balance
 
-    @pytest.mark.parametrize("account", [CLEARING, SUSPENSE])
+    @pytest.mark.parametrize("account", [CLEARING, SUSPENSE, FEES])
     def test_debit_may_go_negative_when_account_unlimited(self, account):
         balance = open_account(account, CCY)
 
@@ -286,6 +289,122 @@ class TestHolds:
         assert after is richer
 
 
+def assert_books(balance: AccountBalance) -> None:
+    """DESIGN.md §3.3, checked from the outside: total = available + frozen = holds + rest."""
+    assert balance.total_minor == balance.available_minor + balance.frozen_minor
+    assert balance.frozen_minor == sum(h.amount_minor for h in balance.holds)
+
+
+class TestPartialHoldCapture:
+    def test_partial_capture_keeps_rest_frozen_when_hold_not_final(self):
+        balance, _ = place_hold(funded(1_000), hold("h-1", 600))
+
+        after, status = apply_leg(balance, leg(-250, hold_id="h-1", hold_final=False))
+
+        assert status is P.applied
+        assert (after.total_minor, after.frozen_minor, after.available_minor) == (750, 350, 400)
+        assert after.holds == (hold("h-1", 350),)
+        assert_books(after)
+
+    def test_final_capture_closes_hold_when_after_partial_ones(self):
+        balance, _ = place_hold(funded(1_000), hold("h-1", 600))
+        balance, _ = apply_leg(balance, leg(-250, hold_id="h-1", hold_final=False))
+
+        after, status = apply_leg(balance, leg(-350, hold_id="h-1", hold_final=True))
+
+        assert status is P.applied
+        assert (after.total_minor, after.frozen_minor, after.available_minor) == (400, 0, 400)
+        assert after.holds == ()
+        assert_books(after)
+
+    def test_final_capture_releases_rest_when_below_what_is_left(self):
+        balance, _ = place_hold(funded(1_000), hold("h-1", 600))
+        balance, _ = apply_leg(balance, leg(-250, hold_id="h-1", hold_final=False))
+
+        after, status = apply_leg(balance, leg(-100, hold_id="h-1", hold_final=True))
+
+        assert status is P.applied
+        assert (after.total_minor, after.frozen_minor, after.available_minor) == (650, 0, 650)
+        assert after.holds == ()
+
+    def test_non_final_capture_closes_hold_when_it_takes_everything(self):
+        balance, _ = place_hold(funded(1_000), hold("h-1", 600))
+
+        after, status = apply_leg(balance, leg(-600, hold_id="h-1", hold_final=False))
+
+        assert status is P.applied
+        assert (after.total_minor, after.frozen_minor) == (400, 0)
+        assert after.holds == ()
+
+    def test_partial_capture_leaves_other_holds_alone(self):
+        balance, _ = place_hold(funded(1_000), hold("h-1", 600))
+        balance, _ = place_hold(balance, hold("h-2", 100))
+
+        after, _ = apply_leg(balance, leg(-200, hold_id="h-1", hold_final=False))
+
+        assert after.holds == (hold("h-1", 400), hold("h-2", 100))
+        assert (after.total_minor, after.frozen_minor, after.available_minor) == (800, 500, 300)
+        assert_books(after)
+
+    def test_partial_capture_rejected_hold_exceeded_when_over_what_is_left(self):
+        balance, _ = place_hold(funded(1_000), hold("h-1", 600))
+        balance, _ = apply_leg(balance, leg(-250, hold_id="h-1", hold_final=False))
+
+        after, status = apply_leg(balance, leg(-351, hold_id="h-1", hold_final=False))
+
+        assert status is P.hold_exceeded
+        assert after is balance
+
+    def test_release_unfreezes_rest_when_after_partial_capture(self):
+        balance, _ = place_hold(funded(1_000), hold("h-1", 600))
+        balance, _ = apply_leg(balance, leg(-250, hold_id="h-1", hold_final=False))
+
+        after, status = release_hold(balance, "h-1")
+
+        assert status is P.applied
+        assert (after.total_minor, after.frozen_minor, after.available_minor) == (750, 0, 750)
+        assert_books(after)
+
+    def test_capture_rejected_hold_not_found_when_final_capture_closed_it(self):
+        balance, _ = place_hold(funded(1_000), hold("h-1", 600))
+        balance, _ = apply_leg(balance, leg(-250, hold_id="h-1", hold_final=True))
+
+        after, status = apply_leg(balance, leg(-100, hold_id="h-1", hold_final=False))
+
+        assert status is P.hold_not_found
+        assert after is balance
+
+    @settings(max_examples=200, deadline=None, database=None)
+    @given(hold_minor=st.integers(min_value=1, max_value=10_000),
+           other_minor=st.integers(min_value=0, max_value=10_000),
+           cuts=st.lists(st.integers(min_value=1, max_value=10_000), min_size=1, max_size=8),
+           close=st.sampled_from(["final", "release"]))
+    def test_books_hold_when_captured_in_parts(self, hold_minor, other_minor, cuts, close):
+        balance, _ = place_hold(funded(hold_minor + other_minor), hold("h-1", hold_minor))
+        taken = 0
+
+        for cut in cuts:
+            rest = hold_minor - taken
+            if rest == 0:
+                break
+            amount = min(cut, rest)
+            balance, status = apply_leg(balance, leg(-amount, hold_id="h-1", hold_final=False))
+            taken += amount
+            assert status is P.applied
+            assert balance.frozen_minor == hold_minor - taken
+            assert_books(balance)
+        if balance.holds and close == "final":
+            balance, _ = apply_leg(balance, leg(-1, hold_id="h-1"))
+            taken += 1
+        elif balance.holds:
+            balance, _ = release_hold(balance, "h-1")
+
+        assert balance.holds == ()
+        assert balance.frozen_minor == 0
+        assert balance.total_minor == hold_minor + other_minor - taken
+        assert_books(balance)
+
+
 class TestInvariants:
     def test_check_invariants_fails_when_frozen_differs_from_holds(self):
         broken = AccountBalance(account_id=MERCHANT, currency=CCY, total_minor=100,
@@ -371,10 +490,10 @@ class TestEntries:
 
 class TestAccounts:
     @pytest.mark.parametrize("account_id,unlimited", [
-        (CLEARING, True), (SUSPENSE, True), (MERCHANT, False), (FEES, False),
+        (CLEARING, True), (SUSPENSE, True), (FEES, True), (MERCHANT, False),
         ("wallet:p-1:EUR", False), ("settled:m-1:EUR", False),
     ])
-    def test_overdraft_only_for_clearing_and_suspense(self, account_id, unlimited):
+    def test_overdraft_only_for_clearing_suspense_and_fees(self, account_id, unlimited):
         found = accounts.overdraft_unlimited(account_id)
 
         assert found is unlimited

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from domain import accounts
-from domain.commands import Capture, CaptureMode, Method, Pay, Refund, Void
+from domain.commands import Capture, CaptureMode, Method, Pay, Payer, Refund, Void
 from domain.events import (
     ChannelOperation,
     ChannelOutcome,
@@ -209,9 +209,10 @@ class TestPay:
         assert again.order == first.order
 
     @pytest.mark.parametrize("changes", [
-        {"amount": AMOUNT + 1}, {"currency": "USD"}, {"method": Method.bank},
-        {"capture": CaptureMode.manual},
-    ], ids=["amount", "currency", "method", "capture"])
+        {"amount": AMOUNT + 1}, {"currency": "USD"}, {"capture": CaptureMode.manual},
+        {"method": Method.bank, "amount": AMOUNT + 1},
+        {"method": Method.balance, "payer": Payer(account_id="p-1")},
+    ], ids=["amount", "currency", "capture", "method-and-amount", "method-not-a-channel"])
     def test_pay_conflict_when_same_order_no_different_payload(self, changes):
         first = decide_command(None, pay(), ROUTE, NOW)
         other = pay(**changes)
@@ -219,6 +220,20 @@ class TestPay:
         again = decide_command(first.order, other, ROUTE, NOW + 5)
 
         assert again == Decision(first.order, (), C.order_exists_with_different_payload)
+
+    def test_pay_is_second_attempt_when_other_channel_method_while_processing(self):
+        first = decide_command(None, pay(), ROUTE, NOW)
+        bank_route = Route(channel="bankco", fee_bps=0, fee_fixed_minor=0, reason="bank")
+
+        again = decide_command(first.order, pay(method=Method.bank, key="pay-2"), bank_route,
+                               NOW + 5)
+
+        assert again.status is C.accepted
+        request = only(again, ChannelRequested)
+        assert (request.channel, request.reference) == ("bankco", "attempt-1")
+        assert again.order.status is S.processing
+        assert again.order.retry_routes == (bank_route,)
+        assert of_type(again, PaymentStatusChanged) == []
 
     def test_pay_conflict_checked_before_route_when_route_missing(self):
         first = decide_command(None, pay(), ROUTE, NOW)
@@ -570,7 +585,7 @@ class TestHoldResolved:
 
         d = decide_hold_resolved(order, stray, NOW + 5)
 
-        assert d == Decision(order, (), C.hold_for_unknown_refund)
+        assert d == Decision(order, (), C.hold_for_unknown_purpose)
 
     def test_hold_answer_rejected_when_order_missing(self):
         stray = HoldResolved(hold_id="hold_x", payment_id=PID, account_id=MERCHANT_ACCOUNT,

@@ -1,0 +1,519 @@
+"""Answers to an order: channel callbacks, the ledger's hold answers, the mandate check and
+the sweeper's deadlines. Each is applied once, in state-machine order; a replay re-emits
+the same money effects (same ids), never re-applies them.
+"""
+
+from __future__ import annotations
+
+from domain import accounts
+from domain.commands import Method
+from domain.events import (
+    ChannelOperation,
+    ChannelOutcome,
+    ChannelRequested,
+    ChannelResponded,
+    DeadlineReached,
+    HoldReleaseRequested,
+    HoldResolved,
+    MandateChecked,
+)
+from domain.ids import derive_id
+from domain.order_state import (
+    COMPENSATION_PREFIX,
+    PAYER_HOLD,
+    REVOKE_HOLD,
+    AppliedRequest,
+    CommandStatus,
+    Decision,
+    Order,
+    OrderKind,
+    OrderStatus,
+    channel_request,
+    hold_id_for,
+    note,
+    noted_event,
+    open_requests,
+    transition,
+)
+from domain.postings import (
+    capture_entry,
+    refund_entry,
+    reversal_entry,
+    suspense_in_entry,
+    suspense_out_entry,
+)
+from domain.routing import INTERNAL_CHANNEL, LateSuccess, Route
+
+S = OrderStatus
+C = CommandStatus
+OK = ChannelOutcome.succeeded
+DECLINED = ChannelOutcome.declined
+
+
+# ---------------------------------------------------------------- sending
+
+
+def send(order: Order, request: ChannelRequested, now_ms: int):
+    """Record a request; an internal one (money that never leaves our ledger) is answered
+    on the spot, so balance payments and transfers run the same state machine."""
+    order = order.model_copy(update={"requests": order.requests + (request,)})
+    if request.channel != INTERNAL_CHANNEL:
+        return order, (request,)
+    answer = ChannelResponded(
+        request_id=request.request_id, payment_id=order.payment_id, channel=request.channel,
+        operation=request.operation, outcome=OK, amount_minor=request.amount_minor,
+        currency=request.currency, channel_serial=derive_id("int", request.request_id),
+        responded_at_ms=now_ms)
+    decided = decide_channel_response(order, answer, now_ms)
+    assert decided.status is C.accepted, decided.status
+    return decided.order, decided.outputs
+
+
+def paid_route(order: Order) -> Route:
+    return order.route_for(order.paid_via or order.route.channel)
+
+
+def _merchant_voids(requests) -> list[ChannelRequested]:
+    return [r for r in requests if r.operation is ChannelOperation.void
+            and not r.reference.startswith(COMPENSATION_PREFIX)]
+
+
+def void_outstanding(order: Order) -> bool:
+    return bool(_merchant_voids(open_requests(order, ChannelOperation.void)))
+
+
+def request_void(order: Order, trigger: str, reason: str, now_ms: int) -> Decision:
+    """One void at a time: while one is outstanding, or once one succeeded, a void is a
+    duplicate; after a declined void it may be tried again."""
+    voids = _merchant_voids(order.requests)
+    declined = {a.request_id for a in order.applied if a.outcome is DECLINED}
+    if any(r.request_id not in declined for r in voids):
+        return Decision(order, (), C.duplicate)
+    if order.status is not S.authorized or order.capture_pending_minor:
+        return Decision(order, (), C.void_not_allowed_in_status)
+    request = channel_request(order, paid_route(order), ChannelOperation.void, 0,
+                              f"void-{len(voids)}")
+    updated, sent = send(note(order, trigger, reason, now_ms), request, now_ms)
+    return Decision(updated, sent, C.accepted)
+
+
+def send_reversal(order: Order, now_ms: int) -> Decision:
+    request = channel_request(order, paid_route(order), ChannelOperation.reverse,
+                              order.captured_minor)
+    updated, sent = send(note(order, "revoke", "reversal sent to the channel", now_ms),
+                         request, now_ms)
+    return Decision(updated, sent, C.accepted)
+
+
+def _release_payer_hold(order: Order) -> tuple[Order, tuple]:
+    if order.payer_hold != "placed":
+        return order, ()
+    release = HoldReleaseRequested(hold_id=hold_id_for(order.payment_id, PAYER_HOLD),
+                                   payment_id=order.payment_id,
+                                   account_id=order.payer_account_id)
+    return order.model_copy(update={"payer_hold": "closed"}), (release,)
+
+
+# ---------------------------------------------------------------- channel callbacks
+
+
+def decide_channel_response(order: Order | None, resp: ChannelResponded, now_ms: int) -> Decision:
+    if order is None:
+        return Decision(None, (), C.order_not_found)
+    request = next((r for r in order.requests if r.request_id == resp.request_id), None)
+    if request is None:
+        noted = note(order, resp.operation.value, f"callback for unknown request "
+                     f"{resp.request_id} ignored", now_ms)
+        return Decision(noted, (), C.callback_for_unknown_request)
+    applied = next((a for a in order.applied if a.request_id == resp.request_id), None)
+    if applied is not None and (applied.outcome is not resp.outcome
+                                or applied.amount_minor != resp.amount_minor
+                                or applied.currency != resp.currency):
+        return _late(order, resp, now_ms, f"contradicts the earlier {applied.outcome.value} "
+                     f"of {applied.amount_minor} {applied.currency}")
+    if applied is not None:
+        return Decision(order, _replay(order, applied), C.callback_replayed)
+    record = AppliedRequest(request_id=request.request_id, operation=request.operation,
+                            outcome=resp.outcome, amount_minor=resp.amount_minor,
+                            currency=resp.currency, reference=request.reference,
+                            applied_at_ms=now_ms)
+    order = order.model_copy(update={"applied": order.applied + (record,)})
+    return _RESPONSE_HANDLERS[request.operation](order, request, resp, now_ms)
+
+
+def _late(order: Order, resp: ChannelResponded, now_ms: int, why: str = "") -> Decision:
+    """Recorded, never applied: reconciliation and ops resolve it (pay.recon.exceptions)."""
+    why = why or f"in status {order.status.value}"
+    noted = note(order, resp.operation.value, f"late {resp.outcome.value} {why}: recorded",
+                 now_ms)
+    return Decision(noted, (), C.callback_late)
+
+
+def _other_money(request: ChannelRequested, resp: ChannelResponded) -> bool:
+    return resp.amount_minor != request.amount_minor or resp.currency != request.currency
+
+
+def _on_attempt(order: Order, request, resp, now_ms) -> Decision:
+    """Sale, authorization or payout: the answer that decides the order itself."""
+    if order.status is S.processing:
+        if resp.outcome is DECLINED:
+            return _attempt_declined(order, request, resp, now_ms)
+        if _other_money(request, resp):
+            reason = (f"channel reported {resp.amount_minor} {resp.currency}, "
+                      f"expected {request.amount_minor} {request.currency}")
+            moved, event = transition(order, S.amount_mismatch, request.operation.value, reason,
+                                      now_ms, channel_serial=resp.channel_serial,
+                                      paid_via=request.channel, deadline_ms=0)
+            return Decision(moved, (event,), C.accepted)
+        return _succeed(order, request, resp, "", now_ms)
+    if order.status is S.timed_out:
+        return _after_timeout(order, request, resp, now_ms)
+    if resp.outcome is DECLINED:
+        noted = note(order, request.operation.value, f"attempt on {request.channel} declined "
+                     f"({resp.decline_code}) after the order was decided", now_ms)
+        return Decision(noted, (), C.accepted)
+    return _park_and_refund(order, request, resp, C.duplicate_payment_refunding,
+                            "duplicate payment", now_ms)
+
+
+def _attempt_declined(order: Order, request, resp, now_ms) -> Decision:
+    trigger = request.operation.value
+    if open_requests(order, ChannelOperation.sale, ChannelOperation.authorize):
+        noted = note(order, trigger, f"attempt on {request.channel} declined: "
+                     f"{resp.decline_code}; another attempt is open", now_ms)
+        return Decision(noted, (), C.accepted)
+    order, release = _release_payer_hold(order)
+    moved, event = transition(order, S.failed, trigger, f"declined: {resp.decline_code}",
+                              now_ms, channel_serial=resp.channel_serial, deadline_ms=0)
+    return Decision(moved, (event, *release), C.accepted)
+
+
+def _succeed(order: Order, request, resp, how: str, now_ms: int) -> Decision:
+    trigger = request.operation.value
+    paid = {"channel_serial": resp.channel_serial, "paid_via": request.channel}
+    if request.operation is ChannelOperation.authorize:
+        ttl = order.route_for(request.channel).authorization_ttl_ms
+        moved, event = transition(order, S.authorized, trigger, how + "authorized", now_ms,
+                                  authorized_minor=resp.amount_minor, deadline_ms=now_ms + ttl,
+                                  **paid)
+        return Decision(moved, (event,), C.accepted)
+    closed = {"payer_hold": "closed"} if order.payer_hold == "placed" else {}
+    moved, event = transition(order, S.succeeded, trigger, how + "captured", now_ms,
+                              authorized_minor=resp.amount_minor, deadline_ms=0,
+                              captured_minor=resp.amount_minor, **paid, **closed)
+    return Decision(moved, (event, capture_entry(moved, request, now_ms)), C.accepted)
+
+
+def _after_timeout(order: Order, request, resp, now_ms) -> Decision:
+    """A late answer resolves a timed-out order: a decline fails it; a success is booked or
+    sent back, as the channel's rule says (a payout that left is always booked). A decline
+    while another attempt is open waits for that attempt, as it does in processing."""
+    if resp.outcome is DECLINED:
+        if open_requests(order, ChannelOperation.sale, ChannelOperation.authorize):
+            noted = note(order, request.operation.value, f"late decline on {request.channel}: "
+                         f"{resp.decline_code}; another attempt is open", now_ms)
+            return Decision(noted, (), C.accepted)
+        order, release = _release_payer_hold(order)
+        moved, event = transition(order, S.failed, request.operation.value,
+                                  f"late decline: {resp.decline_code}", now_ms)
+        return Decision(moved, (event, *release), C.accepted)
+    if _other_money(request, resp):
+        return _late(order, resp, now_ms, f"with other money ({resp.amount_minor} "
+                     f"{resp.currency}) after the timeout")
+    rule = order.route_for(request.channel).late_success
+    if rule is LateSuccess.accept or order.kind is OrderKind.withdrawal:
+        return _succeed(order, request, resp, "late success accepted: ", now_ms)
+    parked = _park_and_refund(order, request, resp, C.late_success_refunding,
+                              "late success", now_ms, announce=False)
+    if open_requests(parked.order, ChannelOperation.sale, ChannelOperation.authorize):
+        return parked  # the payer's other attempt may still pay the order
+    moved, event = transition(parked.order, S.failed, request.operation.value,
+                              "late success refunded by rule", now_ms)
+    return Decision(moved, parked.outputs + (event,), parked.status)
+
+
+def _park_and_refund(order: Order, request, resp, code: CommandStatus, what: str, now_ms: int,
+                     announce: bool = True) -> Decision:
+    """Money the order must not keep: booked to suspense and refunded through the channel.
+    ``announce`` tells the merchant in an event (unless a transition will say it anyway)."""
+    if _other_money(request, resp):
+        return _late(order, resp, now_ms, f"{what} with other money")
+    if request.operation is ChannelOperation.payout:
+        return _late(order, resp, now_ms, f"{what} of a payout")
+    route = order.route_for(request.channel)
+    back = channel_request(order, route, ChannelOperation.refund, resp.amount_minor,
+                           COMPENSATION_PREFIX + request.request_id)
+    parked = suspense_in_entry(order, request, resp.amount_minor, now_ms)
+    if request.operation is ChannelOperation.authorize:  # nothing captured: just void it
+        back = channel_request(order, route, ChannelOperation.void, 0,
+                               COMPENSATION_PREFIX + request.request_id)
+        parked = None
+    reason = f"{what} on {request.channel}: sending it back"
+    noted, event = noted_event(order, request.operation.value, reason, now_ms)
+    if not announce:
+        event = None
+    noted = noted.model_copy(update={"requests": noted.requests + (back,)})
+    return Decision(noted, tuple(m for m in (parked, back, event) if m is not None), code)
+
+
+def _on_capture(order: Order, request, resp, now_ms) -> Decision:
+    if order.status is not S.authorized:
+        return _late(order, resp, now_ms)
+    assert order.capture_pending_minor >= request.amount_minor
+    pending = order.capture_pending_minor - request.amount_minor
+    if resp.outcome is DECLINED:
+        noted = note(order, "capture", f"capture declined: {resp.decline_code}", now_ms)
+        return Decision(noted.model_copy(update={"capture_pending_minor": pending}), (),
+                        C.accepted)
+    if _other_money(request, resp):
+        return _money_mismatch(order, request, resp, now_ms)
+    captured = order.captured_minor + request.amount_minor
+    assert captured <= order.authorized_minor
+    done = captured == order.authorized_minor
+    to = S.succeeded if done else S.authorized
+    changes = {"deadline_ms": 0} if done else {}
+    if done and order.payer_hold == "placed":
+        changes["payer_hold"] = "closed"
+    moved, event = transition(order, to, "capture", f"captured {request.amount_minor}", now_ms,
+                              captured_minor=captured, capture_pending_minor=pending, **changes)
+    return Decision(moved, (event, capture_entry(moved, request, now_ms)), C.accepted)
+
+
+def _on_void(order: Order, request, resp, now_ms) -> Decision:
+    if request.reference.startswith(COMPENSATION_PREFIX):
+        return _on_compensation(order, request, resp, now_ms)
+    if order.status is not S.authorized:
+        return _late(order, resp, now_ms)
+    if resp.outcome is DECLINED:
+        noted = note(order, "void", f"void declined: {resp.decline_code}", now_ms)
+        return Decision(noted, (), C.accepted)
+    order, release = _release_payer_hold(order)
+    to = S.succeeded if order.captured_minor else S.canceled
+    moved, event = transition(order, to, "void", "remainder released", now_ms, deadline_ms=0)
+    return Decision(moved, (event, *release), C.accepted)
+
+
+def _on_reverse(order: Order, request, resp, now_ms) -> Decision:
+    if order.status is not S.succeeded:
+        return _late(order, resp, now_ms)
+    if resp.outcome is DECLINED or _other_money(request, resp):
+        why = resp.decline_code if resp.outcome is DECLINED else "other money reported"
+        release = HoldReleaseRequested(
+            hold_id=hold_id_for(order.payment_id, REVOKE_HOLD), payment_id=order.payment_id,
+            account_id=_merchant_account(order))
+        updated, event = noted_event(order.model_copy(update={"revocation": "failed"}),
+                                     "revoke", f"revocation refused: {why}", now_ms)
+        return Decision(updated, (event, release), C.accepted)
+    moved, event = transition(order.model_copy(update={"revocation": "succeeded"}), S.canceled,
+                              "revoke", "revoked before settlement", now_ms)
+    return Decision(moved, (event, reversal_entry(moved, request, now_ms)), C.accepted)
+
+
+def _merchant_account(order: Order) -> str:
+    return accounts.merchant_pending(order.merchant_id, order.currency)
+
+
+def _on_refund(order: Order, request, resp, now_ms) -> Decision:
+    if request.reference.startswith(COMPENSATION_PREFIX):
+        return _on_compensation(order, request, resp, now_ms)
+    hold = HoldReleaseRequested(
+        hold_id=hold_id_for(order.payment_id, request.reference), payment_id=order.payment_id,
+        account_id=_merchant_account(order))
+    if resp.outcome is OK and _other_money(request, resp):
+        return _money_mismatch(order, request, resp, now_ms)
+    if resp.outcome is DECLINED:
+        updated, event = noted_event(_set_refund(order, request.reference, "failed"), "refund",
+                                     f"refund {request.reference} declined: "
+                                     f"{resp.decline_code}", now_ms)
+        return Decision(updated, (event, hold), C.accepted)
+    refunded = order.refunded_minor + request.amount_minor
+    assert refunded <= order.captured_minor
+    to = S.refunded if refunded == order.captured_minor else S.partially_refunded
+    order = _set_refund(order, request.reference, "succeeded")
+    moved, event = transition(order, to, "refund", f"refunded {request.amount_minor}", now_ms,
+                              refunded_minor=refunded)
+    return Decision(moved, (event, refund_entry(moved, request, now_ms)), C.accepted)
+
+
+def _on_compensation(order: Order, request, resp, now_ms) -> Decision:
+    """The channel's answer to sending back a duplicate or late charge."""
+    if resp.outcome is DECLINED or _other_money(request, resp):
+        why = resp.decline_code if resp.outcome is DECLINED else "other money reported"
+        noted = note(order, request.operation.value, f"sending back {request.amount_minor} "
+                     f"on {request.channel} refused: {why}; for ops", now_ms)
+        return Decision(noted, (), C.compensation_refund_declined)
+    noted = note(order, request.operation.value,
+                 f"{request.amount_minor} sent back on {request.channel}", now_ms)
+    if request.operation is ChannelOperation.void:
+        return Decision(noted, (), C.accepted)
+    return Decision(noted, (suspense_out_entry(order, request, now_ms),), C.accepted)
+
+
+def _money_mismatch(order: Order, request, resp, now_ms) -> Decision:
+    """The channel moved other money than we asked: book nothing, leave it to recon."""
+    reason = (f"{request.operation.value} reported as {resp.amount_minor} {resp.currency}, "
+              f"asked {request.amount_minor} {request.currency}: nothing booked")
+    return Decision(note(order, request.operation.value, reason, now_ms), (),
+                    C.callback_amount_mismatch)
+
+
+_RESPONSE_HANDLERS = {
+    ChannelOperation.sale: _on_attempt,
+    ChannelOperation.authorize: _on_attempt,
+    ChannelOperation.payout: _on_attempt,
+    ChannelOperation.capture: _on_capture,
+    ChannelOperation.void: _on_void,
+    ChannelOperation.refund: _on_refund,
+    ChannelOperation.reverse: _on_reverse,
+}
+
+
+def _replay(order: Order, applied: AppliedRequest) -> tuple:
+    """Re-derive the money effect of an applied callback: same entry id, so applied once."""
+    if applied.outcome is not OK:
+        return ()
+    request = next(r for r in order.requests if r.request_id == applied.request_id)
+    if _other_money(request, applied):  # recorded for recon, never booked: nothing to replay
+        return ()
+    if request.reference.startswith(COMPENSATION_PREFIX):
+        if request.operation is ChannelOperation.refund:
+            return (suspense_out_entry(order, request, applied.applied_at_ms),)
+        return ()
+    back = next((r for r in order.requests
+                 if r.reference == COMPENSATION_PREFIX + request.request_id), None)
+    if back is not None:  # a duplicate or late charge parked in suspense
+        if back.operation is ChannelOperation.refund:
+            return (suspense_in_entry(order, request, applied.amount_minor,
+                                      applied.applied_at_ms),)
+        return ()
+    if applied.operation in (ChannelOperation.sale, ChannelOperation.capture,
+                             ChannelOperation.payout):
+        if order.status is S.amount_mismatch or _other_money(request, applied):
+            return ()
+        return (capture_entry(order, request, applied.applied_at_ms),)
+    if applied.operation is ChannelOperation.refund:
+        return (refund_entry(order, request, applied.applied_at_ms),)
+    if applied.operation is ChannelOperation.reverse and order.revocation == "succeeded":
+        return (reversal_entry(order, request, applied.applied_at_ms),)
+    return ()
+
+
+# ---------------------------------------------------------------- ledger answers
+
+
+def decide_hold_resolved(order: Order | None, answer: HoldResolved, now_ms: int) -> Decision:
+    if order is None:
+        return Decision(None, (), C.order_not_found)
+    if answer.hold_id == hold_id_for(order.payment_id, PAYER_HOLD):
+        return _on_payer_hold(order, answer, now_ms)
+    if answer.hold_id == hold_id_for(order.payment_id, REVOKE_HOLD):
+        return _on_revoke_hold(order, answer, now_ms)
+    refund = next((r for r in order.refunds
+                   if hold_id_for(order.payment_id, r.refund_id) == answer.hold_id), None)
+    if refund is None:
+        return Decision(order, (), C.hold_for_unknown_purpose)
+    if refund.status != "holding":
+        return Decision(order, (), C.duplicate)
+    if not answer.placed:
+        updated, event = noted_event(_set_refund(order, refund.refund_id, "failed"), "refund",
+                                     f"refund {refund.refund_id} failed: {answer.reason}",
+                                     now_ms)
+        return Decision(updated, (event,), C.accepted)
+    request = channel_request(order, paid_route(order), ChannelOperation.refund,
+                              refund.amount_minor, refund.refund_id)
+    updated = note(_set_refund(order, refund.refund_id, "processing"), "refund",
+                   f"refund {refund.refund_id} sent to channel", now_ms)
+    updated, sent = send(updated, request, now_ms)
+    return Decision(updated, sent, C.accepted)
+
+
+def _on_payer_hold(order: Order, answer: HoldResolved, now_ms: int) -> Decision:
+    """Confirm or cancel: with the payer's funds frozen, the money moves; without, it fails."""
+    if order.payer_hold != "holding":
+        return Decision(order, (), C.duplicate)
+    assert order.status is S.processing, order.status
+    if not answer.placed:
+        moved, event = transition(order, S.failed, "hold", f"funds not frozen: {answer.reason}",
+                                  now_ms, payer_hold="refused")
+        return Decision(moved, (event,), C.accepted)
+    order = note(order, "hold", f"{order.amount_minor} frozen on {order.payer_account_id}",
+                 now_ms).model_copy(update={"payer_hold": "placed"})
+    op = ChannelOperation.sale
+    if order.kind is OrderKind.withdrawal:
+        op = ChannelOperation.payout
+    elif order.capture_mode.value == "manual":
+        op = ChannelOperation.authorize
+    request = channel_request(order, order.route, op, order.amount_minor)
+    timeout_ms = order.route.callback_timeout_ms
+    order = order.model_copy(update={"deadline_ms": now_ms + timeout_ms if timeout_ms else 0})
+    updated, sent = send(order, request, now_ms)
+    return Decision(updated, sent, C.accepted)
+
+
+def _on_revoke_hold(order: Order, answer: HoldResolved, now_ms: int) -> Decision:
+    if order.revocation != "holding":
+        return Decision(order, (), C.duplicate)
+    if not answer.placed:
+        updated, event = noted_event(order.model_copy(update={"revocation": "failed"}),
+                                     "revoke", f"revocation failed: {answer.reason}", now_ms)
+        return Decision(updated, (event,), C.accepted)
+    return send_reversal(order.model_copy(update={"revocation": "processing"}), now_ms)
+
+
+def _set_refund(order: Order, refund_id: str, status: str) -> Order:
+    refunds = tuple(r.model_copy(update={"status": status}) if r.refund_id == refund_id else r
+                    for r in order.refunds)
+    return order.model_copy(update={"refunds": refunds})
+
+
+# ---------------------------------------------------------------- mandate, deadlines
+
+
+def decide_mandate_checked(order: Order | None, answer: MandateChecked, now_ms: int
+                           ) -> Decision:
+    if order is None:
+        return Decision(None, (), C.order_not_found)
+    if order.method != Method.mandate.value:
+        return Decision(order, (), C.mandate_answer_unexpected)
+    if order.status is not S.created:
+        return Decision(order, (), C.duplicate)
+    if not answer.allowed:
+        moved, event = transition(order, S.failed, "mandate", f"mandate refused: {answer.code}",
+                                  now_ms)
+        return Decision(moved, (event,), C.accepted)
+    request = channel_request(order, order.route, ChannelOperation.sale, order.amount_minor)
+    deadline = now_ms + order.route.callback_timeout_ms if order.route.callback_timeout_ms else 0
+    moved, event = transition(order, S.processing, "mandate",
+                              f"mandate active; collecting from {answer.payer_account_id}",
+                              now_ms, payer_account_id=answer.payer_account_id,
+                              deadline_ms=deadline)
+    moved, sent = send(moved, request, now_ms)
+    return Decision(moved, (event, *sent), C.accepted)
+
+
+def decide_deadline(order: Order | None, reached: DeadlineReached, now_ms: int) -> Decision:
+    """The sweeper says a deadline passed: time out a silent channel, expire an
+    authorization. Stale or early nudges change nothing."""
+    if order is None:
+        return Decision(None, (), C.order_not_found)
+    due = order.deadline_ms and reached.deadline_ms == order.deadline_ms \
+        and now_ms >= order.deadline_ms
+    if not due:
+        return Decision(order, (), C.deadline_not_due)
+    cleared = order.model_copy(update={"deadline_ms": 0})
+    if order.status is S.processing and open_requests(
+            order, ChannelOperation.sale, ChannelOperation.authorize, ChannelOperation.payout):
+        moved, event = transition(cleared, S.timed_out, "deadline",
+                                  f"no answer from {order.route.channel} in time: "
+                                  "a late answer is still applied by rule", now_ms)
+        return Decision(moved, (event,), C.accepted)
+    if order.status is S.authorized:
+        voided = request_void(cleared, "deadline", "authorization expired: voiding", now_ms)
+        if voided.status is C.accepted:
+            return voided
+        if order.capture_pending_minor:  # look again once the capture is answered
+            retry_ms = max(order.route_for(order.paid_via or order.route.channel)
+                           .callback_timeout_ms, 1_000)
+            return Decision(order.model_copy(update={"deadline_ms": now_ms + retry_ms}), (),
+                            C.accepted)
+    return Decision(cleared, (), C.accepted)

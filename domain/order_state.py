@@ -1,0 +1,248 @@
+"""The order: its statuses, the one table of allowed transitions, its result codes and row.
+
+Pure data and small helpers shared by the decisions in ``domain.orders`` (commands) and
+``domain.order_answers`` (channel callbacks, ledger and mandate answers, deadlines).
+"""
+
+from __future__ import annotations
+
+from enum import Enum, IntEnum
+from typing import NamedTuple
+
+from domain.commands import CaptureMode, Message, SplitShare
+from domain.events import ChannelOperation, ChannelOutcome, ChannelRequested, PaymentStatusChanged
+from domain.ids import derive_id
+from domain.routing import Route
+
+
+class OrderKind(str, Enum):
+    payment = "payment"
+    transfer = "transfer"
+    topup = "topup"
+    withdrawal = "withdrawal"
+
+
+class OrderStatus(str, Enum):
+    created = "created"
+    risk_review = "risk_review"
+    processing = "processing"
+    authorized = "authorized"
+    succeeded = "succeeded"
+    failed = "failed"
+    canceled = "canceled"
+    partially_refunded = "partially_refunded"
+    refunded = "refunded"
+    amount_mismatch = "amount_mismatch"
+    """Exception: the channel took other money than asked. Nothing booked; ops decide."""
+    timed_out = "timed_out"
+    """Exception: no answer by the channel's deadline. A late answer still resolves it."""
+
+
+S = OrderStatus
+# The one place transitions are named. A status may repeat only where a second partial
+# capture or refund is itself a step forward.
+TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
+    S.created: frozenset({S.processing, S.risk_review, S.failed}),
+    S.risk_review: frozenset({S.processing, S.failed}),
+    S.processing: frozenset({S.authorized, S.succeeded, S.failed, S.amount_mismatch,
+                             S.timed_out}),
+    S.timed_out: frozenset({S.authorized, S.succeeded, S.failed}),
+    S.authorized: frozenset({S.authorized, S.succeeded, S.canceled, S.failed}),
+    S.succeeded: frozenset({S.partially_refunded, S.refunded, S.canceled}),
+    S.partially_refunded: frozenset({S.partially_refunded, S.refunded}),
+    S.amount_mismatch: frozenset(),
+    S.failed: frozenset(),
+    S.canceled: frozenset(),
+    S.refunded: frozenset(),
+}
+TERMINAL = frozenset({S.failed, S.canceled, S.refunded})
+FINAL_FOR_CLIENTS = TERMINAL | {S.succeeded, S.authorized, S.amount_mismatch, S.timed_out}
+"""Statuses a waiting client stops at: final, or needing the merchant's next action."""
+
+
+class CommandStatus(IntEnum):
+    """One member per reason, numbers fixed forever (TigerBeetle style)."""
+
+    accepted = 0
+    duplicate = 1
+    order_exists_with_different_payload = 2
+    order_not_found = 3
+    no_route = 4
+    capture_not_allowed_in_status = 5
+    capture_exceeds_authorized = 6
+    void_not_allowed_in_status = 7
+    refund_not_allowed_in_status = 8
+    refund_exceeds_captured = 9
+    refund_exists_with_different_amount = 10
+    callback_for_unknown_request = 11
+    callback_replayed = 12
+    callback_late = 13
+    hold_for_unknown_purpose = 14
+    capture_exists_with_different_amount = 15
+    callback_amount_mismatch = 16
+    """A capture or refund the channel reports with other money: recorded, nothing booked,
+    left to reconciliation (the pending capture or refund hold stays until resolved)."""
+    order_already_paid = 17
+    """Another attempt on an order that already succeeded or is authorized."""
+    order_already_final = 18
+    """Another attempt on an order that already failed: use a new merchant order no."""
+    revoke_not_allowed_in_status = 19
+    revoke_not_allowed_for_split = 20
+    command_not_allowed_for_kind = 21
+    """A payment follow-up (capture, void, refund, revoke) on a transfer, top-up or payout."""
+    deadline_not_due = 22
+    mandate_answer_unexpected = 23
+    duplicate_payment_refunding = 24
+    """A second success for one order (payer switched channel): refunded automatically."""
+    late_success_refunding = 25
+    """A success after the order timed out, on a channel whose rule is to refund it."""
+    compensation_refund_declined = 26
+    """The channel refused to take back a duplicate or late charge: for ops."""
+
+    def transient(self) -> bool:
+        return False
+
+
+# Hold purposes cannot collide with refund ids: "~" is not allowed in an Identifier.
+PAYER_HOLD = "~payer"
+REVOKE_HOLD = "~revoke"
+COMPENSATION_PREFIX = "~back-"
+
+
+def hold_id_for(payment_id: str, purpose: str) -> str:
+    return derive_id("hold", payment_id, purpose)
+
+
+class HistoryItem(Message):
+    at_ms: int
+    status: OrderStatus
+    trigger: str
+    reason: str
+
+
+class RefundState(Message):
+    refund_id: str
+    amount_minor: int
+    status: str  # holding | processing | succeeded | failed
+
+
+class AppliedRequest(Message):
+    request_id: str
+    operation: ChannelOperation
+    outcome: ChannelOutcome
+    amount_minor: int
+    currency: str
+    """What the channel reported, which may differ from what we asked (amount mismatch)."""
+    reference: str
+    applied_at_ms: int
+    """When it was applied: a replay re-emits its effects stamped with this, byte-identical."""
+
+
+class Order(Message):
+    payment_id: str
+    merchant_id: str
+    merchant_order_no: str
+    fingerprint: str
+    kind: OrderKind = OrderKind.payment
+    method: str
+    capture_mode: CaptureMode
+    currency: str
+    amount_minor: int
+    route: Route
+    """The first attempt's route; ``retry_routes`` holds the payer's later attempts."""
+    retry_routes: tuple[Route, ...] = ()
+    status: OrderStatus
+    payer_account_id: str = ""
+    """Ledger account the money comes from (balance, transfer, payout) or goes to (top-up)."""
+    payee_account_id: str = ""
+    """A transfer's destination account."""
+    mandate_id: str = ""
+    split: tuple[SplitShare, ...] = ()
+    payer_hold: str = ""
+    """'' (none) | holding | placed | refused | closed: the try/confirm/cancel freeze."""
+    revocation: str = ""
+    """'' | holding | processing | succeeded | failed."""
+    paid_via: str = ""
+    """The channel whose success made the order succeed (attempts may differ)."""
+    deadline_ms: int = 0
+    """When the sweeper must look again (callback timeout, authorization expiry); 0: never."""
+    channel_serial: str = ""
+    authorized_minor: int = 0
+    captured_minor: int = 0
+    capture_pending_minor: int = 0
+    refunded_minor: int = 0
+    refunds: tuple[RefundState, ...] = ()
+    requests: tuple[ChannelRequested, ...] = ()
+    applied: tuple[AppliedRequest, ...] = ()
+    history: tuple[HistoryItem, ...] = ()
+    created_at_ms: int
+    updated_at_ms: int
+
+    def route_for(self, channel: str) -> Route:
+        return next(r for r in (self.route, *self.retry_routes) if r.channel == channel)
+
+
+class Decision(NamedTuple):
+    order: Order | None
+    outputs: tuple[Message, ...]
+    status: CommandStatus
+
+
+def fingerprint_of(cmd: Message) -> str:
+    """Same payload, same fingerprint: idempotency compares these, not the raw bytes."""
+    return derive_id("fp", cmd.model_dump_json(exclude={"idempotency_key"}))
+
+
+def transition(order: Order, to: OrderStatus, trigger: str, reason: str, now_ms: int,
+               **changes):
+    """Move the order forward and build the one event that says so."""
+    assert to in TRANSITIONS[order.status], (order.status, to)
+    item = HistoryItem(at_ms=now_ms, status=to, trigger=trigger, reason=reason)
+    moved = order.model_copy(
+        update={"status": to, "history": order.history + (item,), "updated_at_ms": now_ms,
+                **changes}
+    )
+    return moved, status_event(moved, order.status.value, trigger, reason, now_ms)
+
+
+def status_event(order: Order, previous: str, trigger: str, reason: str, now_ms: int):
+    return PaymentStatusChanged(
+        payment_id=order.payment_id, merchant_id=order.merchant_id,
+        merchant_order_no=order.merchant_order_no, status=order.status.value,
+        previous_status=previous, reason=reason, channel=order.paid_via or order.route.channel,
+        channel_serial=order.channel_serial, amount_minor=order.amount_minor,
+        currency=order.currency, captured_minor=order.captured_minor,
+        refunded_minor=order.refunded_minor, at_ms=now_ms, trigger=trigger,
+    )
+
+
+def note(order: Order, trigger: str, reason: str, now_ms: int) -> Order:
+    """Record something in the history without changing status (ignored or late messages)."""
+    item = HistoryItem(at_ms=now_ms, status=order.status, trigger=trigger, reason=reason)
+    return order.model_copy(update={"history": order.history + (item,), "updated_at_ms": now_ms})
+
+
+def noted_event(order: Order, trigger: str, reason: str, now_ms: int):
+    """A note the merchant must hear about (a refund failed, a duplicate is going back)."""
+    noted = note(order, trigger, reason, now_ms)
+    return noted, status_event(noted, noted.status.value, trigger, reason, now_ms)
+
+
+def channel_request(order: Order, route: Route, op: ChannelOperation, amount_minor: int,
+                    reference: str = "") -> ChannelRequested:
+    return ChannelRequested(
+        request_id=derive_id("req", order.payment_id, route.channel, op.value, reference),
+        payment_id=order.payment_id, channel=route.channel, operation=op,
+        amount_minor=amount_minor, currency=order.currency, reference=reference,
+    )
+
+
+def is_attempt(request: ChannelRequested) -> bool:
+    """Requests that pay the order itself (one per attempt)."""
+    return request.operation in (ChannelOperation.sale, ChannelOperation.authorize,
+                                 ChannelOperation.payout)
+
+
+def open_requests(order: Order, *ops: ChannelOperation) -> list[ChannelRequested]:
+    applied = {a.request_id for a in order.applied}
+    return [r for r in order.requests if r.operation in ops and r.request_id not in applied]
