@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from agents import dedup, intake, ledger, orders
+from agents import dedup, intake, ledger, mandates, orders
 from streams.app import Wire
 
-STAGES = (intake, dedup, orders, ledger)
+STAGES = (intake, dedup, orders, mandates, ledger)
 """Listed explicitly, in flow order: no blind autodiscovery."""
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from agents._stage import consume, table
 from domain.dedup import DedupStatus, IdempotencyRecord, check_idempotency
 from domain.events import CommandRejected
-from domain.ids import payment_id_for
+from domain.commands import MandateCommand
 from domain.orders import fingerprint_of
 from streams import topics as t
 from streams.app import Wire, now_ms
@@ -24,12 +24,13 @@ def register(wire: Wire) -> None:
         raw = seen.get(key)
         record = IdempotencyRecord.model_validate_json(raw) if raw else None
         status = check_idempotency(record, fingerprint, at, retention_ms)
-        payment_id = payment_id_for(cmd.merchant_id, cmd.merchant_order_no)
+        payment_id = cmd.subject_id()
+        order_no = getattr(cmd, "merchant_order_no", "")
         COMMANDS.labels(type=cmd.type, result=status.name).inc()
         if status is DedupStatus.conflict_different_payload:
             rejected = CommandRejected(
                 payment_id=payment_id, merchant_id=cmd.merchant_id,
-                merchant_order_no=cmd.merchant_order_no, command_type=cmd.type,
+                merchant_order_no=order_no, command_type=cmd.type,
                 idempotency_key=cmd.idempotency_key, code=status.name,
                 reason="idempotency key already used with a different payload", at_ms=at)
             await wire.send(t.EVENTS, payment_id, child(env, rejected, 0, at))
@@ -38,9 +39,10 @@ def register(wire: Wire) -> None:
             seen[key] = IdempotencyRecord(fingerprint=fingerprint, payment_id=payment_id,
                                           command_type=cmd.type,
                                           first_seen_ms=at).model_dump_json().encode()
-        # Duplicates go on too: the order stage answers them with the first result, and a
-        # redelivery after a crash (key stored, forward lost) must still reach the order.
-        await wire.send(t.ORDERS, payment_id, child(env, cmd, 0, at))
+        # Duplicates go on too: the owner answers them with the first result, and a
+        # redelivery after a crash (key stored, forward lost) must still reach it.
+        owner = t.MANDATES if isinstance(cmd, MandateCommand) else t.ORDERS
+        await wire.send(owner, payment_id, child(env, cmd, 0, at))
 
     @wire.app.agent(wire.topics[t.DEDUP], name="dedup")
     async def dedup(stream):

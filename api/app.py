@@ -13,8 +13,19 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from api.read_model import PaymentsView
-from domain.commands import Capture, CaptureMode, Command, Method, Pay, Payer, Refund, Void
-from domain.ids import payment_id_for
+from domain.commands import (
+    Capture,
+    CaptureMode,
+    Command,
+    Method,
+    Pay,
+    Payer,
+    Refund,
+    Revoke,
+    SplitShare,
+    Void,
+)
+from domain.ids import mandate_key_for, payment_id_for
 from domain.orders import FINAL_FOR_CLIENTS
 from streams import topics as t
 from streams.settings import Settings
@@ -34,6 +45,8 @@ class PaymentRequest(BaseModel):
     method: Method
     capture: CaptureMode = CaptureMode.auto
     payer: Payer = Payer()
+    mandate_id: str | None = None
+    split: tuple[SplitShare, ...] = ()
 
 
 class AmountRequest(BaseModel):
@@ -69,10 +82,10 @@ def create_api(settings: Settings) -> FastAPI:
             await asyncio.wait_for(state["follower"], 5)
             await producer.stop()
 
-    async def publish(cmd: Command) -> None:
+    async def publish(cmd: Command, key: str = "") -> None:
         raw = cmd.model_dump_json().encode()
-        await state["producer"].send_and_wait(t.COMMANDS, key=cmd.merchant_order_no.encode(),
-                                              value=raw)
+        key = key or getattr(cmd, "merchant_order_no", "") or cmd.subject_id()
+        await state["producer"].send_and_wait(t.COMMANDS, key=key.encode(), value=raw)
 
     app = FastAPI(title="paycore", version="0.1.0", lifespan=lifespan)
     _payment_routes(app, view, publish)
@@ -117,8 +130,8 @@ def _payment_routes(app: FastAPI, view: PaymentsView, publish) -> None:
         cmd = _build(Pay, merchant_id=body.merchant_id, idempotency_key=idempotency_key,
                      merchant_order_no=body.merchant_order_no, amount_minor=body.amount,
                      currency=body.currency, method=body.method, capture=body.capture,
-                     payer=body.payer)
-        await publish(cmd)
+                     payer=body.payer, mandate_id=body.mandate_id, split=body.split)
+        await publish(cmd, cmd.merchant_order_no)
         payment_id = payment_id_for(cmd.merchant_id, cmd.merchant_order_no)
         row = await _wait_for(view, payment_id, wait) if wait else view.payments.get(payment_id)
         return {"payment_id": payment_id, "status": row["status"] if row else "accepted",
@@ -151,6 +164,19 @@ def _follow_up_routes(app: FastAPI, view: PaymentsView, publish) -> None:
     async def void(payment_id: str, idempotency_key: IdempotencyKey):
         await publish(_build(Void, **order_of(payment_id), idempotency_key=idempotency_key))
         return {"payment_id": payment_id, "status": "void_requested"}
+
+    @app.post("/v1/payments/{payment_id}/revoke", status_code=202)
+    async def revoke(payment_id: str, idempotency_key: IdempotencyKey):
+        await publish(_build(Revoke, **order_of(payment_id), idempotency_key=idempotency_key))
+        return {"payment_id": payment_id, "status": "revoke_requested"}
+
+    @app.get("/v1/mandates/{merchant_id}/{mandate_id}")
+    async def get_mandate(merchant_id: str, mandate_id: str):
+        key = mandate_key_for(merchant_id, mandate_id)
+        row = view.mandates.get(key)
+        if row is None:
+            raise HTTPException(status_code=404, detail=f"mandate {mandate_id} not found")
+        return {**row, "rejections": view.rejections.get(key, [])}
 
     @app.post("/v1/payments/{payment_id}/refunds", status_code=202)
     async def refund(payment_id: str, body: RefundRequest, idempotency_key: IdempotencyKey):

@@ -7,7 +7,7 @@ import logging
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from domain.events import CommandRejected, PaymentStatusChanged
+from domain.events import CommandRejected, MandateStatusChanged, PaymentStatusChanged
 from streams import topics as t
 from streams.envelope import UndecodableEnvelope, decode
 from streams.tansu import true_end_offsets
@@ -22,6 +22,7 @@ class PaymentsView:
         self.payments: dict[str, dict] = {}
         self.by_order_no: dict[tuple[str, str], str] = {}
         self.rejections: dict[str, list[dict]] = {}
+        self.mandates: dict[str, dict] = {}
         self.changed = asyncio.Condition()
         self.caught_up = asyncio.Event()
         self._seen_ids: set[str] = set()
@@ -33,6 +34,10 @@ class PaymentsView:
             row["history"].append({"status": body.status, "reason": body.reason,
                                    "trigger": body.trigger, "at_ms": body.at_ms})
             self.by_order_no[(body.merchant_id, body.merchant_order_no)] = body.payment_id
+        elif isinstance(body, MandateStatusChanged):
+            row = self.mandates.setdefault(body.mandate_key, {"history": []})
+            row.update(body.model_dump(exclude={"previous_status", "at_ms"}))
+            row["history"].append({"status": body.status, "at_ms": body.at_ms})
         elif isinstance(body, CommandRejected):
             self.rejections.setdefault(body.payment_id, []).append(body.model_dump())
 

@@ -9,7 +9,7 @@ from typing import Callable
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from domain.events import CommandRejected, LegApplied, PaymentStatusChanged
+from domain.events import CommandRejected, LegApplied, MandateStatusChanged, PaymentStatusChanged
 from streams import topics as t
 from streams.envelope import decode
 
@@ -33,6 +33,7 @@ class Observer:
         self.history: dict[str, list[PaymentStatusChanged]] = defaultdict(list)
         self.rejections: list[CommandRejected] = []
         self.legs: dict[str, LegApplied] = {}
+        self.mandates: dict[str, MandateStatusChanged] = {}
         self.deadletters: list[dict] = []
         self.seen_ids: set[str] = set()
         self.copies_dropped = 0
@@ -62,6 +63,8 @@ class Observer:
             self.status[body.payment_id] = body
         elif isinstance(body, CommandRejected):
             self.rejections.append(body)
+        elif isinstance(body, MandateStatusChanged):
+            self.mandates[body.mandate_key] = body
         elif isinstance(body, LegApplied):
             self.legs[body.posting_id] = body
 
@@ -107,5 +110,6 @@ def command_producer(bootstrap: str) -> KafkaProducer:
 
 
 def send_command(producer: KafkaProducer, command: dict) -> None:
-    key = f"{command['merchant_id']}:{command['merchant_order_no']}".encode()
+    subject = command.get("merchant_order_no") or command.get("mandate_id", "")
+    key = f"{command['merchant_id']}:{subject}".encode()
     producer.send(t.COMMANDS, key=key, value=json.dumps(command).encode())

@@ -16,6 +16,15 @@ from streams.channels_config import SimulatorProfile
 
 MAGIC_DECLINE_MINOR = 13
 """Test magic: an amount whose last three digits are 013 is always declined."""
+MAGIC_SILENT_MINOR = 409
+"""... 409: the channel never answers (the order times out)."""
+MAGIC_LATE_MINOR = 408
+"""... 408: the channel answers success after the order's callback timeout."""
+MAGIC_TWICE_MINOR = 207
+"""... 207: the channel sends its answer twice."""
+MAGIC_SHORT_MINOR = 422
+"""... 422: the channel reports one minor unit less than asked (amount mismatch)."""
+LATE_BY_MS = 1_500
 
 # z-score of the 99th percentile of a standard normal: lognormal tail from median and p99.
 _Z99 = 2.326
@@ -24,6 +33,9 @@ _Z99 = 2.326
 class Answer(NamedTuple):
     response: ChannelResponded
     latency_ms: int
+    deliveries_ms: tuple[int, ...]
+    """When to send the response, after the request: none for a silent channel, two for
+    a channel that repeats itself."""
 
 
 def latency_ms(rng: random.Random, profile: SimulatorProfile) -> int:
@@ -35,18 +47,34 @@ def latency_ms(rng: random.Random, profile: SimulatorProfile) -> int:
     return int(median * math.exp(rng.gauss(0.0, sigma)))
 
 
-def answer(request: ChannelRequested, profile: SimulatorProfile, seed: int, at_ms: int) -> Answer:
+def answer(request: ChannelRequested, profile: SimulatorProfile, seed: int, at_ms: int,
+           callback_timeout_ms: int = 30_000) -> Answer:
     rng = random.Random(f"{seed}:{request.request_id}")
     delay = latency_ms(rng, profile)
-    outcome, code = ChannelOutcome.succeeded, ""
-    first_leg = request.operation in (ChannelOperation.sale, ChannelOperation.authorize)
-    if first_leg and request.amount_minor % 1000 == MAGIC_DECLINE_MINOR:
+    outcome, code, amount = ChannelOutcome.succeeded, "", request.amount_minor
+    first_leg = request.operation in (ChannelOperation.sale, ChannelOperation.authorize,
+                                      ChannelOperation.payout)
+    # Magic acts on a payment's first attempt only: a payer's retry on another channel
+    # (reference "attempt-N") behaves normally, so switching channel can be staged.
+    retry = request.reference.startswith("attempt-")
+    magic = request.amount_minor % 1000 if first_leg and not retry else -1
+    if magic == MAGIC_DECLINE_MINOR:
         outcome, code = ChannelOutcome.declined, profile.decline_codes[0]
-    elif first_leg and rng.randrange(10_000) < profile.decline_bps:
+    elif first_leg and magic not in _MAGIC and rng.randrange(10_000) < profile.decline_bps:
         outcome, code = ChannelOutcome.declined, rng.choice(profile.decline_codes)
+    if magic == MAGIC_LATE_MINOR:
+        delay = callback_timeout_ms + LATE_BY_MS
+    if magic == MAGIC_SHORT_MINOR:
+        amount -= 1
+    deliveries = {MAGIC_SILENT_MINOR: (), MAGIC_TWICE_MINOR: (delay, delay + 50)}.get(
+        magic, (delay,))
     response = ChannelResponded(
         request_id=request.request_id, payment_id=request.payment_id, channel=request.channel,
-        operation=request.operation, outcome=outcome, amount_minor=request.amount_minor,
+        operation=request.operation, outcome=outcome, amount_minor=amount,
         currency=request.currency, channel_serial=derive_id(request.channel, request.request_id),
         decline_code=code, responded_at_ms=at_ms + delay)
-    return Answer(response, delay)
+    return Answer(response, delay, deliveries)
+
+
+_MAGIC = frozenset({MAGIC_DECLINE_MINOR, MAGIC_SILENT_MINOR, MAGIC_LATE_MINOR,
+                    MAGIC_TWICE_MINOR, MAGIC_SHORT_MINOR})

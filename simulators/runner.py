@@ -21,7 +21,7 @@ SEND_ATTEMPTS = 8
 
 
 async def run_simulator(settings: Settings, stop: asyncio.Event) -> None:
-    profiles = {c.name: c.simulator for c in load_channels(settings.config_dir).channels}
+    profiles = {c.name: c for c in load_channels(settings.config_dir).channels}
     bootstrap = settings.bootstrap_servers()
     consumer = AIOKafkaConsumer(t.CHANNEL_REQUESTS, bootstrap_servers=bootstrap,
                                 group_id=f"{settings.app_id}-simulator",
@@ -53,18 +53,24 @@ def _schedule(record, profiles, seed: int, producer) -> asyncio.Task | None:
         log.warning("simulator skipped an undecodable request: %s", exc)
         return None
     request = env.body
-    profile = profiles.get(request.channel)
-    if profile is None:
+    channel = profiles.get(request.channel)
+    if channel is None:
         log.warning("no simulator for channel %s", request.channel)
         return None
     at = int(time.time() * 1000)
-    reply = answer(request, profile, seed, at)
+    reply = answer(request, channel.simulator, seed, at, channel.callback_timeout_ms)
     out = child(env, reply.response, 0, reply.response.responded_at_ms)
     CHANNEL_REQUESTS.labels(channel=request.channel, operation=request.operation.value,
                             outcome=reply.response.outcome.value).inc()
 
     async def deliver() -> None:
-        await asyncio.sleep(reply.latency_ms / 1000)
+        waited_ms = 0
+        for due_ms in reply.deliveries_ms:
+            await asyncio.sleep((due_ms - waited_ms) / 1000)
+            waited_ms = due_ms
+            await send_once()
+
+    async def send_once() -> None:
         for attempt in range(SEND_ATTEMPTS):
             try:
                 await producer.send_and_wait(t.CHANNEL_CALLBACKS, key=record.key,

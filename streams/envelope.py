@@ -17,10 +17,14 @@ from domain.ids import derive_id
 KINDS: dict[str, type[Message]] = {
     cls.__name__: cls
     for cls in (
-        commands.Pay, commands.Capture, commands.Void, commands.Refund,
+        commands.Pay, commands.Capture, commands.Void, commands.Refund, commands.Revoke,
+        commands.Transfer, commands.TopUp, commands.Withdraw, commands.SignMandate,
+        commands.TerminateMandate,
         events.ChannelRequested, events.ChannelResponded, events.JournalEntryDecided,
         events.HoldRequested, events.HoldReleaseRequested, events.HoldResolved,
         events.PaymentStatusChanged, events.LegApplied, events.CommandRejected,
+        events.DeadlineReached, events.MandateCheckRequested, events.MandateChecked,
+        events.MandateStatusChanged,
     )
 }
 
@@ -65,6 +69,9 @@ _NATURAL_ID = {
     "HoldReleaseRequested": ("hold_id",),
     "HoldResolved": ("hold_id", "placed"),
     "LegApplied": ("posting_id",),
+    "DeadlineReached": ("payment_id", "deadline_ms"),
+    "MandateCheckRequested": ("payment_id", "mandate_key"),
+    "MandateChecked": ("payment_id", "mandate_key", "allowed", "code"),
 }
 
 

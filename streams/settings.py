@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     app_id: str = "paycore"
     """Faust application id: the consumer group and the prefix of changelog topics."""
 
-    app_version: int = 2
+    app_version: int = 3
     """Bump when a table's key or row layout changes: the new version starts fresh state."""
 
     table_store: str = "rocksdb://"
@@ -57,13 +57,16 @@ class Settings(BaseSettings):
     log_level: str = "WARNING"
     """Log level of every process (DEBUG, INFO, WARNING, ERROR)."""
 
-    stages: str = "intake,dedup,orders,ledger"
+    stages: str = "intake,dedup,orders,mandates,ledger"
     """Comma-separated stages this worker runs (all by default; tests may isolate one)."""
 
     rebalance_timeout_s: int = 5
     """Faust broker_rebalance_timeout: how long a group join waits for members."""
 
     session_timeout_s: int = 10
+
+    deadline_sweep_ms: int = Field(default=500, ge=50, le=60_000)
+    """How often the order stage looks for orders past their deadline (timeouts, expiry)."""
 
     def bootstrap_servers(self) -> str:
         assert self.kafka_bootstrap, "no broker configured and none started"

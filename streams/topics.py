@@ -5,6 +5,7 @@ from __future__ import annotations
 COMMANDS = "pay.commands"            # key: whatever the client used; intake re-keys
 DEDUP = "pay.dedup"                  # internal; key: merchant + idempotency key
 ORDERS = "pay.orders"                # internal; key: payment id
+MANDATES = "pay.mandates"            # internal; key: mandate key (merchant + mandate id)
 CHANNEL_REQUESTS = "pay.channel.requests"    # key: payment id
 CHANNEL_CALLBACKS = "pay.channel.callbacks"  # key: payment id
 LEDGER_POSTINGS = "pay.ledger.postings"      # key: account id
@@ -14,5 +15,5 @@ EVENTS = "pay.events"                # key: payment id
 RECON_EXCEPTIONS = "pay.recon.exceptions"    # key: payment id
 DEADLETTER = "pay.deadletter"        # key: original key
 
-ALL = (COMMANDS, DEDUP, ORDERS, CHANNEL_REQUESTS, CHANNEL_CALLBACKS, LEDGER_POSTINGS,
+ALL = (COMMANDS, DEDUP, ORDERS, MANDATES, CHANNEL_REQUESTS, CHANNEL_CALLBACKS, LEDGER_POSTINGS,
        LEDGER_ENTRIES, SETTLEMENTS, EVENTS, RECON_EXCEPTIONS, DEADLETTER)

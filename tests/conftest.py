@@ -20,6 +20,8 @@ from streams.broker import EmbeddedBroker  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 
 PARTITIONS = 4
+CALLBACK_TIMEOUT_MS = 2_000
+WALLET_AUTHORIZATION_TTL_MS = 3_000
 
 
 def _docker_answers() -> bool:
@@ -56,10 +58,17 @@ def kafka_bootstrap(broker) -> str:
 
 @pytest.fixture(scope="session")
 def deterministic_config(tmp_path_factory) -> Path:
-    """The shipped channels.yaml with random declines off: only magic amounts decline."""
+    """The shipped channels.yaml with random declines off (only magic amounts decline) and
+    deadlines short enough to watch: card answers time out after 2 s and late successes
+    are refunded; wallet ones are accepted, and wallet authorizations expire after 3 s."""
     shipped = yaml.safe_load((Settings().config_dir / "channels.yaml").read_text())
     for channel in shipped["channels"]:
         channel.setdefault("simulator", {})["decline_bps"] = 0
+        channel["callback_timeout_ms"] = CALLBACK_TIMEOUT_MS
+    by_name = {c["name"]: c for c in shipped["channels"]}
+    by_name["card_acquirer"]["late_success"] = "refund"
+    by_name["wallet"]["late_success"] = "accept"
+    by_name["wallet"]["authorization_ttl_ms"] = WALLET_AUTHORIZATION_TTL_MS
     folder = tmp_path_factory.mktemp("config")
     (folder / "channels.yaml").write_text(yaml.safe_dump(shipped))
     return folder

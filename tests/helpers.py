@@ -6,7 +6,7 @@ from domain.ids import payment_id_for
 from paycore.observe import Observer
 
 FINAL = {"succeeded", "failed", "canceled", "refunded", "partially_refunded", "amount_mismatch",
-         "authorized"}
+         "authorized", "timed_out"}
 
 
 def pay(merchant: str, order_no: str, amount_minor: int = 1_000, method: str = "card",

@@ -26,6 +26,14 @@ pytestmark = pytest.mark.e2e
 
 PAYMENTS = 600
 KILLS = 2
+ALLOWED_HISTORIES = (
+    ["created", "processing", "succeeded"],
+    ["created", "processing", "failed"],
+    # A worker down for longer than the 2 s test callback timeout times orders out; the
+    # late answer then resolves them: wallet successes are accepted, card ones refunded.
+    ["created", "processing", "timed_out", "succeeded"],
+    ["created", "processing", "timed_out", "failed"],
+)
 
 
 @pytest.fixture
@@ -45,7 +53,7 @@ def test_worker_sigkilled_mid_stream_loses_and_doubles_nothing(own_stack):
     settings = own_stack.settings
     producer = command_producer(settings.kafka_bootstrap)
     observer = Observer(settings.kafka_bootstrap, settings.partitions, merchant="crash")
-    commands = [pay("crash", f"c-{i}", amount_minor=rng.randrange(100, 90_000),
+    commands = [pay("crash", f"c-{i}", amount_minor=_plain_amount(rng),
                     method=rng.choice(["card", "wallet"])) for i in range(PAYMENTS)]
 
     in_flight_at_kill = []
@@ -74,10 +82,17 @@ def test_worker_sigkilled_mid_stream_loses_and_doubles_nothing(own_stack):
     histories = observer.history
     for payment_id, events in histories.items():
         statuses = [e.status for e in events]
-        assert statuses in (["created", "processing", "succeeded"],
-                            ["created", "processing", "failed"]), (info, payment_id, statuses)
+        assert statuses in ALLOWED_HISTORIES, (info, payment_id, statuses)
     _assert_ledger_exact(settings, observer, info)
     observer.close()
+
+
+def _plain_amount(rng: random.Random) -> int:
+    """A random amount the simulator treats normally (no magic but the decline, 013)."""
+    while True:
+        amount = rng.randrange(100, 90_000)
+        if amount % 1000 not in (207, 408, 409, 422):
+            return amount
 
 
 def _finals(observer: Observer) -> int:
@@ -92,7 +107,10 @@ def _assert_ledger_exact(settings: Settings, observer: Observer, info: str) -> N
         for s in observer.status.values() if s.status == "succeeded")
     merchant = accounts.merchant_pending("crash", "USD")
     observer.wait_until(lambda: observer.balances().get(merchant) == expected_merchant, 30)
+    suspense = accounts.suspense("USD")  # late card successes parked, then sent back
+    observer.wait_until(lambda: observer.balances().get(suspense, 0) == 0, 30)
     balances = observer.balances()
     assert balances[merchant] == expected_merchant, info
+    assert balances.get(suspense, 0) == 0, (info, balances)
     assert sum(balances.values()) == 0, (info, balances)
     assert observer.reported_equals_rebuilt(), (info, observer.latest_legs(), balances)

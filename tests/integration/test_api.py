@@ -75,6 +75,62 @@ class TestPayments:
         assert after["captured_minor"] == 3_000
 
 
+    def test_revoke_over_http_cancels_unsettled_sale(self, api, merchant):
+        body = {"merchant_id": merchant, "merchant_order_no": "http-5", "amount": 4_000,
+                "currency": "USD", "method": "card"}
+        created = api.post("/v1/payments?wait=20", json=body,
+                           headers={"Idempotency-Key": "sale"}).json()
+
+        answer = api.post(f"/v1/payments/{created['payment_id']}/revoke",
+                          headers={"Idempotency-Key": "revoke"})
+        after = _wait_status(api, created["payment_id"], "canceled", captured=4_000)
+
+        assert answer.status_code == 202
+        assert [h["status"] for h in after["history"]][-2:] == ["succeeded", "canceled"]
+
+    def test_split_payment_over_http(self, api, merchant):
+        body = {"merchant_id": merchant, "merchant_order_no": "http-6", "amount": 1_000,
+                "currency": "USD", "method": "card",
+                "split": [{"merchant_id": merchant, "amount_minor": 600},
+                          {"merchant_id": f"{merchant}-b", "amount_minor": 300}]}
+
+        response = api.post("/v1/payments", json=body, headers={"Idempotency-Key": "split"})
+
+        assert response.status_code == 422
+        assert "split" in response.text and "900" in response.text
+
+
+class TestMandates:
+    def test_mandate_status_answered_from_state(self, api, producer, merchant):
+        import json
+
+        from streams import topics as t
+
+        sign = {"type": "sign_mandate", "merchant_id": merchant, "idempotency_key": "s-1",
+                "mandate_id": "md-1", "payer_account_id": "iban-9", "currency": "EUR",
+                "amount_minor_max": 9_000}
+        producer.send(t.COMMANDS, key=b"md-1", value=json.dumps(sign).encode())
+        producer.flush()
+
+        row = _poll(lambda: api.get(f"/v1/mandates/{merchant}/md-1"), 200)
+
+        assert row["status"] == "active"
+        assert (row["payer_account_id"], row["amount_minor_max"]) == ("iban-9", 9_000)
+        assert api.get(f"/v1/mandates/{merchant}/md-none").status_code == 404
+
+
+def _poll(get, want_status: int, timeout_s: float = 20) -> dict:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    response = get()
+    while response.status_code != want_status and time.monotonic() < deadline:
+        time.sleep(0.1)
+        response = get()
+    assert response.status_code == want_status, response.text
+    return response.json()
+
+
 def _wait_status(api, payment_id: str, status: str, captured: int, timeout_s: float = 20):
     import time
 
