@@ -1,4 +1,5 @@
-"""The scripted demo: sales over two channels, some declines, a manual capture and a refund.
+"""The scripted demo: sales over two channels, some declines, a manual capture, a refund,
+then a tour of the other products (paycore/tour.py).
 
 It checks the outcome independently of the core (an auditor's view): every payment final,
 the journal zero-sum per currency, each account's reported balance equal to a rebuild from
@@ -16,6 +17,7 @@ from domain import accounts
 from domain.money import fee_minor
 from paycore.observe import Observer, command_producer, send_command
 from paycore.stack import Stack, wait_until_ready
+from paycore.tour import run_tour
 from streams.channels_config import load_channels
 from streams.settings import Settings
 
@@ -31,10 +33,13 @@ def sale(i: int, method: str, amount_minor: int, capture: str = "auto") -> dict:
 
 
 def demo_commands(payments: int) -> list[dict]:
-    """Alternate card and wallet; every 20th amount ends in 013, a guaranteed decline."""
+    """Alternate card and wallet; every 20th amount ends in 013, a guaranteed decline; no
+    other simulator magic (late, silent, repeated, short answers) is used."""
     commands = []
     for i in range(payments):
         amount = 1_000 + (i * 7_919) % 90_000
+        if amount % 1000 in (207, 408, 409, 422):
+            amount += 2
         if i % 20 == 7:
             amount = amount - amount % 1000 + 13
         commands.append(sale(i, "card" if i % 2 == 0 else "wallet", amount))
@@ -46,7 +51,8 @@ def run_demo(settings: Settings, payments: int = 200, timeout_s: float = 120.0) 
         "data_dir": settings.data_dir / "demo", "api_port": 0, "worker_web_port": 0,
         "simulator_metrics_port": 0})
     started = time.monotonic()
-    print(f"paycore demo: {payments} sales, one manual capture, one refund", flush=True)
+    print(f"paycore demo: {payments} sales, one manual capture, one refund, a product tour",
+          flush=True)
     with Stack(settings) as stack:
         for name, where in stack.describe():
             print(f"  {name:<10} {where}")
@@ -57,6 +63,7 @@ def run_demo(settings: Settings, payments: int = 200, timeout_s: float = 120.0) 
                             merchant=MERCHANT)
         try:
             ok = _script(stack, observer, payments, timeout_s)
+            ok = run_tour(stack.settings, timeout_s=30) and ok
             summary_ok = _summarize(stack.settings, observer, started, ok)
         finally:
             observer.close()
