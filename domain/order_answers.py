@@ -46,6 +46,9 @@ from domain.routing import INTERNAL_CHANNEL, LateSuccess, Route
 
 S = OrderStatus
 C = CommandStatus
+EXPIRY_VOIDS_MAX = 3
+"""An expired authorization whose void the channel keeps declining is left to ops after
+this many voids."""
 OK = ChannelOutcome.succeeded
 DECLINED = ChannelOutcome.declined
 
@@ -286,6 +289,10 @@ def _on_void(order: Order, request, resp, now_ms) -> Decision:
         return _late(order, resp, now_ms)
     if resp.outcome is DECLINED:
         noted = note(order, "void", f"void declined: {resp.decline_code}", now_ms)
+        tries = len(_merchant_voids(order.requests))
+        if not noted.deadline_ms and tries < EXPIRY_VOIDS_MAX:  # an expiry's void: again later
+            retry_ms = max(paid_route(order).callback_timeout_ms, 1_000)
+            noted = noted.model_copy(update={"deadline_ms": now_ms + retry_ms})
         return Decision(noted, (), C.accepted)
     order, release = _release_payer_hold(order)
     to = S.succeeded if order.captured_minor else S.canceled

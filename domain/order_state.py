@@ -151,6 +151,8 @@ class Order(Message):
     route: Route
     """The first attempt's route; ``retry_routes`` holds the payer's later attempts."""
     retry_routes: tuple[Route, ...] = ()
+    attempt_fingerprints: tuple[str, ...] = ()
+    """Payloads of the payer's later attempts: a copy of one is a duplicate, not a third."""
     status: OrderStatus
     payer_account_id: str = ""
     """Ledger account the money comes from (balance, transfer, payout) or goes to (top-up)."""

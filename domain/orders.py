@@ -194,7 +194,10 @@ def _start_attempt(order: Order, route: Route, reference: str, before: tuple, no
 def _again(order: Order, cmd: Pay | Transfer | TopUp | Withdraw, route: Route | None,
            now_ms: int) -> Decision:
     """The same order again: a copy, a payer's second attempt, or a conflict."""
-    if order.fingerprint == fingerprint_of(cmd):
+    fingerprint = fingerprint_of(cmd)
+    if fingerprint in order.attempt_fingerprints:  # a copy of a later attempt
+        return Decision(order, (), CommandStatus.duplicate)
+    if order.fingerprint == fingerprint:
         # Same order again (a new key, same payload): re-send the first channel request,
         # which downstream drops by its id if it already has it.
         first = [r for r in order.requests if r.channel != "internal"][:1]
@@ -208,7 +211,9 @@ def _again(order: Order, cmd: Pay | Transfer | TopUp | Withdraw, route: Route | 
     if route is None:
         return Decision(order, (), CommandStatus.no_route)
     attempt = len(order.retry_routes) + 1
-    order = order.model_copy(update={"retry_routes": order.retry_routes + (route,)})
+    order = order.model_copy(update={
+        "retry_routes": order.retry_routes + (route,),
+        "attempt_fingerprints": order.attempt_fingerprints + (fingerprint,)})
     order = note(order, "pay", f"payer switched to {cmd.method.value}: attempt {attempt + 1}",
                  now_ms)
     return _start_attempt(order, route, f"attempt-{attempt}", (), now_ms)
