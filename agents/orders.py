@@ -33,6 +33,7 @@ from domain.orders import (
 )
 from domain.routing import choose_route
 from streams import topics as t
+from streams.accounts_config import load_accounts
 from streams.app import Wire, now_ms
 from streams.channels_config import load_channels
 from streams.envelope import Envelope, child, decode, encode
@@ -62,6 +63,7 @@ def register(wire: Wire) -> None:
     deadlines = table(wire, "order_deadlines", "payment id -> deadline ms (open ones only)")
     config = load_channels(wire.settings.config_dir)
     channels = tuple(c.terms() for c in config.channels)
+    place = load_accounts(wire.settings.config_dir).place
 
     def decide(order: Order | None, body, at: int) -> Decision:
         if isinstance(body, OrderCommand):
@@ -96,7 +98,7 @@ def register(wire: Wire) -> None:
             await wire.send_all(again)
             return
         decision = decide(row.order, env.body, at)
-        outgoing = _outgoing(env, decision, key, at)
+        outgoing = _outgoing(env, decision, key, at, place)
         order = decision.order or row.order
         if outgoing or order != row.order:
             updated = OrderRow(order=order, outbox=remember(row.outbox, env.message_id, outgoing))
@@ -139,14 +141,16 @@ def _count(body, decision: Decision) -> None:
                                   channel=output.channel).inc()
 
 
-def _outgoing(env: Envelope, decision: Decision, key: str, at: int) -> list[Outgoing]:
-    """Every message this decision sends, encoded once: topic, key and exact bytes."""
+def _outgoing(env: Envelope, decision: Decision, key: str, at: int, place
+              ) -> list[Outgoing]:
+    """Every message this decision sends, encoded once: topic, key and exact bytes.
+    ``place(account_id, payment_id)`` names the ledger row (hot accounts are split)."""
     out: list[Outgoing] = []
     if decision.status not in _SILENT:
         out.append(_rejection(env, decision, key, at))
     for index, body in enumerate(decision.outputs):
         value = encode(child(env, body, index, at)).decode()
-        for topic, out_key in _routes(body):
+        for topic, out_key in _routes(body, place):
             out.append(Outgoing(topic=topic, key=out_key, value=value))
     return out
 
@@ -165,16 +169,17 @@ def _rejection(env: Envelope, decision: Decision, key: str, at: int) -> Outgoing
     return Outgoing(topic=t.EVENTS, key=key, value=encode(child(env, rejected, 0, at)).decode())
 
 
-def _routes(body) -> list[tuple[str, str]]:
+def _routes(body, place) -> list[tuple[str, str]]:
     """Topic and key for an output; a journal entry goes once to each account's partition."""
     if isinstance(body, PaymentStatusChanged):
         return [(t.EVENTS, body.payment_id)]
     if isinstance(body, ChannelRequested):
         return [(t.CHANNEL_REQUESTS, body.payment_id)]
     if isinstance(body, JournalEntryDecided):
-        return [(t.LEDGER_POSTINGS, a) for a in dict.fromkeys(leg.account_id for leg in body.legs)]
+        rows = dict.fromkeys(place(leg.account_id, body.payment_id) for leg in body.legs)
+        return [(t.LEDGER_POSTINGS, row) for row in rows]
     if isinstance(body, (HoldRequested, HoldReleaseRequested)):
-        return [(t.LEDGER_POSTINGS, body.account_id)]
+        return [(t.LEDGER_POSTINGS, place(body.account_id, body.payment_id))]
     if isinstance(body, MandateCheckRequested):
         return [(t.MANDATES, body.mandate_key)]
     raise AssertionError(f"no topic for {type(body).__name__}")

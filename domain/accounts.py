@@ -49,3 +49,23 @@ def kind_of(account_id: str) -> AccountKind:
 
 def overdraft_unlimited(account_id: str) -> bool:
     return kind_of(account_id) in _UNLIMITED
+
+
+def default_limit(account_id: str) -> int | None:
+    """How far below zero the account's available balance may go by its kind (None: no
+    limit). ``config/accounts.yaml`` may give single accounts an overdraft."""
+    return None if overdraft_unlimited(account_id) else 0
+
+
+SHARD_SEPARATOR = "#"
+
+
+def sub_account(account_id: str, shard: int) -> str:
+    """One of a hot account's sub-accounts: its own row and partition, same money."""
+    assert shard >= 0
+    return f"{account_id}{SHARD_SEPARATOR}{shard}"
+
+
+def logical_account(account_id: str) -> str:
+    """The account a sub-account belongs to (an account that is not split is itself)."""
+    return account_id.split(SHARD_SEPARATOR, 1)[0]

@@ -21,9 +21,11 @@ from pydantic import (
 from domain.ids import mandate_key_for, payment_id_for
 from domain.money import AMOUNT_MINOR_MAX, is_known_currency
 
-# ASCII only: no look-alike unicode, no control characters, no separators we use in keys.
+# ASCII only: no look-alike unicode, no control characters, and none of the separators
+# account ids and keys are built with (":" in account ids, "#" in sub-accounts, "~" in
+# hold purposes), so no merchant can name itself into another's account or limit rule.
 Identifier = Annotated[
-    str, StringConstraints(strict=True, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+    str, StringConstraints(strict=True, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 ]
 
 

@@ -137,6 +137,28 @@ class LegApplied(Message):
     total_minor: int
     available_minor: int
     frozen_minor: int
+    hold_id: str = ""
+    hold_final: bool = True
+    entry_legs: int = 2
+    """How many legs the whole entry has (across accounts): the auditor's tally."""
+    version: int
+    """This account's change count (legs and holds) after this leg."""
+
+
+class HoldChanged(Message):
+    """The ledger froze or released funds on one account; carries the balance after it."""
+
+    hold_id: str
+    payment_id: str
+    account_id: str
+    currency: str
+    change: str
+    """placed | released | refused"""
+    amount_minor: int
+    version: int
+    total_minor: int
+    available_minor: int
+    frozen_minor: int
 
 
 class CommandRejected(Message):

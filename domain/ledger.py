@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-from domain.accounts import overdraft_unlimited
+from domain.accounts import default_limit
 from domain.commands import Message
 from domain.events import JournalEntryDecided, Leg
 
@@ -46,6 +46,8 @@ class AccountBalance(Message):
     holds: tuple[Hold, ...] = ()
     legs_applied: int = 0
     """How many legs this account has applied: the sequence number of the last one."""
+    version: int = 0
+    """How many changes (legs, holds placed, released) the account has seen."""
 
     @property
     def available_minor(self) -> int:
@@ -69,26 +71,51 @@ def entry_balances(entry: JournalEntryDecided) -> bool:
     return len(entry.legs) >= 2 and one_leg_per_account and all(v == 0 for v in totals.values())
 
 
-def check_invariants(balance: AccountBalance) -> None:
+BY_KIND = object()
+"""Default for ``limit_minor``: the limit the account's kind implies (accounts.default_limit)."""
+
+
+def _limit(balance: AccountBalance, limit_minor) -> int | None:
+    return default_limit(balance.account_id) if limit_minor is BY_KIND else limit_minor
+
+
+def check_invariants(balance: AccountBalance, limit_minor=None) -> None:
+    """Always: frozen = sum of open holds, never negative. With a limit (``BY_KIND`` for
+    the kind's), also available >= -limit: checked after every debit and hold, not after
+    credits (a limit lowered in config must not stop money coming in)."""
     assert balance.frozen_minor == sum(h.amount_minor for h in balance.holds), balance
     assert balance.frozen_minor >= 0, balance
-    assert overdraft_unlimited(balance.account_id) or balance.available_minor >= 0, balance
+    assert balance.version >= balance.legs_applied, balance
+    limit = _limit(balance, limit_minor)
+    assert limit is None or balance.available_minor >= -limit, (balance, limit)
 
 
-def apply_leg(balance: AccountBalance, leg: Leg) -> tuple[AccountBalance, PostingStatus]:
-    """Credit, debit, or debit that consumes a hold (remainder of the hold released)."""
+def _check_within(balance: AccountBalance, limit_minor: int | None) -> None:
+    check_invariants(balance, limit_minor)
+
+
+def apply_leg(balance: AccountBalance, leg: Leg, limit_minor=BY_KIND
+              ) -> tuple[AccountBalance, PostingStatus]:
+    """Credit, debit, or debit that consumes a hold (remainder of the hold released).
+
+    ``limit_minor`` is how far below zero available may go (None: no limit); a debit that
+    would go further is refused. Credits always apply."""
     assert leg.account_id == balance.account_id
+    limit = _limit(balance, limit_minor)
     if leg.currency != balance.currency:
         return balance, PostingStatus.currency_mismatch
     if leg.hold_id:
         return _capture_hold(balance, leg)
     total = balance.total_minor + leg.amount_minor
-    if leg.amount_minor < 0 and not overdraft_unlimited(balance.account_id):
-        if total - balance.frozen_minor < 0:
+    if leg.amount_minor < 0 and limit is not None:
+        if total - balance.frozen_minor < -limit:
             return balance, PostingStatus.insufficient_funds
     updated = balance.model_copy(update={"total_minor": total,
-                                         "legs_applied": balance.legs_applied + 1})
+                                         "legs_applied": balance.legs_applied + 1,
+                                         "version": balance.version + 1})
     check_invariants(updated)
+    if leg.amount_minor < 0:
+        _check_within(updated, limit)
     return updated, PostingStatus.applied
 
 
@@ -102,7 +129,7 @@ def _capture_hold(balance: AccountBalance, leg: Leg) -> tuple[AccountBalance, Po
         return _take_from_hold(balance, hold, -leg.amount_minor), PostingStatus.applied
     updated = _close_hold(balance, hold).model_copy(
         update={"total_minor": balance.total_minor + leg.amount_minor,
-                "legs_applied": balance.legs_applied + 1})
+                "legs_applied": balance.legs_applied + 1, "version": balance.version + 1})
     check_invariants(updated)
     return updated, PostingStatus.applied
 
@@ -116,13 +143,14 @@ def _take_from_hold(balance: AccountBalance, hold: Hold, taken_minor: int) -> Ac
         "frozen_minor": balance.frozen_minor - taken_minor,
         "holds": tuple(rest if h.hold_id == hold.hold_id else h for h in balance.holds),
         "legs_applied": balance.legs_applied + 1,
+        "version": balance.version + 1,
     })
     check_invariants(updated)
     return updated
 
 
-def place_hold(balance: AccountBalance, hold: Hold, earlier: PostingStatus | None = None
-               ) -> tuple[AccountBalance, PostingStatus]:
+def place_hold(balance: AccountBalance, hold: Hold, earlier: PostingStatus | None = None,
+               limit_minor=BY_KIND) -> tuple[AccountBalance, PostingStatus]:
     """Try phase: freeze funds if available covers them (or the account may overdraw).
 
     ``earlier`` is the first decision for this hold id, which the ledger stage keeps for
@@ -136,12 +164,14 @@ def place_hold(balance: AccountBalance, hold: Hold, earlier: PostingStatus | Non
         return balance, PostingStatus.hold_exists
     if hold.amount_minor <= 0:
         return balance, PostingStatus.amount_must_be_positive
-    limited = not overdraft_unlimited(balance.account_id)
-    if limited and balance.available_minor < hold.amount_minor:
+    limit = _limit(balance, limit_minor)
+    if limit is not None and balance.available_minor - hold.amount_minor < -limit:
         return balance, PostingStatus.insufficient_funds
     updated = balance.model_copy(update={"frozen_minor": balance.frozen_minor + hold.amount_minor,
-                                         "holds": balance.holds + (hold,)})
+                                         "holds": balance.holds + (hold,),
+                                         "version": balance.version + 1})
     check_invariants(updated)
+    _check_within(updated, limit)
     return updated, PostingStatus.applied
 
 
@@ -151,6 +181,7 @@ def release_hold(balance: AccountBalance, hold_id: str) -> tuple[AccountBalance,
     if hold is None:
         return balance, PostingStatus.hold_not_found
     updated = _close_hold(balance, hold)
+    updated = updated.model_copy(update={"version": balance.version + 1})
     check_invariants(updated)
     return updated, PostingStatus.applied
 

@@ -24,7 +24,7 @@ KINDS: dict[str, type[Message]] = {
         events.HoldRequested, events.HoldReleaseRequested, events.HoldResolved,
         events.PaymentStatusChanged, events.LegApplied, events.CommandRejected,
         events.DeadlineReached, events.MandateCheckRequested, events.MandateChecked,
-        events.MandateStatusChanged,
+        events.MandateStatusChanged, events.HoldChanged,
     )
 }
 
@@ -70,6 +70,7 @@ _NATURAL_ID = {
     "HoldResolved": ("hold_id", "placed"),
     "LegApplied": ("posting_id",),
     "DeadlineReached": ("payment_id", "deadline_ms"),
+    "HoldChanged": ("hold_id", "account_id", "change"),
     "MandateCheckRequested": ("payment_id", "mandate_key"),
     "MandateChecked": ("payment_id", "mandate_key", "allowed", "code"),
 }

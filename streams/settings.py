@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     app_id: str = "paycore"
     """Faust application id: the consumer group and the prefix of changelog topics."""
 
-    app_version: int = 3
+    app_version: int = 4
     """Bump when a table's key or row layout changes: the new version starts fresh state."""
 
     table_store: str = "rocksdb://"
@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     """Faust worker web server (serves /metrics)."""
 
     simulator_metrics_port: int = 9310
+    auditor_metrics_port: int = 9311
 
     config_dir: Path = ROOT / "config"
     """Folder with routing.yaml, risk.yaml and channels.yaml."""

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from domain import accounts
 from domain.events import JournalEntryDecided, Leg
 from domain.ledger import (
+    BY_KIND,
     AccountBalance,
     Hold,
     PostingStatus,
@@ -411,13 +412,13 @@ class TestInvariants:
                                 frozen_minor=50)
 
         with pytest.raises(AssertionError):
-            check_invariants(broken)
+            check_invariants(broken, BY_KIND)
 
     def test_check_invariants_fails_when_available_negative_on_limited_account(self):
         broken = AccountBalance(account_id=MERCHANT, currency=CCY, total_minor=-1)
 
         with pytest.raises(AssertionError):
-            check_invariants(broken)
+            check_invariants(broken, BY_KIND)
 
     def test_check_invariants_passes_when_clearing_negative(self):
         fine = AccountBalance(account_id=CLEARING, currency=CCY, total_minor=-1)
@@ -505,3 +506,177 @@ class TestAccounts:
 
         assert kind is accounts.AccountKind.merchant_pending
         assert not accounts.overdraft_unlimited(account_id)
+
+
+WALLET = accounts.customer_wallet("p-1", CCY)
+OVERDRAFT_MINOR = 500
+
+
+class TestLimits:
+    """``limit_minor``: how far below zero available may go (None: no limit)."""
+
+    @pytest.mark.parametrize("funds_minor", [0, 1_000])
+    def test_debit_applied_when_down_to_minus_limit(self, funds_minor):
+        balance = funded(funds_minor, WALLET) if funds_minor else open_account(WALLET, CCY)
+
+        after, status = apply_leg(balance, leg(-(funds_minor + OVERDRAFT_MINOR), WALLET),
+                                  OVERDRAFT_MINOR)
+
+        assert status is P.applied
+        assert after.available_minor == -OVERDRAFT_MINOR
+
+    @pytest.mark.parametrize("funds_minor", [0, 1_000])
+    def test_debit_rejected_insufficient_funds_when_beyond_minus_limit(self, funds_minor):
+        balance = funded(funds_minor, WALLET) if funds_minor else open_account(WALLET, CCY)
+
+        after, status = apply_leg(balance, leg(-(funds_minor + OVERDRAFT_MINOR + 1), WALLET),
+                                  OVERDRAFT_MINOR)
+
+        assert status is P.insufficient_funds
+        assert after is balance
+        assert (after.total_minor, after.version) == (funds_minor, balance.version)
+
+    def test_debit_counts_frozen_funds_against_limit(self):
+        balance, _ = place_hold(funded(1_000, WALLET), hold("h-1", 300), None, OVERDRAFT_MINOR)
+
+        refused, status = apply_leg(balance, leg(-1_201, WALLET), OVERDRAFT_MINOR)
+        applied, ok = apply_leg(balance, leg(-1_200, WALLET), OVERDRAFT_MINOR)
+
+        assert status is P.insufficient_funds
+        assert refused is balance
+        assert ok is P.applied
+        assert (applied.total_minor, applied.available_minor) == (-200, -500)
+
+    def test_debit_unlimited_when_limit_none_on_limited_kind(self):
+        balance = open_account(WALLET, CCY)
+
+        after, status = apply_leg(balance, leg(-10**9, WALLET), None)
+
+        assert status is P.applied
+        assert after.available_minor == -10**9
+
+    def test_debit_limited_when_limit_zero_on_unlimited_kind(self):
+        balance = open_account(CLEARING, CCY)
+
+        after, status = apply_leg(balance, leg(-1, CLEARING), 0)
+
+        assert status is P.insufficient_funds
+        assert after is balance
+
+    def test_hold_placed_when_down_to_minus_limit(self):
+        balance = funded(1_000, WALLET)
+
+        after, status = place_hold(balance, hold("h-1", 1_500), None, OVERDRAFT_MINOR)
+
+        assert status is P.applied
+        assert (after.total_minor, after.frozen_minor, after.available_minor) == (
+            1_000, 1_500, -OVERDRAFT_MINOR)
+
+    def test_hold_rejected_insufficient_funds_when_beyond_minus_limit(self):
+        balance, _ = place_hold(funded(1_000, WALLET), hold("h-1", 700), None, OVERDRAFT_MINOR)
+
+        after, status = place_hold(balance, hold("h-2", 801), None, OVERDRAFT_MINOR)
+
+        assert status is P.insufficient_funds
+        assert after is balance
+        assert (after.frozen_minor, after.version) == (700, balance.version)
+
+    def test_hold_rejected_insufficient_funds_by_kind_when_no_limit_given(self):
+        balance = funded(1_000, WALLET)
+
+        after, status = place_hold(balance, hold("h-1", 1_001))
+
+        assert status is P.insufficient_funds
+        assert after is balance
+
+    @pytest.mark.parametrize("limit_minor", [0, OVERDRAFT_MINOR, BY_KIND])
+    def test_credit_applied_when_available_below_limit(self, limit_minor):
+        below = AccountBalance(account_id=WALLET, currency=CCY, total_minor=-900)
+
+        after, status = apply_leg(below, leg(100, WALLET), limit_minor)
+
+        assert status is P.applied
+        assert after.available_minor == -800
+
+    def test_debit_rejected_when_available_already_below_limit(self):
+        below = AccountBalance(account_id=WALLET, currency=CCY, total_minor=-900)
+
+        after, status = apply_leg(below, leg(-1, WALLET), OVERDRAFT_MINOR)
+
+        assert status is P.insufficient_funds
+        assert after is below
+
+
+class TestVersion:
+    """``version`` counts every change to the account: exactly one per applied change."""
+
+    def test_version_rises_by_one_per_applied_change(self):
+        changes = [
+            lambda b: apply_leg(b, leg(1_000, WALLET)),
+            lambda b: place_hold(b, hold("h-1", 600)),
+            lambda b: apply_leg(b, leg(-100, WALLET, hold_id="h-1", hold_final=False)),
+            lambda b: apply_leg(b, leg(-200, WALLET, hold_id="h-1")),
+            lambda b: place_hold(b, hold("h-2", 300)),
+            lambda b: release_hold(b, "h-2"),
+            lambda b: apply_leg(b, leg(-50, WALLET)),
+        ]
+        balance = open_account(WALLET, CCY)
+        versions = []
+
+        for change in changes:
+            balance, status = change(balance)
+            assert status is P.applied
+            versions.append(balance.version)
+
+        assert versions == [1, 2, 3, 4, 5, 6, 7]
+        assert balance.legs_applied == 4
+
+    def test_version_unchanged_when_refused(self):
+        balance, _ = place_hold(funded(1_000, WALLET), hold("h-1", 300))
+        refusals = [
+            (apply_leg(balance, leg(-701, WALLET)), P.insufficient_funds),
+            (apply_leg(balance, leg(5, WALLET, currency="USD")), P.currency_mismatch),
+            (apply_leg(balance, leg(-1, WALLET, hold_id="h-x")), P.hold_not_found),
+            (apply_leg(balance, leg(-301, WALLET, hold_id="h-1")), P.hold_exceeded),
+            (place_hold(balance, hold("h-1", 10)), P.hold_exists),
+            (place_hold(balance, hold("h-2", 0)), P.amount_must_be_positive),
+            (place_hold(balance, hold("h-2", 701)), P.insufficient_funds),
+            (place_hold(balance, hold("h-9", 1), earlier=P.insufficient_funds),
+             P.insufficient_funds),
+            (release_hold(balance, "h-x"), P.hold_not_found),
+        ]
+
+        for (after, status), expected in refusals:
+            assert status is expected
+            assert after is balance
+
+        assert balance.version == 2
+
+    @settings(max_examples=100, deadline=None, database=None)
+    @given(ops=st.lists(st.tuples(st.sampled_from(["credit", "debit", "hold", "capture",
+                                                   "partial", "release"]),
+                                  st.integers(min_value=1, max_value=2_000),
+                                  st.integers(min_value=0, max_value=3)),
+                        max_size=30))
+    def test_version_counts_applied_changes_only(self, ops):
+        balance = open_account(WALLET, CCY)
+        applied = 0
+
+        for kind, amount, which in ops:
+            hold_id = f"h-{which}"
+            if kind == "credit":
+                balance, status = apply_leg(balance, leg(amount, WALLET), OVERDRAFT_MINOR)
+            elif kind == "debit":
+                balance, status = apply_leg(balance, leg(-amount, WALLET), OVERDRAFT_MINOR)
+            elif kind == "hold":
+                balance, status = place_hold(balance, hold(hold_id, amount), None,
+                                             OVERDRAFT_MINOR)
+            elif kind == "release":
+                balance, status = release_hold(balance, hold_id)
+            else:
+                balance, status = apply_leg(balance, leg(-amount, WALLET, hold_id=hold_id,
+                                                         hold_final=kind == "capture"))
+            applied += status is P.applied
+            assert balance.version == applied
+            assert balance.available_minor >= -OVERDRAFT_MINOR
+            assert_books(balance)
