@@ -1,4 +1,4 @@
-"""``paycore``: up, worker, api, simulate, demo."""
+"""``paycore``: up, worker, api, simulate, audit, demo."""
 
 from __future__ import annotations
 
@@ -80,6 +80,27 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from prometheus_client import start_http_server
+
+    from agents.auditor import run_auditor
+
+    settings = Settings()
+    logging.getLogger("agents.auditor").setLevel(logging.INFO)
+    if settings.auditor_metrics_port:
+        start_http_server(settings.auditor_metrics_port, addr="127.0.0.1")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_auditor(settings, stop)
+
+    asyncio.run(main())
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from paycore.demo import run_demo
 
@@ -100,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     worker.set_defaults(run=cmd_worker)
     sub.add_parser("api", help="the HTTP API").set_defaults(run=cmd_api)
     sub.add_parser("simulate", help="the channel simulators").set_defaults(run=cmd_simulate)
+    sub.add_parser("audit", help="the ledger auditor (all partitions)").set_defaults(
+        run=cmd_audit)
     demo = sub.add_parser("demo", help="bring the stack up, run a scripted demo, summarize")
     demo.add_argument("--payments", type=int, default=200)
     demo.add_argument("--timeout", type=float, default=120.0)

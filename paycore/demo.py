@@ -49,7 +49,7 @@ def demo_commands(payments: int) -> list[dict]:
 def run_demo(settings: Settings, payments: int = 200, timeout_s: float = 120.0) -> int:
     settings = settings.model_copy(update={
         "data_dir": settings.data_dir / "demo", "api_port": 0, "worker_web_port": 0,
-        "simulator_metrics_port": 0})
+        "simulator_metrics_port": 0, "auditor_metrics_port": 0})
     started = time.monotonic()
     print(f"paycore demo: {payments} sales, one manual capture, one refund, a product tour",
           flush=True)

@@ -36,6 +36,7 @@ class Stack:
     workers: int = 1
     with_api: bool = True
     with_simulator: bool = True
+    with_auditor: bool = True
     broker: EmbeddedBroker | None = None
     parts: list[Part] = field(default_factory=list)
 
@@ -62,6 +63,9 @@ class Stack:
         if self.with_simulator:
             self._spawn("simulator", ["simulate"],
                         f"metrics http://127.0.0.1:{self.settings.simulator_metrics_port}")
+        if self.with_auditor:
+            self._spawn("auditor", ["audit"],
+                        f"metrics http://127.0.0.1:{self.settings.auditor_metrics_port}")
         return self
 
     def _spawn(self, name: str, args: list[str], listens: str) -> Part:
@@ -139,19 +143,22 @@ def _settings_env(settings: Settings) -> dict[str, str]:
 
 def pick_ports(settings: Settings) -> Settings:
     """A free port for every listener configured as 0, so stacks and tests never collide."""
-    names = ("api_port", "worker_web_port", "simulator_metrics_port")
+    names = ("api_port", "worker_web_port", "simulator_metrics_port", "auditor_metrics_port")
     return settings.model_copy(update={n: getattr(settings, n) or free_port() for n in names})
 
 
 WARMUP_MERCHANT = "paycore-warmup"
 
 
-def wait_until_ready(settings: Settings, timeout_s: float = 90.0) -> float:
+def wait_until_ready(settings: Settings, timeout_s: float = 90.0,
+                     with_simulator: bool = True) -> float:
     """Send one warm-up payment through the whole path and wait for its final event.
 
     A worker is useful only once its consumer group has joined and its tables recovered;
     the only honest readiness probe for a pipeline is a message through all of it.
-    Returns the seconds it took; raises TimeoutError if the payment never completes.
+    Without a simulator the warm-up is a balance payment from an empty wallet: through
+    orders and ledger, refused. Returns the seconds it took; raises TimeoutError if the
+    payment never completes.
     """
     from paycore.observe import Observer, command_producer, send_command
 
@@ -161,7 +168,8 @@ def wait_until_ready(settings: Settings, timeout_s: float = 90.0) -> float:
     send_command(producer, {
         "type": "pay", "merchant_id": WARMUP_MERCHANT, "idempotency_key": order_no,
         "merchant_order_no": order_no, "amount_minor": 100, "currency": "USD",
-        "method": "card"})
+        **({"method": "card"} if with_simulator else
+           {"method": "balance", "payer": {"account_id": "paycore-warmup-empty"}})})
     producer.flush()
     producer.close()
     observer = Observer(settings.kafka_bootstrap, settings.partitions)

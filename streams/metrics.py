@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 STAGE_EVENTS = Counter("paycore_stage_events_total", "Messages handled per stage", ["stage"])
 STAGE_SECONDS = Histogram(
@@ -22,3 +22,11 @@ END_TO_END_SECONDS = Histogram(
     "paycore_payment_e2e_seconds", "Command accepted to final status", ["status"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
+AUDIT_CHECKS = Counter("paycore_audit_checks_total", "Ledger audit checks run", ["check"])
+AUDIT_VIOLATIONS = Counter("paycore_audit_violations_total", "Ledger audit checks failed",
+                           ["check"])
+AUDIT_IN_FLIGHT = Gauge("paycore_audit_in_flight_minor",
+                        "Money applied on some accounts of an entry but not yet all",
+                        ["currency"])
+AUDIT_OPEN_ENTRIES = Gauge("paycore_audit_open_entries", "Entries not yet applied on all accounts")
+AUDIT_EVENTS = Counter("paycore_audit_events_total", "Ledger events audited", ["kind"])

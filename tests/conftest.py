@@ -71,6 +71,9 @@ def deterministic_config(tmp_path_factory) -> Path:
     by_name["wallet"]["authorization_ttl_ms"] = WALLET_AUTHORIZATION_TTL_MS
     folder = tmp_path_factory.mktemp("config")
     (folder / "channels.yaml").write_text(yaml.safe_dump(shipped))
+    # Shipped account rules as they are: the fee account is split, so tests run through
+    # sub-accounts too.
+    (folder / "accounts.yaml").write_text((Settings().config_dir / "accounts.yaml").read_text())
     return folder
 
 
@@ -79,7 +82,7 @@ def stack_settings(broker, deterministic_config, tmp_path_factory) -> Settings:
     run = uuid.uuid4().hex[:6]
     return pick_ports(Settings(
         kafka_bootstrap=broker[0], embedded_broker=broker[1], partitions=PARTITIONS,
-        api_port=0, worker_web_port=0, simulator_metrics_port=0,
+        api_port=0, worker_web_port=0, simulator_metrics_port=0, auditor_metrics_port=0,
         data_dir=tmp_path_factory.mktemp("paycore"), app_id=f"paycore-test-{run}",
         config_dir=deterministic_config))
 

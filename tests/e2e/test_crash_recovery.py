@@ -41,7 +41,8 @@ def own_stack(deterministic_config, tmp_path):
     """A stack of its own (fresh embedded broker): kills must not disturb other tests."""
     settings = pick_ports(Settings(
         kafka_bootstrap="", partitions=4, api_port=0, worker_web_port=0,
-        simulator_metrics_port=0, data_dir=tmp_path, config_dir=deterministic_config))
+        simulator_metrics_port=0, auditor_metrics_port=0, data_dir=tmp_path,
+        config_dir=deterministic_config))
     with Stack(settings, with_api=False) as stack:
         wait_until_ready(stack.settings)
         yield stack
