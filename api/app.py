@@ -90,6 +90,7 @@ def create_api(settings: Settings) -> FastAPI:
     app = FastAPI(title="paycore", version="0.1.0", lifespan=lifespan)
     _payment_routes(app, view, publish)
     _follow_up_routes(app, view, publish)
+    _account_routes(app, view)
     _health_routes(app, view, state)
     app.state.view = view
     return app
@@ -183,6 +184,26 @@ def _follow_up_routes(app: FastAPI, view: PaymentsView, publish) -> None:
         await publish(_build(Refund, **order_of(payment_id), idempotency_key=idempotency_key,
                              refund_id=body.refund_id, amount_minor=body.amount))
         return {"payment_id": payment_id, "status": "refund_requested"}
+
+
+def _account_routes(app: FastAPI, view: PaymentsView) -> None:
+    @app.get("/v1/accounts/{account_id}/balance")
+    async def balance(account_id: str):
+        found = view.balance(account_id)
+        if found is None:
+            raise HTTPException(status_code=404, detail=f"account {account_id} has no entries")
+        return found
+
+    @app.get("/v1/accounts/{account_id}/entries")
+    async def entries(account_id: str, limit: int = Query(default=100, ge=1, le=1_000)):
+        legs = list(view.journal.get(account_id, ()))[-limit:]
+        if not legs and view.balance(account_id) is None:
+            raise HTTPException(status_code=404, detail=f"account {account_id} has no entries")
+        return {"account_id": account_id, "entries": [
+            {"entry_id": leg.entry_id, "posting_id": leg.posting_id,
+             "payment_id": leg.payment_id, "amount_minor": leg.amount_minor,
+             "currency": leg.currency, "row": leg.account_id,
+             "row_total_minor": leg.total_minor} for leg in reversed(legs)]}
 
 
 def _health_routes(app: FastAPI, view: PaymentsView, state: dict) -> None:

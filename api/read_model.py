@@ -7,12 +7,22 @@ import logging
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from domain.events import CommandRejected, MandateStatusChanged, PaymentStatusChanged
+from collections import deque
+
+from domain.accounts import logical_account
+from domain.events import (
+    CommandRejected,
+    HoldChanged,
+    LegApplied,
+    MandateStatusChanged,
+    PaymentStatusChanged,
+)
 from streams import topics as t
 from streams.envelope import UndecodableEnvelope, decode
 from streams.tansu import true_end_offsets
 
 log = logging.getLogger(__name__)
+JOURNAL_KEPT = 1_000
 
 
 class PaymentsView:
@@ -23,6 +33,11 @@ class PaymentsView:
         self.by_order_no: dict[tuple[str, str], str] = {}
         self.rejections: dict[str, list[dict]] = {}
         self.mandates: dict[str, dict] = {}
+        self.rows: dict[str, LegApplied | HoldChanged] = {}
+        """Per ledger row (account or sub-account): its latest change, by version."""
+        self.sub_accounts: dict[str, set[str]] = {}
+        self.journal: dict[str, deque] = {}
+        """Per account: its most recent legs, newest last (bounded)."""
         self.changed = asyncio.Condition()
         self.caught_up = asyncio.Event()
         self._seen_ids: set[str] = set()
@@ -34,6 +49,8 @@ class PaymentsView:
             row["history"].append({"status": body.status, "reason": body.reason,
                                    "trigger": body.trigger, "at_ms": body.at_ms})
             self.by_order_no[(body.merchant_id, body.merchant_order_no)] = body.payment_id
+        elif isinstance(body, (LegApplied, HoldChanged)):
+            self._ledger(body)
         elif isinstance(body, MandateStatusChanged):
             row = self.mandates.setdefault(body.mandate_key, {"history": []})
             row.update(body.model_dump(exclude={"previous_status", "at_ms"}))
@@ -41,12 +58,33 @@ class PaymentsView:
         elif isinstance(body, CommandRejected):
             self.rejections.setdefault(body.payment_id, []).append(body.model_dump())
 
+    def _ledger(self, body: LegApplied | HoldChanged) -> None:
+        latest = self.rows.get(body.account_id)
+        if latest is None or body.version > latest.version:
+            self.rows[body.account_id] = body
+        account = logical_account(body.account_id)
+        self.sub_accounts.setdefault(account, set()).add(body.account_id)
+        if isinstance(body, LegApplied):
+            self.journal.setdefault(account, deque(maxlen=JOURNAL_KEPT)).append(body)
+
+    def balance(self, account_id: str) -> dict | None:
+        """One exact figure for an account, adding up a hot account's sub-accounts."""
+        rows = [self.rows[r] for r in sorted(self.sub_accounts.get(account_id, ()))]
+        if not rows:
+            return None
+        return {"account_id": account_id, "currency": rows[0].currency,
+                "total_minor": sum(r.total_minor for r in rows),
+                "available_minor": sum(r.available_minor for r in rows),
+                "frozen_minor": sum(r.frozen_minor for r in rows),
+                "sub_accounts": len(rows)}
+
     async def follow(self, bootstrap: str, partitions: int, stop: asyncio.Event) -> None:
         consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                     auto_offset_reset="earliest")
         await consumer.start()
         try:
-            tps = [TopicPartition(t.EVENTS, p) for p in range(partitions)]
+            tps = [TopicPartition(topic, p) for topic in (t.EVENTS, t.LEDGER_ENTRIES)
+                   for p in range(partitions)]
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
             ends = await true_end_offsets(consumer, bootstrap, tps)
