@@ -19,6 +19,7 @@ from domain.events import (
     MandateChecked,
     MandateCheckRequested,
     PaymentStatusChanged,
+    SettlementReported,
 )
 from domain.orders import (
     FINAL_FOR_CLIENTS,
@@ -30,6 +31,7 @@ from domain.orders import (
     decide_deadline,
     decide_hold_resolved,
     decide_mandate_checked,
+    decide_settlement,
 )
 from domain.routing import choose_route
 from streams import topics as t
@@ -77,6 +79,8 @@ def register(wire: Wire) -> None:
             return decide_hold_resolved(order, body, at)
         if isinstance(body, MandateChecked):
             return decide_mandate_checked(order, body, at)
+        if isinstance(body, SettlementReported):
+            return decide_settlement(order, body, at)
         assert isinstance(body, DeadlineReached), type(body)
         return decide_deadline(order, body, at)
 
@@ -109,7 +113,7 @@ def register(wire: Wire) -> None:
         _count(env.body, decision)
         await wire.send_all(outgoing)
 
-    @wire.app.agent(wire.topic(t.ORDERS, t.CHANNEL_CALLBACKS), name="orders")
+    @wire.app.agent(wire.topic(t.ORDERS, t.CHANNEL_CALLBACKS, t.SETTLEMENTS), name="orders")
     async def order_stage(stream):
         await consume("orders", wire, stream, handle)
 

@@ -35,6 +35,10 @@ def merchant_pending(merchant_id: str, currency: str) -> str:
     return f"merchant:{merchant_id}:pending:{currency}"
 
 
+def merchant_settled(merchant_id: str, currency: str) -> str:
+    return f"merchant:{merchant_id}:settled:{currency}"
+
+
 def channel_clearing(channel: str, currency: str) -> str:
     return f"clearing:{channel}:{currency}"
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from domain.commands import Message
-from domain.events import HoldChanged, LegApplied
+from domain.events import HoldChange, HoldChanged, LegApplied
 
 
 class AuditCheck(str, Enum):
@@ -148,9 +148,10 @@ class Auditor:
 
     def _hold(self, change: HoldChanged) -> list[Violation]:
         account = self.accounts[change.account_id]
-        if change.change == "placed":
+        if change.change is HoldChange.placed:
             account.holds[change.hold_id] = change.amount_minor
-        elif change.change == "released":
+        else:
+            assert change.change is HoldChange.released, change
             account.holds.pop(change.hold_id, None)
         return []
 

@@ -175,36 +175,33 @@ class Transfer(OrderCommand):
         return self
 
 
-class TopUp(OrderCommand):
-    """Recharge a wallet from an outside channel."""
+class _WalletThroughChannel(OrderCommand):
+    """Money between a wallet and an outside channel (a top-up or a withdrawal)."""
 
-    type: Literal["topup"] = "topup"
     account_id: Identifier
     amount_minor: AmountMinor
     currency: Currency
     method: Method
 
     @model_validator(mode="after")
-    def _channel_method(self) -> TopUp:
+    def _channel_method(self) -> _WalletThroughChannel:
         if self.method not in CHANNEL_METHODS:
-            raise ValueError("method: a top-up comes from a channel (card, bank or wallet)")
+            raise ValueError(f"method: a {self.type} goes through a channel "
+                             "(card, bank or wallet)")
         return self
 
 
-class Withdraw(OrderCommand):
+class TopUp(_WalletThroughChannel):
+    """Recharge a wallet from an outside channel."""
+
+    type: Literal["topup"] = "topup"
+
+
+class Withdraw(_WalletThroughChannel):
     """Pay out from a wallet to an outside channel: frozen first, debited on success."""
 
     type: Literal["withdraw"] = "withdraw"
-    account_id: Identifier
-    amount_minor: AmountMinor
-    currency: Currency
     method: Method = Method.bank
-
-    @model_validator(mode="after")
-    def _channel_method(self) -> Withdraw:
-        if self.method not in CHANNEL_METHODS:
-            raise ValueError("method: a withdrawal goes to a channel (card, bank or wallet)")
-        return self
 
 
 class MandateCommand(Command):

@@ -145,6 +145,11 @@ class LegApplied(Message):
     """This account's change count (legs and holds) after this leg."""
 
 
+class HoldChange(str, Enum):
+    placed = "placed"
+    released = "released"
+
+
 class HoldChanged(Message):
     """The ledger froze or released funds on one account; carries the balance after it."""
 
@@ -152,8 +157,7 @@ class HoldChanged(Message):
     payment_id: str
     account_id: str
     currency: str
-    change: str
-    """placed | released | refused"""
+    change: HoldChange
     amount_minor: int
     version: int
     total_minor: int
@@ -217,3 +221,18 @@ class MandateStatusChanged(Message):
     amount_minor_max: int
     collections: int
     at_ms: int
+
+
+class SettlementReported(Message):
+    """A channel's settlement line for one payment: it paid us (gross) for it."""
+
+    line_id: str
+    """The channel's own id of the line: the same line twice is one line."""
+    channel: str
+    payment_id: str
+    channel_serial: str
+    amount_minor: int
+    """Gross settled: what was captured less what was refunded, at the channel."""
+    currency: str
+    settled_on: str
+    """The settlement date, YYYY-MM-DD."""

@@ -5,7 +5,6 @@ the same money effects (same ids), never re-applies them.
 
 from __future__ import annotations
 
-from domain import accounts
 from domain.commands import Method
 from domain.events import (
     ChannelOperation,
@@ -14,14 +13,18 @@ from domain.events import (
     ChannelResponded,
     DeadlineReached,
     HoldReleaseRequested,
+    HoldRequested,
     HoldResolved,
     MandateChecked,
+    SettlementReported,
 )
 from domain.ids import derive_id
 from domain.order_state import (
     COMPENSATION_PREFIX,
     PAYER_HOLD,
     REVOKE_HOLD,
+    SETTLE_HOLD_PREFIX,
+    SettleHold,
     AppliedRequest,
     CommandStatus,
     Decision,
@@ -30,13 +33,17 @@ from domain.order_state import (
     OrderStatus,
     channel_request,
     hold_id_for,
+    merchant_funds,
     note,
     noted_event,
     open_requests,
+    refund_funds,
     transition,
 )
 from domain.postings import (
     capture_entry,
+    pending_by_merchant,
+    settlement_entry,
     refund_entry,
     reversal_entry,
     suspense_in_entry,
@@ -317,7 +324,7 @@ def _on_reverse(order: Order, request, resp, now_ms) -> Decision:
 
 
 def _merchant_account(order: Order) -> str:
-    return accounts.merchant_pending(order.merchant_id, order.currency)
+    return merchant_funds(order)
 
 
 def _on_refund(order: Order, request, resp, now_ms) -> Decision:
@@ -325,7 +332,7 @@ def _on_refund(order: Order, request, resp, now_ms) -> Decision:
         return _on_compensation(order, request, resp, now_ms)
     hold = HoldReleaseRequested(
         hold_id=hold_id_for(order.payment_id, request.reference), payment_id=order.payment_id,
-        account_id=_merchant_account(order))
+        account_id=refund_funds(order, request.reference))
     if resp.outcome is OK and _other_money(request, resp):
         return _money_mismatch(order, request, resp, now_ms)
     if resp.outcome is DECLINED:
@@ -415,6 +422,10 @@ def decide_hold_resolved(order: Order | None, answer: HoldResolved, now_ms: int)
         return _on_payer_hold(order, answer, now_ms)
     if answer.hold_id == hold_id_for(order.payment_id, REVOKE_HOLD):
         return _on_revoke_hold(order, answer, now_ms)
+    part = next((p for p in order.settle_holds if hold_id_for(
+        order.payment_id, SETTLE_HOLD_PREFIX + p.merchant_id) == answer.hold_id), None)
+    if part is not None:
+        return _on_settle_hold(order, part, answer, now_ms)
     refund = next((r for r in order.refunds
                    if hold_id_for(order.payment_id, r.refund_id) == answer.hold_id), None)
     if refund is None:
@@ -524,3 +535,73 @@ def decide_deadline(order: Order | None, reached: DeadlineReached, now_ms: int) 
             return Decision(order.model_copy(update={"deadline_ms": now_ms + retry_ms}), (),
                             C.accepted)
     return Decision(cleared, (), C.accepted)
+
+
+# ---------------------------------------------------------------- settlement
+
+_SETTLEABLE = frozenset({S.succeeded, S.partially_refunded, S.refunded})
+
+
+def decide_settlement(order: Order | None, report: SettlementReported, now_ms: int
+                      ) -> Decision:
+    """The channel settled this payment: each merchant's part moves from pending to settled
+    (frozen first, like every debit; moved once every part is frozen)."""
+    if order is None:
+        return Decision(None, (), C.order_not_found)
+    if order.settlement:
+        return Decision(order, (), C.duplicate)
+    if order.status not in _SETTLEABLE or order.kind is not OrderKind.payment:
+        return Decision(order, (), C.settlement_not_allowed_in_status)
+    if any(r.status in ("holding", "processing") for r in order.refunds) or \
+            order.revocation in ("holding", "processing"):
+        return Decision(order, (), C.settlement_while_refund_open)
+    if (report.amount_minor, report.currency) != (
+            order.captured_minor - order.refunded_minor, order.currency):
+        return Decision(order, (), C.settlement_amount_mismatch)
+    owed = pending_by_merchant(order)
+    parts = tuple(SettleHold(merchant_id=account.split(":")[1], account_id=account,
+                             amount_minor=amount, status="holding")
+                  for account, amount in sorted(owed.items()))
+    settled = {"settled_on": report.settled_on}
+    if not parts:  # refunded in full: nothing left to move
+        noted, event = noted_event(order.model_copy(update={"settlement": "settled",
+                                                            **settled}),
+                                   "settlement", f"settled on {report.settled_on}: nothing "
+                                   "left to move", now_ms)
+        return Decision(noted, (event,), C.accepted)
+    holds = tuple(HoldRequested(
+        hold_id=hold_id_for(order.payment_id, SETTLE_HOLD_PREFIX + p.merchant_id),
+        payment_id=order.payment_id, account_id=p.account_id, currency=order.currency,
+        amount_minor=p.amount_minor) for p in parts)
+    noted = note(order, "settlement", f"settled by {report.channel} on {report.settled_on}: "
+                 "freezing merchant funds", now_ms)
+    return Decision(noted.model_copy(update={"settlement": "holding", "settle_holds": parts,
+                                             **settled}), holds, C.accepted)
+
+
+def _on_settle_hold(order: Order, part: SettleHold, answer: HoldResolved, now_ms: int
+                    ) -> Decision:
+    if part.status != "holding" or order.settlement != "holding":
+        return Decision(order, (), C.duplicate)
+    status = "placed" if answer.placed else "refused"
+    parts = tuple(p.model_copy(update={"status": status}) if p == part else p
+                  for p in order.settle_holds)
+    order = order.model_copy(update={"settle_holds": parts})
+    if any(p.status == "holding" for p in parts):
+        return Decision(order, (), C.accepted)
+    if all(p.status == "placed" for p in parts):
+        moved = order.model_copy(update={"settlement": "settled"})
+        moved, event = noted_event(moved, "settlement", f"settled on {order.settled_on}",
+                                   now_ms)
+        return Decision(moved, (event, settlement_entry(moved, now_ms)), C.accepted)
+    releases = tuple(HoldReleaseRequested(
+        hold_id=hold_id_for(order.payment_id, SETTLE_HOLD_PREFIX + p.merchant_id),
+        payment_id=order.payment_id, account_id=p.account_id)
+        for p in parts if p.status == "placed")
+    released = tuple(p.model_copy(update={"status": "released"}) if p.status == "placed"
+                     else p for p in parts)
+    failed, event = noted_event(order.model_copy(update={"settlement": "failed",
+                                                         "settle_holds": released}),
+                                "settlement", f"settlement not booked: {answer.reason}; "
+                                "for ops", now_ms)
+    return Decision(failed, (event, *releases), C.accepted)

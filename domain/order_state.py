@@ -9,6 +9,7 @@ from __future__ import annotations
 from enum import Enum, IntEnum
 from typing import NamedTuple
 
+from domain import accounts
 from domain.commands import CaptureMode, Message, SplitShare
 from domain.events import ChannelOperation, ChannelOutcome, ChannelRequested, PaymentStatusChanged
 from domain.ids import derive_id
@@ -98,6 +99,12 @@ class CommandStatus(IntEnum):
     """A success after the order timed out, on a channel whose rule is to refund it."""
     compensation_refund_declined = 26
     """The channel refused to take back a duplicate or late charge: for ops."""
+    settlement_not_allowed_in_status = 27
+    settlement_amount_mismatch = 28
+    """The channel settled other money than the order kept: for reconciliation."""
+    settlement_while_refund_open = 29
+    """A refund or revocation is in flight: settle once it is decided (ops re-drive)."""
+    revoke_after_settlement = 30
 
     def transient(self) -> bool:
         return False
@@ -106,11 +113,27 @@ class CommandStatus(IntEnum):
 # Hold purposes cannot collide with refund ids: "~" is not allowed in an Identifier.
 PAYER_HOLD = "~payer"
 REVOKE_HOLD = "~revoke"
+SETTLE_HOLD_PREFIX = "~settle-"
 COMPENSATION_PREFIX = "~back-"
 
 
 def hold_id_for(payment_id: str, purpose: str) -> str:
     return derive_id("hold", payment_id, purpose)
+
+
+def merchant_funds(order: Order) -> str:
+    """Where the merchant's money for this order sits now: pending, or settled after the
+    channel settled it (refunds after settlement are taken from there)."""
+    if order.settlement == "settled":
+        return accounts.merchant_settled(order.merchant_id, order.currency)
+    return accounts.merchant_pending(order.merchant_id, order.currency)
+
+
+def refund_funds(order: Order, refund_id: str) -> str:
+    """The account a refund's hold was placed on: a replay after settlement re-decides the
+    same entry."""
+    refund = next(r for r in order.refunds if r.refund_id == refund_id)
+    return refund.account_id or accounts.merchant_pending(order.merchant_id, order.currency)
 
 
 class HistoryItem(Message):
@@ -124,6 +147,18 @@ class RefundState(Message):
     refund_id: str
     amount_minor: int
     status: str  # holding | processing | succeeded | failed
+    account_id: str = ""
+    """Where its hold was placed, so its debit or release goes there even if the order
+    settled since ('' in rows from before settlement: the merchant's pending account)."""
+
+
+class SettleHold(Message):
+    """One merchant's part of a settlement: frozen on pending, then moved to settled."""
+
+    merchant_id: str
+    account_id: str
+    amount_minor: int
+    status: str  # holding | placed | refused | released
 
 
 class AppliedRequest(Message):
@@ -164,6 +199,10 @@ class Order(Message):
     """'' (none) | holding | placed | refused | closed: the try/confirm/cancel freeze."""
     revocation: str = ""
     """'' | holding | processing | succeeded | failed."""
+    settlement: str = ""
+    """'' | holding | settled | failed: merchant funds moved from pending to settled."""
+    settle_holds: tuple[SettleHold, ...] = ()
+    settled_on: str = ""
     paid_via: str = ""
     """The channel whose success made the order succeed (attempts may differ)."""
     deadline_ms: int = 0

@@ -37,6 +37,7 @@ from domain.order_answers import (
     decide_deadline,
     decide_hold_resolved,
     decide_mandate_checked,
+    decide_settlement,
     paid_route,
     request_void,
     send,
@@ -60,6 +61,7 @@ from domain.order_state import (
     channel_request,
     fingerprint_of,
     hold_id_for,
+    merchant_funds,
     note,
     status_event,
     transition,
@@ -71,7 +73,8 @@ __all__ = [
     "FINAL_FOR_CLIENTS", "TERMINAL", "TRANSITIONS", "AppliedRequest", "CommandStatus",
     "Decision", "HistoryItem", "Order", "OrderKind", "OrderStatus", "RefundState",
     "capture_entry", "decide_channel_response", "decide_command", "decide_deadline",
-    "decide_hold_resolved", "decide_mandate_checked", "fingerprint_of", "refund_entry",
+    "decide_hold_resolved", "decide_mandate_checked", "decide_settlement", "fingerprint_of",
+    "refund_entry",
 ]
 
 S = OrderStatus
@@ -265,6 +268,8 @@ def _revoke(order: Order, now_ms: int) -> Decision:
         if decided.status is CommandStatus.void_not_allowed_in_status:
             return Decision(order, (), CommandStatus.revoke_not_allowed_in_status)
         return decided
+    if order.settlement:
+        return Decision(order, (), CommandStatus.revoke_after_settlement)
     if order.split:
         return Decision(order, (), CommandStatus.revoke_not_allowed_for_split)
     if order.status is not S.succeeded or order.refunds:
@@ -288,17 +293,18 @@ def _refund(order: Order, cmd: Refund, now_ms: int) -> Decision:
             return Decision(order, (), CommandStatus.refund_exists_with_different_amount)
         return Decision(order, (), CommandStatus.duplicate)
     if order.status not in (S.succeeded, S.partially_refunded) or order.revocation in (
-            "holding", "processing"):
+            "holding", "processing") or order.settlement == "holding":
         return Decision(order, (), CommandStatus.refund_not_allowed_in_status)
     committed = sum(r.amount_minor for r in order.refunds if r.status != "failed")
     if committed + cmd.amount_minor > order.captured_minor:
         return Decision(order, (), CommandStatus.refund_exceeds_captured)
     hold = HoldRequested(
         hold_id=hold_id_for(order.payment_id, cmd.refund_id), payment_id=order.payment_id,
-        account_id=accounts.merchant_pending(order.merchant_id, order.currency),
-        currency=order.currency, amount_minor=cmd.amount_minor,
+        account_id=merchant_funds(order), currency=order.currency,
+        amount_minor=cmd.amount_minor,
     )
-    refund = RefundState(refund_id=cmd.refund_id, amount_minor=cmd.amount_minor, status="holding")
+    refund = RefundState(refund_id=cmd.refund_id, amount_minor=cmd.amount_minor,
+                         status="holding", account_id=hold.account_id)
     updated = note(order, "refund", f"refund {cmd.refund_id} of {cmd.amount_minor}: "
                    "holding merchant funds", now_ms).model_copy(
         update={"refunds": order.refunds + (refund,)})

@@ -16,9 +16,11 @@ from domain.order_state import (
     COMPENSATION_PREFIX,
     PAYER_HOLD,
     REVOKE_HOLD,
+    SETTLE_HOLD_PREFIX,
     Order,
     OrderKind,
     hold_id_for,
+    refund_funds,
 )
 
 
@@ -140,11 +142,10 @@ def _money_back_to(order: Order, request: ChannelRequested, amount_minor: int) -
 def refund_entry(order: Order, request: ChannelRequested, now_ms: int) -> JournalEntryDecided:
     """The merchant's frozen funds go back to the payer; the fee is not returned. A split
     payment's refunds are borne by the merchant that took the payment."""
-    ccy, amount = order.currency, request.amount_minor
+    amount = request.amount_minor
     legs = [
-        Leg(account_id=accounts.merchant_pending(order.merchant_id, ccy), currency=ccy,
-            amount_minor=-amount,
-            hold_id=hold_id_for(order.payment_id, request.reference)),
+        Leg(account_id=refund_funds(order, request.reference), currency=order.currency,
+            amount_minor=-amount, hold_id=hold_id_for(order.payment_id, request.reference)),
         _money_back_to(order, request, amount),
     ]
     return _entry(order, request, "refund", legs, now_ms)
@@ -209,4 +210,39 @@ def _entry(order: Order, request: ChannelRequested, reason: str, legs: list[Leg]
     assert len(entry.legs) >= 2, entry
     assert sum(leg.amount_minor for leg in entry.legs) == 0, entry
     assert len({leg.account_id for leg in entry.legs}) == len(entry.legs), entry
+    return entry
+
+
+def pending_by_merchant(order: Order) -> dict[str, int]:
+    """What this payment left on each merchant's pending account: the net of every capture
+    it kept, less the refunds taken (from the merchant that took the payment)."""
+    kept = _captured_ids(order)
+    owed: dict[str, int] = {}
+    for request in order.requests:
+        if request.request_id in kept:
+            for leg in _merchant_credits(order, request.amount_minor, charge_fee(order, request)):
+                owed[leg.account_id] = owed.get(leg.account_id, 0) + leg.amount_minor
+    primary = accounts.merchant_pending(order.merchant_id, order.currency)
+    assert all(v >= 0 for v in owed.values()), (order.payment_id, owed)
+    owed[primary] = owed.get(primary, 0) - order.refunded_minor
+    # Refunds can take more than the primary's own part (the fee is not returned; a small
+    # or no split share): the rest came out of its other funds, nothing of this is left.
+    return {account: v for account, v in owed.items() if v > 0}
+
+
+def settlement_entry(order: Order, now_ms: int) -> JournalEntryDecided:
+    """Pending to settled, merchant by merchant, each debit consuming its settlement hold."""
+    legs: list[Leg] = []
+    for part in order.settle_holds:
+        merchant_id = part.merchant_id
+        legs.append(Leg(account_id=part.account_id, currency=order.currency,
+                        amount_minor=-part.amount_minor,
+                        hold_id=hold_id_for(order.payment_id, SETTLE_HOLD_PREFIX + merchant_id)))
+        legs.append(Leg(account_id=accounts.merchant_settled(merchant_id, order.currency),
+                        currency=order.currency, amount_minor=part.amount_minor))
+    entry = JournalEntryDecided(
+        entry_id=derive_id("je", order.payment_id, "settlement"), payment_id=order.payment_id,
+        reason="settlement", legs=tuple(legs), decided_at_ms=now_ms)
+    assert len(entry.legs) >= 2, entry
+    assert sum(leg.amount_minor for leg in entry.legs) == 0, entry
     return entry

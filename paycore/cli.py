@@ -60,45 +60,37 @@ def cmd_api(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_simulate(args: argparse.Namespace) -> int:
+def _serve(metrics_port: int, run) -> int:
+    """Expose /metrics, then run ``run(stop)`` until SIGINT or SIGTERM sets ``stop``."""
     from prometheus_client import start_http_server
 
-    from simulators.runner import run_simulator
-
-    settings = Settings()
-    if settings.simulator_metrics_port:
-        start_http_server(settings.simulator_metrics_port, addr="127.0.0.1")
+    if metrics_port:
+        start_http_server(metrics_port, addr="127.0.0.1")
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await run_simulator(settings, stop)
+        await run(stop)
 
     asyncio.run(main())
     return 0
 
 
-def cmd_audit(args: argparse.Namespace) -> int:
-    from prometheus_client import start_http_server
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from simulators.runner import run_simulator
 
+    settings = Settings()
+    return _serve(settings.simulator_metrics_port, lambda stop: run_simulator(settings, stop))
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
     from agents.auditor import run_auditor
 
     settings = Settings()
     logging.getLogger("agents.auditor").setLevel(logging.INFO)
-    if settings.auditor_metrics_port:
-        start_http_server(settings.auditor_metrics_port, addr="127.0.0.1")
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await run_auditor(settings, stop)
-
-    asyncio.run(main())
-    return 0
+    return _serve(settings.auditor_metrics_port, lambda stop: run_auditor(settings, stop))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -24,7 +24,7 @@ KINDS: dict[str, type[Message]] = {
         events.HoldRequested, events.HoldReleaseRequested, events.HoldResolved,
         events.PaymentStatusChanged, events.LegApplied, events.CommandRejected,
         events.DeadlineReached, events.MandateCheckRequested, events.MandateChecked,
-        events.MandateStatusChanged, events.HoldChanged,
+        events.MandateStatusChanged, events.HoldChanged, events.SettlementReported,
     )
 }
 
@@ -71,6 +71,7 @@ _NATURAL_ID = {
     "LegApplied": ("posting_id",),
     "DeadlineReached": ("payment_id", "deadline_ms"),
     "HoldChanged": ("hold_id", "account_id", "change"),
+    "SettlementReported": ("channel", "line_id"),
     "MandateCheckRequested": ("payment_id", "mandate_key"),
     "MandateChecked": ("payment_id", "mandate_key", "allowed", "code"),
 }

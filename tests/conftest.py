@@ -87,6 +87,16 @@ def stack_settings(broker, deterministic_config, tmp_path_factory) -> Settings:
         config_dir=deterministic_config))
 
 
+@pytest.fixture
+def own_settings(deterministic_config, tmp_path) -> Settings:
+    """Settings for a stack of its own (its own embedded broker): for tests that kill
+    processes and must not disturb the shared stack."""
+    return pick_ports(Settings(
+        kafka_bootstrap="", partitions=PARTITIONS, api_port=0, worker_web_port=0,
+        simulator_metrics_port=0, auditor_metrics_port=0, data_dir=tmp_path,
+        config_dir=deterministic_config))
+
+
 @pytest.fixture(scope="session")
 def stack(stack_settings):
     """One worker (all stages), the API and the simulator: real processes, shared broker."""

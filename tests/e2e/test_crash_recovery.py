@@ -13,12 +13,12 @@ import time
 from collections import Counter
 
 import pytest
-from helpers import pay
+from helpers import audit_totals, pay
 
 from domain import accounts
 from domain.money import fee_minor
 from paycore.observe import Observer, command_producer, send_command
-from paycore.stack import Stack, pick_ports, wait_until_ready
+from paycore.stack import Stack, wait_until_ready
 from streams.channels_config import load_channels
 from streams.settings import Settings
 
@@ -37,13 +37,8 @@ ALLOWED_HISTORIES = (
 
 
 @pytest.fixture
-def own_stack(deterministic_config, tmp_path):
-    """A stack of its own (fresh embedded broker): kills must not disturb other tests."""
-    settings = pick_ports(Settings(
-        kafka_bootstrap="", partitions=4, api_port=0, worker_web_port=0,
-        simulator_metrics_port=0, auditor_metrics_port=0, data_dir=tmp_path,
-        config_dir=deterministic_config))
-    with Stack(settings, with_api=False) as stack:
+def own_stack(own_settings):
+    with Stack(own_settings, with_api=False) as stack:
         wait_until_ready(stack.settings)
         yield stack
 
@@ -85,6 +80,8 @@ def test_worker_sigkilled_mid_stream_loses_and_doubles_nothing(own_stack):
         statuses = [e.status for e in events]
         assert statuses in ALLOWED_HISTORIES, (info, payment_id, statuses)
     _assert_ledger_exact(settings, observer, info)
+    audit = audit_totals(settings.auditor_metrics_port)  # it ran through both kills
+    assert audit["violations"] == 0 and audit["checks"] > 0, (info, audit)
     observer.close()
 
 

@@ -7,20 +7,19 @@ from __future__ import annotations
 
 import random
 import time
-import urllib.request
 from collections import defaultdict
 
 import pytest
+from helpers import audit_totals
 from kafka import KafkaProducer
 
 from domain import accounts
 from domain.events import JournalEntryDecided, Leg
 from paycore.observe import Observer
-from paycore.stack import Stack, pick_ports, wait_until_ready
+from paycore.stack import Stack, wait_until_ready
 from streams import topics as t
 from streams.accounts_config import load_accounts
 from streams.envelope import child, encode
-from streams.settings import Settings
 
 pytestmark = pytest.mark.e2e
 
@@ -30,12 +29,8 @@ FUNDING_MINOR = 100_000
 
 
 @pytest.fixture
-def own_stack(deterministic_config, tmp_path):
-    settings = pick_ports(Settings(
-        kafka_bootstrap="", partitions=4, api_port=0, worker_web_port=0,
-        simulator_metrics_port=0, auditor_metrics_port=0, data_dir=tmp_path,
-        config_dir=deterministic_config))
-    with Stack(settings, with_api=False, with_simulator=False) as stack:
+def own_stack(own_settings):
+    with Stack(own_settings, with_api=False, with_simulator=False) as stack:
         wait_until_ready(stack.settings, with_simulator=False)
         yield stack
 
@@ -105,7 +100,7 @@ def test_ledger_sigkilled_mid_stream_applies_each_posting_once(own_stack):
     assert observer.balances() == _expected(entries, place), info
     assert observer.reported_equals_rebuilt(), info
     assert sum(observer.balances().values()) == 0, info
-    audit = _scrape_audit(settings.auditor_metrics_port)
+    audit = audit_totals(settings.auditor_metrics_port)
     assert audit["violations"] == 0, (info, audit)
     assert audit["checks"] >= legs_total, (info, audit)
     observer.close()
@@ -117,14 +112,3 @@ def _expected(entries, place) -> dict[str, int]:
         for leg in entry.legs:
             totals[place(leg.account_id, entry.payment_id)] += leg.amount_minor
     return dict(totals)
-
-
-def _scrape_audit(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    found = {"violations": 0.0, "checks": 0.0}
-    for line in text.splitlines():
-        if line.startswith("paycore_audit_violations_total{"):
-            found["violations"] += float(line.rsplit(" ", 1)[1])
-        elif line.startswith("paycore_audit_checks_total{"):
-            found["checks"] += float(line.rsplit(" ", 1)[1])
-    return found

@@ -94,7 +94,7 @@ class TestHotAccounts:
 
 
 class TestLimits:
-    def test_full_refund_refused_without_overdraft(self, producer, observer, merchant):
+    def test_full_refund_refused_without_overdraft(self, stack, producer, observer, merchant):
         _send(producer, pay(merchant, "full", amount_minor=10_000))
         wait_for_final(observer, merchant, "full")
 
@@ -107,7 +107,7 @@ class TestLimits:
         assert "insufficient_funds" in _last_reason(observer, merchant, "full")
         assert observer.status[payment_id_for(merchant, "full")].status == "succeeded"
 
-    def test_full_refund_allowed_with_configured_overdraft(self, producer, observer):
+    def test_full_refund_allowed_with_configured_overdraft(self, stack, producer, observer):
         # config/accounts.yaml gives "merchant:demo-credit-shop:*" an overdraft of 5,000.00
         shop, order_no = "demo-credit-shop", f"credit-{int(time.time() * 1000)}"
         _send(producer, pay(shop, order_no, amount_minor=10_000))
@@ -123,7 +123,7 @@ class TestLimits:
 
 
 class TestAuditor:
-    def test_auditor_checks_continuously_and_finds_nothing(self, stack_settings, producer,
+    def test_auditor_checks_continuously_and_finds_nothing(self, stack, stack_settings, producer,
                                                            observer, merchant):
         _send(producer, pay(merchant, "audited", amount_minor=3_000))
         wait_for_final(observer, merchant, "audited")
@@ -155,3 +155,53 @@ def _eventually(check, timeout_s: float = 10) -> bool:
             return True
         time.sleep(0.2)
     return check()
+
+
+class TestSettlement:
+    def test_channel_settlement_moves_pending_to_settled_then_refund_comes_from_settled(
+            self, stack, stack_settings, producer, observer, merchant):
+        _send(producer, pay(merchant, "settle", amount_minor=10_000))
+        final = wait_for_final(observer, merchant, "settle")
+        pending = accounts.merchant_pending(merchant, "USD")
+        settled = accounts.merchant_settled(merchant, "USD")
+        observer.wait_until(lambda: observer.balances().get(pending) == 9_800, 15)
+
+        _settle(producer, final, amount_minor=10_000)  # the channel's settlement line
+        observer.wait_until(lambda: observer.balances().get(settled) == 9_800, 15)
+        _send(producer, {"type": "refund", "merchant_id": merchant, "idempotency_key": "rf-s",
+                         "merchant_order_no": "settle", "refund_id": "r1",
+                         "amount_minor": 3_000})
+        refunded = wait_for_final(observer, merchant, "settle",
+                                  statuses={"partially_refunded"})
+        observer.wait_until(lambda: observer.balances().get(settled) == 6_800, 15)
+
+        assert observer.balances()[pending] == 0
+        assert observer.balances()[settled] == 6_800
+        assert refunded.refunded_minor == 3_000
+
+    def test_settlement_with_other_money_books_nothing_and_goes_to_recon(
+            self, stack, stack_settings, producer, observer, merchant):
+        _send(producer, pay(merchant, "settle-odd", amount_minor=10_000))
+        final = wait_for_final(observer, merchant, "settle-odd")
+
+        _settle(producer, final, amount_minor=9_999)
+        exceptions = read_topic(stack_settings.kafka_bootstrap, t.RECON_EXCEPTIONS,
+                                stack_settings.partitions,
+                                lambda b: getattr(b, "payment_id", "") == final.payment_id)
+        observer.poll(timeout_ms=1_000)
+
+        assert exceptions and exceptions[0][1].body.amount_minor == 9_999
+        assert accounts.merchant_settled(merchant, "USD") not in observer.balances()
+
+
+def _settle(producer, final, amount_minor: int) -> None:
+    from domain.events import SettlementReported
+    from streams.envelope import child, encode
+
+    line = SettlementReported(line_id=f"line-{final.channel_serial}", channel=final.channel,
+                              payment_id=final.payment_id, channel_serial=final.channel_serial,
+                              amount_minor=amount_minor, currency=final.currency,
+                              settled_on="2026-11-21")
+    producer.send(t.SETTLEMENTS, key=final.payment_id.encode(),
+                  value=encode(child("test-settlement-file", line, 0, 0)))
+    producer.flush()

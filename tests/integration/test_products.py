@@ -50,6 +50,19 @@ def _topped_up_wallet(producer, observer, merchant: str, amount_minor: int = 10_
     return wallet_id
 
 
+class TestChannelPay:
+    @pytest.mark.parametrize("method,channel", [("card", "card_acquirer"),
+                                                ("bank", "online_bank"), ("wallet", "wallet")])
+    def test_sale_by_each_channel_method_succeeds_on_its_channel(
+            self, stack, producer, observer, merchant, method, channel):
+        _send(producer, pay(merchant, f"by-{method}", amount_minor=2_500, method=method))
+
+        final = wait_for_final(observer, merchant, f"by-{method}")
+
+        assert (final.status, final.channel) == ("succeeded", channel)
+        assert final.channel_serial
+
+
 class TestBalancePay:
     def test_balance_pay_freezes_then_debits_wallet(self, stack, producer, observer,
                                                     merchant):

@@ -6,9 +6,10 @@
     captures and a void), mandate collections, transfers, top-ups and withdrawals; and
     through the exception paths: declines, other amounts, replayed and contradicting
     callbacks, callback timeouts with late answers under both late-success rules,
-    authorization expiry, stale deadlines, revocations and refunds. Ledger work (holds
-    placed, redelivered and released in any order) and the mandate owner's answers run in
-    between, in any order.
+    authorization expiry, stale deadlines, revocations and refunds; and through the
+    channel's settlement lines (right money mostly, sometimes other money, sometimes while a
+    refund is open, sometimes the same line again). Ledger work (holds placed, redelivered
+    and released in any order) and the mandate owner's answers run in between, in any order.
 
     Like TigerBeetle's auditor it is an independent model: before every message it
     registers the statuses it accepts and fails on any other; on success it updates its
@@ -71,6 +72,7 @@ from domain.events import (
     MandateChecked,
     MandateCheckRequested,
     PaymentStatusChanged,
+    SettlementReported,
 )
 from domain.ids import mandate_key_for, payment_id_for
 from domain.ledger import (
@@ -93,7 +95,13 @@ from domain.mandates import (
     decide_mandate_command,
 )
 from domain.money import fee_minor
-from domain.order_state import COMPENSATION_PREFIX, PAYER_HOLD, REVOKE_HOLD, hold_id_for
+from domain.order_state import (
+    COMPENSATION_PREFIX,
+    PAYER_HOLD,
+    REVOKE_HOLD,
+    SETTLE_HOLD_PREFIX,
+    hold_id_for,
+)
 from domain.orders import (
     TERMINAL,
     TRANSITIONS,
@@ -107,6 +115,7 @@ from domain.orders import (
     decide_deadline,
     decide_hold_resolved,
     decide_mandate_checked,
+    decide_settlement,
 )
 from domain.routing import INTERNAL_CHANNEL, ChannelTerms, LateSuccess, choose_route
 
@@ -146,7 +155,8 @@ REFUND_IDS = ("rf-1", "rf-2", "rf-3")
 ATTEMPTS = (OP.sale, OP.authorize, OP.payout)
 PAYER_HOLD_LIVE = (S.processing, S.authorized, S.timed_out)
 ENTRY_REASONS = frozenset({"capture", "refund", "topup", "transfer", "payout", "revoke",
-                           "parked", "parked_returned", "funding"})
+                           "parked", "parked_returned", "funding", "settlement"})
+SETTLEABLE = (S.succeeded, S.partially_refunded, S.refunded)
 MERCHANTS_BUCKET = "merchants"
 """A split payment's merchants are checked together: the rounding rule is the domain's."""
 UNCHANGED = frozenset({
@@ -156,7 +166,8 @@ UNCHANGED = frozenset({
     C.refund_exists_with_different_amount, C.capture_exists_with_different_amount,
     C.order_already_paid, C.order_already_final, C.revoke_not_allowed_in_status,
     C.revoke_not_allowed_for_split, C.command_not_allowed_for_kind, C.deadline_not_due,
-    C.mandate_answer_unexpected, C.hold_for_unknown_purpose,
+    C.mandate_answer_unexpected, C.hold_for_unknown_purpose, C.settlement_not_allowed_in_status,
+    C.settlement_amount_mismatch, C.settlement_while_refund_open, C.revoke_after_settlement,
 })
 """Refusals: the order and the outputs stay exactly as they were."""
 
@@ -219,6 +230,20 @@ def _same_money(request: ChannelRequested, callback: ChannelResponded) -> bool:
 
 def _sent_back(request: ChannelRequested) -> bool:
     return request.reference.startswith(COMPENSATION_PREFIX)
+
+
+def _is_merchant(account_id: str) -> bool:
+    """A merchant's pending or settled account (both ids start with the kind "merchant")."""
+    return account_id.startswith("merchant:")
+
+
+def _is_settled(account_id: str) -> bool:
+    return _is_merchant(account_id) and account_id.split(":")[2] == "settled"
+
+
+def _settled_of(pending_id: str) -> str:
+    _, merchant_id, _, currency = pending_id.split(":")
+    return accounts.merchant_settled(merchant_id, currency)
 
 
 def _nonzero(amounts: Counter) -> dict[str, int]:
@@ -284,6 +309,19 @@ class PaymentAuditor(RuleBasedStateMachine):
         self.capture_pending: Counter = Counter()
         self.paid_channel: dict[str, str] = {}
         self.fundings = 0
+        # Settlement, as the auditor saw it.
+        self.merchant_money: dict[str, Counter] = defaultdict(Counter)
+        """Per payment, per merchant account (pending and settled, never bucketed): what its
+        legs moved, from the postings."""
+        self.refund_account: dict[tuple[str, str], str] = {}
+        """Where each refund's hold was asked: pending, or settled once the order settled."""
+        self.settlement: dict[str, str] = {}
+        """Orders whose line was taken: holding | settled | failed."""
+        self.settle_parts: dict[str, dict[str, tuple[str, int]]] = {}
+        """Per payment, settlement hold id -> (pending account, amount)."""
+        self.settle_answers: dict[str, dict[str, bool]] = defaultdict(dict)
+        self.lines_sent: list[SettlementReported] = []
+        self.drain_refunded: set[tuple[str, str]] = set()
 
     # ------------------------------------------------------------ plumbing
 
@@ -357,8 +395,7 @@ class PaymentAuditor(RuleBasedStateMachine):
     def _bucket(self, payment_id: str, account_id: str) -> str:
         origin = self.origin.get(payment_id)
         split = isinstance(origin, Pay) and origin.split
-        merchant = accounts.kind_of(account_id) is accounts.AccountKind.merchant_pending
-        return MERCHANTS_BUCKET if split and merchant else account_id
+        return MERCHANTS_BUCKET if split and _is_merchant(account_id) else account_id
 
     def _post(self, entry: JournalEntryDecided) -> None:
         """Like the ledger stage: a balanced entry, each leg applied once by posting id."""
@@ -379,6 +416,8 @@ class PaymentAuditor(RuleBasedStateMachine):
             self.journal_totals[leg.account_id] += leg.amount_minor
             self.actual[entry.payment_id][self._bucket(entry.payment_id, leg.account_id)] += \
                 leg.amount_minor
+            if _is_merchant(leg.account_id):
+                self.merchant_money[entry.payment_id][leg.account_id] += leg.amount_minor
             if leg.hold_id:
                 self._hold_taken(leg)
 
@@ -402,8 +441,21 @@ class PaymentAuditor(RuleBasedStateMachine):
                 assert leg.hold_id, ("limited account debited without a hold", entry)
             if leg.hold_id:
                 assert leg.amount_minor < 0, entry
-            if accounts.kind_of(leg.account_id) is accounts.AccountKind.merchant_pending:
+            if _is_merchant(leg.account_id):
                 assert entry.reason not in ("capture",) or leg.amount_minor > 0, entry
+            if _is_settled(leg.account_id):  # only settlement brings money in; refunds take
+                assert entry.reason == ("settlement" if leg.amount_minor > 0 else "refund"), entry
+        if entry.reason == "settlement":
+            PaymentAuditor._check_settlement_shape(entry)
+
+    @staticmethod
+    def _check_settlement_shape(entry: JournalEntryDecided) -> None:
+        """Each merchant's frozen pending money, all of it to its own settled account."""
+        debits = {leg.account_id: -leg.amount_minor for leg in entry.legs if leg.amount_minor < 0}
+        credits = {leg.account_id: leg.amount_minor for leg in entry.legs if leg.amount_minor > 0}
+        assert all(_is_merchant(a) and not _is_settled(a) for a in debits), entry
+        assert all(leg.hold_id for leg in entry.legs if leg.amount_minor < 0), entry
+        assert {_settled_of(a): amount for a, amount in debits.items()} == credits, entry
 
     def _pick(self, data, *fitting: OrderStatus) -> str:
         """Usually an order in a status where the message makes sense (so runs get deep),
@@ -477,10 +529,18 @@ class PaymentAuditor(RuleBasedStateMachine):
             model[accounts.customer_wallet(origin.to_account_id, ccy)] += amount_minor
         event("booked", f"{type(origin).__name__} via {channel}")
 
-    def _refunded(self, payment_id: str, amount_minor: int) -> None:
+    def _refunded(self, payment_id: str, refund_id: str, amount_minor: int,
+                  decision: Decision) -> None:
+        """Taken from where its hold was asked: settled once the order settled."""
+        account_id = self.refund_account[(payment_id, refund_id)]
+        entry = next(e for e in _of_type(decision, JournalEntryDecided) if e.reason == "refund")
+        debit = next(leg for leg in entry.legs if leg.amount_minor < 0)
+        assert (debit.account_id, debit.hold_id, -debit.amount_minor) == (
+            account_id, _hold_id(payment_id, refund_id), amount_minor), entry
         self.refunded[payment_id] += amount_minor
-        self.model[payment_id][self._merchant(payment_id)] -= amount_minor
+        self.model[payment_id][self._bucket(payment_id, account_id)] -= amount_minor
         self.model[payment_id][self._source(payment_id)] += amount_minor
+        event("refunded from", "settled" if _is_settled(account_id) else "pending")
 
     def _revocation_net(self, payment_id: str) -> int:
         return self.captured[payment_id] - self.fees_booked[payment_id]
@@ -758,22 +818,41 @@ class PaymentAuditor(RuleBasedStateMachine):
     @precondition(lambda self: _any_payment_in(self, S.succeeded, S.partially_refunded))
     @rule(data=st.data(), refund_id=st.sampled_from(REFUND_IDS))
     def refund(self, data, refund_id):
+        """Usually a paid order (often a settled one), part, all or more of what is left."""
         payment_id = self._pick(data, S.succeeded, S.partially_refunded)
+        settled = self._settled_refundable()
+        if settled and data.draw(st.booleans(), label="settled?"):
+            payment_id = data.draw(st.sampled_from(settled), label="order")
+        self._refund(payment_id, refund_id, self._amount(data, self._refundable(payment_id)))
+
+    def _refundable(self, payment_id: str) -> int:
+        order = self.orders[payment_id]
+        return order.captured_minor - sum(r.amount_minor for r in order.refunds
+                                          if r.status != "failed")
+
+    def _settled_refundable(self) -> list[str]:
+        return sorted(pid for pid, state in self.settlement.items() if state == "settled"
+                      and self.orders[pid].status in (S.succeeded, S.partially_refunded)
+                      and self._refundable(pid) > 0)
+
+    def _refund(self, payment_id: str, refund_id: str, amount: int) -> None:
         before = self.orders[payment_id]
-        live = sum(r.amount_minor for r in before.refunds if r.status != "failed")
-        amount = self._amount(data, before.captured_minor - live)
         cmd = Refund(merchant_id=before.merchant_id, merchant_order_no=before.merchant_order_no,
                      idempotency_key=f"key-{refund_id}", refund_id=refund_id, amount_minor=amount)
-        allowed = {_refund_expected(before, refund_id, amount)}
+        settlement = self.settlement.get(payment_id, "")
+        allowed = {_refund_expected(before, refund_id, amount, settlement == "holding")}
 
         decision = decide_command(before, cmd, None, self._tick())
 
         self._decided(payment_id, before, decision, allowed)
         event("refund", f"{before.method} {decision.status.name}")
         if decision.status is C.accepted:
+            merchant = accounts.merchant_pending(before.merchant_id, before.currency)
+            if settlement == "settled":  # the channel paid it out: refunds come from settled
+                merchant = _settled_of(merchant)
+            self.refund_account[(payment_id, refund_id)] = merchant
             hold = _of_type(decision, HoldRequested)
-            assert [(h.account_id, h.amount_minor) for h in hold] == [
-                (accounts.merchant_pending(before.merchant_id, before.currency), amount)]
+            assert [(h.account_id, h.amount_minor) for h in hold] == [(merchant, amount)]
 
     @precondition(lambda self: _any_payment_in(self, S.succeeded, S.authorized))
     @rule(data=st.data(), key=_keys)
@@ -816,6 +895,8 @@ class PaymentAuditor(RuleBasedStateMachine):
             if before.capture_pending_minor:
                 return C.revoke_not_allowed_in_status
             return C.accepted
+        if before.payment_id in self.settlement:
+            return C.revoke_after_settlement
         if self.origin[before.payment_id].split:
             return C.revoke_not_allowed_for_split
         if before.status is not S.succeeded or before.refunds:
@@ -823,7 +904,8 @@ class PaymentAuditor(RuleBasedStateMachine):
         return C.accepted
 
     @rule(who=_targets, kind=st.sampled_from(
-        ["capture", "void", "refund", "revoke", "deadline", "hold", "mandate", "callback"]))
+        ["capture", "void", "refund", "revoke", "deadline", "hold", "mandate", "callback",
+         "settlement"]))
     def strays(self, who, kind):
         """Messages for an order we never saw, a request or hold it never made, or a
         mandate answer for an order that is no mandate collection."""
@@ -858,6 +940,10 @@ class PaymentAuditor(RuleBasedStateMachine):
         elif kind == "mandate":
             decision = decide_mandate_checked(None, MandateChecked(
                 payment_id=payment_id, mandate_key="mdt_x", allowed=True, code="accepted"), now)
+        elif kind == "settlement":
+            decision = decide_settlement(None, SettlementReported(
+                line_id="line-x", channel="acq-a", payment_id=payment_id, channel_serial="x",
+                amount_minor=1, currency="EUR", settled_on="2026-01-01"), now)
         elif kind == "callback":
             decision = decide_channel_response(None, ChannelResponded(
                 request_id="req_x", payment_id=payment_id, channel="acq-a",
@@ -1023,7 +1109,7 @@ class PaymentAuditor(RuleBasedStateMachine):
         elif ok_same and op is OP.capture:
             self._book(payment_id, request.channel, request.amount_minor)
         elif ok_same and op is OP.refund:
-            self._refunded(payment_id, request.amount_minor)
+            self._refunded(payment_id, request.reference, request.amount_minor, decision)
         elif ok_same and op is OP.reverse:
             self._reversed(payment_id)
             assert decision.order.status is S.canceled
@@ -1076,6 +1162,9 @@ class PaymentAuditor(RuleBasedStateMachine):
         """The same answer again (a replay), or one contradicting it: the opposite outcome or
         other money (recorded, never applied)."""
         request_id = data.draw(st.sampled_from(sorted(self.channel_answered)), label="request")
+        self._repeat(request_id, how)
+
+    def _repeat(self, request_id: str, how: str) -> None:
         callback = self.channel_answered[request_id]
         if how == "outcome":
             callback = callback.model_copy(update={
@@ -1198,6 +1287,8 @@ class PaymentAuditor(RuleBasedStateMachine):
         internal = self._internal(payment_id)
         if answer.hold_id == _hold_id(payment_id, PAYER_HOLD):
             self._payer_hold_answered(before, answer, decision)
+        elif answer.hold_id in self.settle_parts.get(payment_id, {}):
+            self._settle_hold_answered(before, answer, decision)
         elif answer.hold_id == _hold_id(payment_id, REVOKE_HOLD):
             if not answer.placed:
                 assert after.revocation == "failed"
@@ -1211,7 +1302,7 @@ class PaymentAuditor(RuleBasedStateMachine):
             refund = next(r for r in before.refunds
                           if _hold_id(payment_id, r.refund_id) == answer.hold_id)
             if answer.placed and internal:
-                self._refunded(payment_id, refund.amount_minor)
+                self._refunded(payment_id, refund.refund_id, refund.amount_minor, decision)
             event("refund hold", "placed" if answer.placed else "refused")
 
     def _payer_hold_answered(self, before: Order, answer: HoldResolved,
@@ -1234,6 +1325,139 @@ class PaymentAuditor(RuleBasedStateMachine):
         else:
             assert after.status is S.succeeded
             self._book(payment_id, INTERNAL_CHANNEL, origin.amount_minor)
+
+    # ------------------------------------------------------------ settlement
+
+    @precondition(lambda self: _any_payment_in(self, *SETTLEABLE))
+    @rule(data=st.data(), how=st.sampled_from(["right", "right", "right", "refund open",
+                                               "other amount", "other currency", "again"]))
+    def channel_settles(self, data, how):
+        """The channel's settlement line for a payment: usually the money it kept, sometimes
+        while a refund is open, with other money, or the same line again."""
+        if how == "again" and self.lines_sent:
+            self._settle(data.draw(st.sampled_from(self.lines_sent), label="line"))
+            return
+        payment_id = self._pick(data, *SETTLEABLE)
+        fresh = self._unsettled()
+        refunding = [pid for pid in sorted(self.orders) if self._refunding(pid)]
+        if how == "right" and fresh and data.draw(st.integers(0, 3), label="fresh") < 3:
+            payment_id = data.draw(st.sampled_from(fresh), label="order")
+        elif how == "refund open" and refunding:
+            payment_id = data.draw(st.sampled_from(refunding), label="order")
+        line = self._line(payment_id)
+        if how == "other amount":
+            delta = data.draw(st.sampled_from([-1, 1]), label="delta")
+            line = line.model_copy(update={"amount_minor": line.amount_minor + delta})
+        elif how == "other currency":
+            currency = next(c for c in CURRENCIES if c != line.currency)
+            line = line.model_copy(update={"currency": currency})
+        self._settle(line)
+
+    def _refunding(self, payment_id: str) -> bool:
+        order = self.orders[payment_id]
+        return order.revocation in ("holding", "processing") or any(
+            r.status in ("holding", "processing") for r in order.refunds)
+
+    def _unsettled(self) -> list[str]:
+        """Payments the channel may settle now: paid, no line taken, no refund in flight."""
+        return sorted(pid for pid, o in self.orders.items()
+                      if o.kind is OrderKind.payment and o.status in SETTLEABLE
+                      and pid not in self.settlement and not self._refunding(pid))
+
+    def _line(self, payment_id: str) -> SettlementReported:
+        """The channel's line with the money it kept: captured less refunded."""
+        order, origin = self.orders[payment_id], self.origin[payment_id]
+        return SettlementReported(
+            line_id=f"line-{len(self.lines_sent)}", channel=order.paid_via or "acq-a",
+            payment_id=payment_id, channel_serial=order.channel_serial,
+            amount_minor=self.captured[payment_id] - self.refunded[payment_id],
+            currency=origin.currency, settled_on="2026-11-21")
+
+    def _settle(self, line: SettlementReported) -> None:
+        payment_id = line.payment_id
+        before = self.orders[payment_id]
+        allowed = {self._settlement_expected(before, line)}
+
+        decision = decide_settlement(before, line, self._tick())
+
+        self.lines_sent.append(line)
+        self._decided(payment_id, before, decision, allowed)
+        event("settlement line", decision.status.name)
+        if decision.status is C.accepted:
+            self._settlement_started(before, decision)
+
+    def _settlement_expected(self, before: Order, line: SettlementReported) -> CommandStatus:
+        payment_id = before.payment_id
+        if payment_id in self.settlement:
+            return C.duplicate
+        if before.kind is not OrderKind.payment or before.status not in SETTLEABLE:
+            return C.settlement_not_allowed_in_status
+        if before.revocation in ("holding", "processing") or any(
+                r.status in ("holding", "processing") for r in before.refunds):
+            return C.settlement_while_refund_open
+        kept = self.captured[payment_id] - self.refunded[payment_id]
+        if (line.amount_minor, line.currency) != (kept, self.origin[payment_id].currency):
+            return C.settlement_amount_mismatch
+        return C.accepted
+
+    def _settle_parts_expected(self, payment_id: str) -> dict[str, int]:
+        """What is left of this payment on each merchant's pending account (a merchant whose
+        refunds took more than its part has nothing left). One merchant: the auditor's own
+        figure; a split: what the postings left (the rounding rule is the domain's)."""
+        origin = self.origin[payment_id]
+        if origin.split:
+            money = self.merchant_money[payment_id]
+            return {a: v for a, v in money.items() if v > 0 and not _is_settled(a)}
+        left = self.captured[payment_id] - self.fees_booked[payment_id] \
+            - self.refunded[payment_id]
+        merchant = accounts.merchant_pending(origin.merchant_id, origin.currency)
+        return {merchant: left} if left > 0 else {}
+
+    def _settlement_started(self, before: Order, decision: Decision) -> None:
+        payment_id, after = before.payment_id, decision.order
+        parts = self._settle_parts_expected(payment_id)
+        holds = _of_type(decision, HoldRequested)
+        assert {h.account_id: h.amount_minor for h in holds} == parts, (holds, parts)
+        assert len(holds) == len(parts)
+        for held in holds:
+            merchant_id = held.account_id.split(":")[1]
+            assert held.hold_id == _hold_id(payment_id, SETTLE_HOLD_PREFIX + merchant_id)
+        self.settle_parts[payment_id] = {h.hold_id: (h.account_id, h.amount_minor)
+                                         for h in holds}
+        self.settlement[payment_id] = "holding" if holds else "settled"
+        assert after.settlement == self.settlement[payment_id]
+        assert after.status is before.status
+        event("settlement", f"{len(holds)} merchant parts" if holds else "nothing to move")
+
+    def _settle_hold_answered(self, before: Order, answer: HoldResolved,
+                              decision: Decision) -> None:
+        """Once every part is answered: all frozen, moved in one entry; else the frozen ones
+        released and the settlement left to ops."""
+        payment_id, after = before.payment_id, decision.order
+        parts, answers = self.settle_parts[payment_id], self.settle_answers[payment_id]
+        assert self.settlement[payment_id] == "holding"
+        answers[answer.hold_id] = answer.placed
+        entries = _of_type(decision, JournalEntryDecided)
+        releases = _of_type(decision, HoldReleaseRequested)
+        if len(answers) < len(parts):
+            assert decision.outputs == () and after.settlement == "holding"
+            return
+        if all(answers.values()):
+            assert [e.reason for e in entries] == ["settlement"] and not releases
+            model = self.model[payment_id]
+            for account_id, amount in parts.values():
+                model[self._bucket(payment_id, account_id)] -= amount
+                model[self._bucket(payment_id, _settled_of(account_id))] += amount
+            self.settlement[payment_id] = "settled"
+            event("settlement", f"moved for {len(parts)} merchants")
+        else:
+            assert not entries
+            placed = {hold_id for hold_id, ok in answers.items() if ok}
+            assert {(r.hold_id, r.account_id) for r in releases} == {
+                (hold_id, parts[hold_id][0]) for hold_id in placed}
+            self.settlement[payment_id] = "failed"
+            event("settlement", f"failed, {len(placed)} of {len(parts)} released")
+        assert after.settlement == self.settlement[payment_id]
 
     # ------------------------------------------------------------ the mandate owner
 
@@ -1417,6 +1641,27 @@ class PaymentAuditor(RuleBasedStateMachine):
                 assert f"{entry_id}:{leg.account_id}" in self.applied_postings
 
     @invariant()
+    def merchant_money_kept_through_settlement(self):
+        """Settled accounts get money from settlement entries only (checked per entry);
+        per order, the merchants' pending plus settled money is what the auditor expects;
+        once settled, nothing of the order is left pending but what the refunds took beyond
+        the part of the merchant that took the payment."""
+        for payment_id, money in self.merchant_money.items():
+            expected = sum(v for a, v in self.model[payment_id].items()
+                           if a == MERCHANTS_BUCKET or _is_merchant(a))
+            assert sum(money.values()) == expected, (payment_id, money, expected)
+            order = self.orders[payment_id]
+            settlement = self.settlement.get(payment_id, "")
+            assert order.settlement == settlement, payment_id
+            if settlement != "settled":
+                assert not any(_is_settled(a) and v for a, v in money.items()), money
+                continue
+            primary = accounts.merchant_pending(order.merchant_id, order.currency)
+            assert money[primary] <= 0, money
+            assert all(v == 0 for a, v in money.items()
+                       if a != primary and not _is_settled(a)), money
+
+    @invariant()
     def suspense_holds_only_money_not_yet_returned(self):
         for payment_id, backs in self.backs.items():
             answers = [self.channel_answered.get(b.request_id) for b in backs]
@@ -1450,8 +1695,13 @@ class PaymentAuditor(RuleBasedStateMachine):
             merchant = accounts.merchant_pending(order.merchant_id, order.currency)
             for r in order.refunds:
                 purposes[_hold_id(payment_id, r.refund_id)] = (
-                    merchant, r.amount_minor, r.status in ("holding", "processing"),
-                    r.status == "processing")
+                    self.refund_account[(payment_id, r.refund_id)], r.amount_minor,
+                    r.status in ("holding", "processing"), r.status == "processing")
+            answers = self.settle_answers[payment_id]
+            for hold_id, (account_id, amount) in self.settle_parts.get(payment_id, {}).items():
+                live = self.settlement[payment_id] == "holding"
+                purposes[hold_id] = (account_id, amount, live,
+                                     live and answers.get(hold_id) is True)
             net = self._revocation_net(payment_id)
             purposes[_hold_id(payment_id, REVOKE_HOLD)] = (
                 merchant, net, order.revocation in ("holding", "processing"),
@@ -1471,13 +1721,14 @@ class PaymentAuditor(RuleBasedStateMachine):
 
     def drain(self):
         """Answer everything outstanding (success and decline in turn, so both endings get
-        checked), then sweep every deadline; then nothing may be left pending, and nothing
-        frozen but what reconciliation must decide."""
+        checked), sweep every deadline, and let the channel settle what it was paid; then
+        nothing may be left pending, and nothing frozen but what reconciliation must decide."""
         for step in range(2_000):
             if not self._drain_step(step):
                 break
         else:
             raise AssertionError("no quiescence after 2000 steps")
+        self._replays_after_settlement()
         assert not (self.channel_pending or self.ledger_queue or self.hold_answers_pending
                     or self.checks_pending or self.mandate_answers_pending)
         self._check_quiescent()
@@ -1497,11 +1748,44 @@ class PaymentAuditor(RuleBasedStateMachine):
         else:
             due = sorted(pid for pid, o in self.orders.items() if o.deadline_ms and not (
                 pid in self.stuck and o.capture_pending_minor))
-            if not due:
+            if due:
+                self._deadline(due[0], 0)
+            elif not self._end_of_day(step):
                 return False
-            self._deadline(due[0], 0)
         self._check_invariants_now()
         return True
+
+    def _end_of_day(self, step: int) -> bool:
+        """Once nothing else is due, one step of: each paid order refunded once, its line
+        settled by the channel, then refunded once more (from the settled account)."""
+        unsettled = self._unsettled()
+        if self._drain_refund(unsettled, "pending", step):
+            return True
+        if unsettled:
+            self._settle(self._line(unsettled[0]))
+            return True
+        return self._drain_refund(self._settled_refundable(), "settled", step)
+
+    def _drain_refund(self, payment_ids: list[str], phase: str, step: int) -> bool:
+        """The first of these orders not yet refunded in this phase: its merchant refunds
+        all that is left or one unit (in turn) under a refund id it has not used."""
+        for payment_id in payment_ids:
+            order = self.orders[payment_id]
+            unused = [rid for rid in REFUND_IDS if rid not in {r.refund_id for r in order.refunds}]
+            rest = self._refundable(payment_id)
+            if unused and rest > 0 and (payment_id, phase) not in self.drain_refunded:
+                self.drain_refunded.add((payment_id, phase))
+                self._refund(payment_id, unused[0], rest if step % 2 else 1)
+                return True
+        return False
+
+    def _replays_after_settlement(self) -> None:
+        """The channel repeats its answers for settled payments: each replay re-decides the
+        entry booked before (same id, same legs), whichever account the money sits in now."""
+        for request_id, callback in sorted(self.channel_answered.items()):
+            if self.settlement.get(callback.payment_id) == "settled":
+                self._repeat(request_id, "same")
+        self._check_invariants_now()
 
     def _check_invariants_now(self) -> None:
         self.status_only_moves_forward()
@@ -1511,12 +1795,14 @@ class PaymentAuditor(RuleBasedStateMachine):
         self.ledger_matches_the_auditors_money()
         self.suspense_holds_only_money_not_yet_returned()
         self.open_holds_belong_to_live_purposes()
+        self.merchant_money_kept_through_settlement()
 
     def _check_quiescent(self) -> None:
         for payment_id, order in self.orders.items():
             assert order.status not in (S.created, S.risk_review, S.processing)
             assert order.payer_hold != "holding"
             assert order.revocation not in ("holding", "processing")
+            assert order.settlement != "holding"
             if order.payer_hold == "placed":  # the payout moved other money: ops decide
                 assert order.kind is OrderKind.withdrawal
                 assert order.status in (S.amount_mismatch, S.timed_out)
@@ -1583,7 +1869,8 @@ def _attempt_expected(before: Order, request: ChannelRequested, ok: bool,
     return C.duplicate_payment_refunding
 
 
-def _refund_expected(order: Order, refund_id: str, amount: int) -> CommandStatus:
+def _refund_expected(order: Order, refund_id: str, amount: int, settling: bool
+                     ) -> CommandStatus:
     """The one status an auditor accepts for a refund: checks in the pinned order."""
     if order.kind is not OrderKind.payment:
         return C.command_not_allowed_for_kind
@@ -1592,7 +1879,7 @@ def _refund_expected(order: Order, refund_id: str, amount: int) -> CommandStatus
         same = existing.amount_minor == amount
         return C.duplicate if same else C.refund_exists_with_different_amount
     if order.status not in (S.succeeded, S.partially_refunded) or order.revocation in (
-            "holding", "processing"):
+            "holding", "processing") or settling:
         return C.refund_not_allowed_in_status
     live = sum(r.amount_minor for r in order.refunds if r.status != "failed")
     if live + amount > order.captured_minor:
