@@ -48,7 +48,10 @@ def fee_revenue(currency: str) -> str:
 
 
 def kind_of(account_id: str) -> AccountKind:
-    return AccountKind(account_id.split(":", 1)[0])
+    parts = account_id.split(":")
+    if parts[0] == "merchant" and len(parts) > 2 and parts[2] == "settled":
+        return AccountKind.merchant_settled
+    return AccountKind(parts[0])
 
 
 def overdraft_unlimited(account_id: str) -> bool:

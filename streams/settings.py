@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     app_id: str = "paycore"
     """Faust application id: the consumer group and the prefix of changelog topics."""
 
-    app_version: int = 4
+    app_version: int = 5
     """Bump when a table's key or row layout changes: the new version starts fresh state."""
 
     table_store: str = "rocksdb://"
