@@ -18,6 +18,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from books import Books
+
 from domain import accounts
 from domain.commands import (
     Capture,
@@ -44,22 +46,13 @@ from domain.events import (
     HoldRequested,
     HoldResolved,
     JournalEntryDecided,
-    Leg,
     MandateChecked,
     MandateCheckRequested,
     PaymentStatusChanged,
 )
 from domain.ledger import (
-    AccountBalance,
-    Hold,
     PostingStatus,
-    apply_leg,
-    check_invariants,
     entry_balances,
-    open_account,
-    place_hold,
-    posting_id_for,
-    release_hold,
 )
 from domain.mandates import Mandate, decide_mandate_check, decide_mandate_command
 from domain.money import fee_minor
@@ -213,68 +206,13 @@ def check_decision(before: Order | None, decision: Decision) -> None:
         assert moves[-1][1] == after.status.value
 
 
-class Books:
-    """An in-memory ledger: holds answered, legs applied once, invariants after each step."""
-
-    def __init__(self) -> None:
-        self.balances: dict[str, AccountBalance] = {}
-        self.posted: set[str] = set()
-
-    def balance(self, account_id: str) -> AccountBalance:
-        return self.balances.get(account_id) or open_account(account_id, CCY)
-
-    def fund(self, account_id: str, amount_minor: int) -> None:
-        self.post(JournalEntryDecided(
-            entry_id=f"je_seed_{account_id}_{len(self.posted)}", payment_id="seed",
-            reason="seed", decided_at_ms=0,
-            legs=(Leg(account_id=SEED, currency=CCY, amount_minor=-amount_minor),
-                  Leg(account_id=account_id, currency=CCY, amount_minor=amount_minor))))
-
-    def post(self, entry: JournalEntryDecided) -> None:
-        for leg in entry.legs:
-            posting_id = posting_id_for(entry, leg.account_id)
-            if posting_id in self.posted:
-                continue
-            self.balances[leg.account_id], status = apply_leg(self.balance(leg.account_id),
-                                                              leg)
-            assert status is PostingStatus.applied, (status, leg)
-            self.posted.add(posting_id)
-
-    def place(self, held: HoldRequested) -> PostingStatus:
-        hold = Hold(hold_id=held.hold_id, payment_id=held.payment_id,
-                    amount_minor=held.amount_minor)
-        self.balances[held.account_id], status = place_hold(self.balance(held.account_id), hold)
-        return status
-
-    def take(self, decision: Decision) -> None:
-        for message in decision.outputs:
-            if isinstance(message, JournalEntryDecided):
-                self.post(message)
-            elif isinstance(message, HoldReleaseRequested):
-                self.balances[message.account_id], _ = release_hold(
-                    self.balance(message.account_id), message.hold_id)
-        self.check()
-
-    def check(self) -> None:
-        for balance in self.balances.values():
-            check_invariants(balance)
-            assert balance.total_minor == balance.available_minor + balance.frozen_minor
-        assert sum(b.total_minor for b in self.balances.values()) == 0
-
-    def total(self, account_id: str) -> int:
-        return self.balance(account_id).total_minor
-
-    def frozen(self, account_id: str) -> int:
-        return self.balance(account_id).frozen_minor
-
-
 class Flow:
     """One order driven through its decisions, each checked; a clock that ticks per step."""
 
     def __init__(self, now_ms: int = NOW) -> None:
         self.order: Order | None = None
         self.now_ms = now_ms
-        self.books = Books()
+        self.books = Books(CCY, SEED)
         self.decisions: list[Decision] = []
 
     def _step(self, decide, now_ms: int | None) -> Decision:
@@ -282,7 +220,7 @@ class Flow:
         before = self.order
         decision = decide(before, self.now_ms)
         check_decision(before, decision)
-        self.books.take(decision)
+        self.books.take(decision.outputs)
         if decision.order is not None:
             self.order = decision.order
         self.decisions.append(decision)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import pytest
 
+from books import Books
+
 from domain import accounts
 from domain.commands import (
     Capture,
@@ -37,17 +39,8 @@ from domain.events import (
 )
 from domain.ids import payment_id_for
 from domain.ledger import (
-    BY_KIND,
-    AccountBalance,
-    Hold,
     PostingStatus,
-    apply_leg,
-    check_invariants,
     entry_balances,
-    open_account,
-    place_hold,
-    posting_id_for,
-    release_hold,
 )
 from domain.money import fee_minor
 from domain.order_state import SETTLE_HOLD_PREFIX, hold_id_for
@@ -161,66 +154,13 @@ def merchant_credits(entry: JournalEntryDecided) -> dict[str, int]:
 # ---------------------------------------------------------------- the ledger and the flow
 
 
-class Books:
-    """An in-memory ledger: legs applied once by posting id, holds placed and released,
-    every account checked against the limit its kind implies after each step."""
-
-    def __init__(self) -> None:
-        self.balances: dict[str, AccountBalance] = {}
-        self.posted: set[str] = set()
-
-    def balance(self, account_id: str) -> AccountBalance:
-        return self.balances.get(account_id) or open_account(account_id, CCY)
-
-    def fund(self, account_id: str, amount_minor: int) -> None:
-        self.post(JournalEntryDecided(
-            entry_id=f"je_seed_{len(self.posted)}", payment_id="seed", reason="seed",
-            decided_at_ms=0,
-            legs=(Leg(account_id=SEED, currency=CCY, amount_minor=-amount_minor),
-                  Leg(account_id=account_id, currency=CCY, amount_minor=amount_minor))))
-
-    def post(self, entry: JournalEntryDecided) -> None:
-        assert entry_balances(entry), entry
-        for leg in entry.legs:
-            posting_id = posting_id_for(entry, leg.account_id)
-            if posting_id in self.posted:
-                continue
-            self.balances[leg.account_id], status = apply_leg(self.balance(leg.account_id),
-                                                              leg)
-            assert status is PostingStatus.applied, (status, leg)
-            self.posted.add(posting_id)
-
-    def place(self, held: HoldRequested) -> PostingStatus:
-        hold = Hold(hold_id=held.hold_id, payment_id=held.payment_id,
-                    amount_minor=held.amount_minor)
-        self.balances[held.account_id], status = place_hold(self.balance(held.account_id), hold)
-        return status
-
-    def release(self, message: HoldReleaseRequested) -> None:
-        self.balances[message.account_id], status = release_hold(
-            self.balance(message.account_id), message.hold_id)
-        assert status is PostingStatus.applied, (status, message)
-
-    def check(self) -> None:
-        for balance in self.balances.values():
-            check_invariants(balance, BY_KIND)
-            assert balance.total_minor == balance.available_minor + balance.frozen_minor
-        assert sum(b.total_minor for b in self.balances.values()) == 0
-
-    def total(self, account_id: str) -> int:
-        return self.balance(account_id).total_minor
-
-    def frozen(self, account_id: str) -> int:
-        return self.balance(account_id).frozen_minor
-
-
 class Flow:
     """One order driven through its decisions; entries and releases go to the books."""
 
     def __init__(self) -> None:
         self.order: Order | None = None
         self.now_ms = NOW
-        self.books = Books()
+        self.books = Books(CCY, SEED)
         self.entries: list[JournalEntryDecided] = []
 
     def _step(self, decide) -> Decision:
