@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from decisions import legs_by_account, of_type, only
+
 from domain import accounts
 from domain.commands import Capture, CaptureMode, Method, Pay, Payer, Refund, Void
 from domain.events import (
@@ -83,18 +85,10 @@ def hold_answer(hold: HoldRequested, placed=True, reason="") -> HoldResolved:
                         account_id=hold.account_id, placed=placed, reason=reason)
 
 
-def of_type(decision: Decision, cls) -> list:
-    return [m for m in decision.outputs if isinstance(m, cls)]
 
 
-def only(decision: Decision, cls):
-    found = of_type(decision, cls)
-    assert len(found) == 1, decision.outputs
-    return found[0]
 
 
-def legs_by_account(entry: JournalEntryDecided) -> dict[str, int]:
-    return {leg.account_id: leg.amount_minor for leg in entry.legs}
 
 
 def processing(amount=AMOUNT, capture_mode=CaptureMode.auto) -> tuple[Order, ChannelRequested]:

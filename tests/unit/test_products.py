@@ -20,6 +20,8 @@ from hypothesis import strategies as st
 
 from books import Books
 
+from decisions import leg_on, legs_by_account, of_type, only
+
 from domain import accounts
 from domain.commands import (
     Capture,
@@ -153,22 +155,12 @@ def withdraw(amount=AMOUNT) -> Withdraw:
 # ---------------------------------------------------------------- checks on every step
 
 
-def of_type(decision: Decision, cls) -> list:
-    return [m for m in decision.outputs if isinstance(m, cls)]
 
 
-def only(decision: Decision, cls):
-    found = of_type(decision, cls)
-    assert len(found) == 1, decision.outputs
-    return found[0]
 
 
-def legs_by_account(entry: JournalEntryDecided) -> dict[str, int]:
-    return {leg.account_id: leg.amount_minor for leg in entry.legs}
 
 
-def leg_on(entry: JournalEntryDecided, account_id: str):
-    return next(leg for leg in entry.legs if leg.account_id == account_id)
 
 
 def statuses(decision: Decision) -> list[str]:

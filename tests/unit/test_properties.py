@@ -40,6 +40,8 @@ from hypothesis.stateful import (
     rule,
 )
 
+from decisions import of_type
+
 from domain import accounts
 from domain.commands import (
     CHANNEL_METHODS,
@@ -254,8 +256,6 @@ _hold_id = lru_cache(maxsize=4_096)(hold_id_for)
 """The invariants look hold ids up every step: hashing them once keeps the run fast."""
 
 
-def _of_type(decision: Decision, cls) -> list:
-    return [m for m in decision.outputs if isinstance(m, cls)]
 
 
 class PaymentAuditor(RuleBasedStateMachine):
@@ -361,7 +361,7 @@ class PaymentAuditor(RuleBasedStateMachine):
             self.orders[payment_id] = after
             if after.deadline_ms:
                 self.deadlines_seen[payment_id].add(after.deadline_ms)
-        told = _of_type(decision, PaymentStatusChanged)
+        told = of_type(decision, PaymentStatusChanged)
         for changed in told:
             previous = changed.previous_status
             assert previous in ("",) + tuple(s.value for s in OrderStatus), changed
@@ -533,7 +533,7 @@ class PaymentAuditor(RuleBasedStateMachine):
                   decision: Decision) -> None:
         """Taken from where its hold was asked: settled once the order settled."""
         account_id = self.refund_account[(payment_id, refund_id)]
-        entry = next(e for e in _of_type(decision, JournalEntryDecided) if e.reason == "refund")
+        entry = next(e for e in of_type(decision, JournalEntryDecided) if e.reason == "refund")
         debit = next(leg for leg in entry.legs if leg.amount_minor < 0)
         assert (debit.account_id, debit.hold_id, -debit.amount_minor) == (
             account_id, _hold_id(payment_id, refund_id), amount_minor), entry
@@ -697,8 +697,8 @@ class PaymentAuditor(RuleBasedStateMachine):
 
     def _check_started(self, before: Order | None, decision: Decision, cmd, route) -> None:
         after = decision.order
-        requests = _of_type(decision, ChannelRequested)
-        holds = _of_type(decision, HoldRequested)
+        requests = of_type(decision, ChannelRequested)
+        holds = of_type(decision, HoldRequested)
         if before is not None:
             assert after.status is S.processing
             assert [(r.channel, r.amount_minor) for r in requests] == [
@@ -706,7 +706,7 @@ class PaymentAuditor(RuleBasedStateMachine):
             event("attempt", "payer switched channel")
         elif isinstance(cmd, Pay) and cmd.method is Method.mandate:
             assert after.status is S.created and not requests
-            assert len(_of_type(decision, MandateCheckRequested)) == 1
+            assert len(of_type(decision, MandateCheckRequested)) == 1
         elif _is_internal(cmd) or isinstance(cmd, Withdraw):
             assert after.status is S.processing and after.payer_hold == "holding"
             assert [(h.account_id, h.amount_minor) for h in holds] == [
@@ -774,7 +774,7 @@ class PaymentAuditor(RuleBasedStateMachine):
         after = decision.order
         if not self._internal(payment_id):
             self.capture_pending[payment_id] += asked
-            assert [r.amount_minor for r in _of_type(decision, ChannelRequested)] == [asked]
+            assert [r.amount_minor for r in of_type(decision, ChannelRequested)] == [asked]
             return
         self._book(payment_id, INTERNAL_CHANNEL, asked)
         final = before.captured_minor + asked == before.authorized_minor
@@ -807,11 +807,11 @@ class PaymentAuditor(RuleBasedStateMachine):
         after = decision.order
         if not self._internal(payment_id):
             assert after.status is S.authorized
-            assert [r.operation for r in _of_type(decision, ChannelRequested)] == [OP.void]
+            assert [r.operation for r in of_type(decision, ChannelRequested)] == [OP.void]
             return
         self.voids[payment_id][f"internal-{len(self.voids[payment_id])}"] = "succeeded"
         assert after.status is (S.succeeded if before.captured_minor else S.canceled)
-        releases = _of_type(decision, HoldReleaseRequested)
+        releases = of_type(decision, HoldReleaseRequested)
         assert [r.hold_id for r in releases] == [_hold_id(payment_id, PAYER_HOLD)]
         event("balance void", "after captures" if before.captured_minor else "nothing captured")
 
@@ -851,7 +851,7 @@ class PaymentAuditor(RuleBasedStateMachine):
             if settlement == "settled":  # the channel paid it out: refunds come from settled
                 merchant = _settled_of(merchant)
             self.refund_account[(payment_id, refund_id)] = merchant
-            hold = _of_type(decision, HoldRequested)
+            hold = of_type(decision, HoldRequested)
             assert [(h.account_id, h.amount_minor) for h in hold] == [(merchant, amount)]
 
     @precondition(lambda self: _any_payment_in(self, S.succeeded, S.authorized))
@@ -875,11 +875,11 @@ class PaymentAuditor(RuleBasedStateMachine):
         net = self._revocation_net(payment_id)
         if net > 0:
             assert decision.order.revocation == "holding"
-            assert [(h.account_id, h.amount_minor) for h in _of_type(decision, HoldRequested)] \
+            assert [(h.account_id, h.amount_minor) for h in of_type(decision, HoldRequested)] \
                 == [(accounts.merchant_pending(before.merchant_id, before.currency), net)]
         else:  # the fee took it all: nothing to freeze at the merchant
             assert decision.order.revocation == "processing"
-            assert [(r.operation, r.amount_minor) for r in _of_type(
+            assert [(r.operation, r.amount_minor) for r in of_type(
                 decision, ChannelRequested)] == [(OP.reverse, before.captured_minor)]
 
     def _revoke_expected(self, before: Order) -> CommandStatus:
@@ -1142,7 +1142,7 @@ class PaymentAuditor(RuleBasedStateMachine):
                           decision: Decision) -> None:
         """A duplicate or late charge: parked in suspense (a sale) and sent back."""
         payment_id = request.payment_id
-        backs = _of_type(decision, ChannelRequested)
+        backs = of_type(decision, ChannelRequested)
         assert [b.reference for b in backs] == [COMPENSATION_PREFIX + request.request_id]
         if request.operation is OP.sale:
             assert (backs[0].operation, backs[0].amount_minor) == (OP.refund,
@@ -1296,7 +1296,7 @@ class PaymentAuditor(RuleBasedStateMachine):
                 self._reversed(payment_id)
                 assert after.status is S.canceled and after.revocation == "succeeded"
             else:
-                assert [(r.operation, r.amount_minor) for r in _of_type(
+                assert [(r.operation, r.amount_minor) for r in of_type(
                     decision, ChannelRequested)] == [(OP.reverse, before.captured_minor)]
         else:
             refund = next(r for r in before.refunds
@@ -1314,7 +1314,7 @@ class PaymentAuditor(RuleBasedStateMachine):
             assert after.status is S.failed and decision.outputs[1:] == ()
             return
         if not self._internal(payment_id):  # a withdrawal: the payout goes out now
-            assert [(r.operation, r.amount_minor) for r in _of_type(
+            assert [(r.operation, r.amount_minor) for r in of_type(
                 decision, ChannelRequested)] == [(OP.payout, origin.amount_minor)]
             assert after.status is S.processing and after.deadline_ms
             return
@@ -1416,7 +1416,7 @@ class PaymentAuditor(RuleBasedStateMachine):
     def _settlement_started(self, before: Order, decision: Decision) -> None:
         payment_id, after = before.payment_id, decision.order
         parts = self._settle_parts_expected(payment_id)
-        holds = _of_type(decision, HoldRequested)
+        holds = of_type(decision, HoldRequested)
         assert {h.account_id: h.amount_minor for h in holds} == parts, (holds, parts)
         assert len(holds) == len(parts)
         for held in holds:
@@ -1437,8 +1437,8 @@ class PaymentAuditor(RuleBasedStateMachine):
         parts, answers = self.settle_parts[payment_id], self.settle_answers[payment_id]
         assert self.settlement[payment_id] == "holding"
         answers[answer.hold_id] = answer.placed
-        entries = _of_type(decision, JournalEntryDecided)
-        releases = _of_type(decision, HoldReleaseRequested)
+        entries = of_type(decision, JournalEntryDecided)
+        releases = of_type(decision, HoldReleaseRequested)
         if len(answers) < len(parts):
             assert decision.outputs == () and after.settlement == "holding"
             return
@@ -1576,7 +1576,7 @@ class PaymentAuditor(RuleBasedStateMachine):
             return
         origin = self.origin[payment_id]
         assert decision.order.status is S.processing
-        assert [(r.channel, r.operation, r.amount_minor) for r in _of_type(
+        assert [(r.channel, r.operation, r.amount_minor) for r in of_type(
             decision, ChannelRequested)] == [(before.route.channel, OP.sale,
                                               origin.amount_minor)]
 

@@ -14,6 +14,8 @@ import pytest
 
 from books import Books
 
+from decisions import leg_on, legs_by_account, of_type, only
+
 from domain import accounts
 from domain.commands import (
     Capture,
@@ -33,7 +35,6 @@ from domain.events import (
     HoldRequested,
     HoldResolved,
     JournalEntryDecided,
-    Leg,
     PaymentStatusChanged,
     SettlementReported,
 )
@@ -123,22 +124,12 @@ def report(order: Order, amount=None, currency=CCY, line_id="line-1") -> Settlem
                               currency=currency, settled_on=SETTLED_ON)
 
 
-def of_type(decision: Decision, cls) -> list:
-    return [m for m in decision.outputs if isinstance(m, cls)]
 
 
-def only(decision: Decision, cls):
-    found = of_type(decision, cls)
-    assert len(found) == 1, decision.outputs
-    return found[0]
 
 
-def legs_by_account(entry: JournalEntryDecided) -> dict[str, int]:
-    return {leg.account_id: leg.amount_minor for leg in entry.legs}
 
 
-def leg_on(entry: JournalEntryDecided, account_id: str) -> Leg:
-    return next(leg for leg in entry.legs if leg.account_id == account_id)
 
 
 def holds_by_account(decision: Decision) -> dict[str, int]:
