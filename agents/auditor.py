@@ -17,6 +17,7 @@ import time
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from domain.audit import Auditor, Violation
+from domain.events import HoldChanged, LegApplied
 from streams import topics as t
 from streams.accounts_config import load_accounts
 from streams.envelope import UndecodableEnvelope, dead_letter, decode
@@ -66,6 +67,9 @@ async def _audit(auditor: Auditor, record, producer) -> None:
         env = decode(record.value)
     except UndecodableEnvelope as exc:
         log.warning("auditor skipped an undecodable ledger event: %s", exc)
+        return
+    if not isinstance(env.body, (LegApplied, HoldChanged)):
+        log.warning("auditor skipped a %s on %s", type(env.body).__name__, record.topic)
         return
     AUDIT_EVENTS.labels(kind=type(env.body).__name__).inc()
     for violation in auditor.observe(env.body):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from pydantic import BaseModel, ConfigDict
 
 from agents._outbox import Outgoing, OutboxEntry, recall, remember
@@ -43,6 +45,7 @@ from streams.metrics import COMMANDS, PAYMENTS_FINAL
 
 # Everything else is refused (a CommandRejected event) or, for channel and ledger messages,
 # an exception for reconciliation and ops: late and contradicting callbacks included.
+log = logging.getLogger(__name__)
 _SILENT = (CommandStatus.accepted, CommandStatus.duplicate, CommandStatus.callback_replayed,
            CommandStatus.deadline_not_due)
 _FINAL = {s.value for s in FINAL_FOR_CLIENTS}
@@ -128,9 +131,13 @@ def register(wire: Wire) -> None:
         for key, deadline_ms in due:
             if at - nudged.get((key, deadline_ms), -RENUDGE_MS) < RENUDGE_MS:
                 continue
-            nudged[(key, deadline_ms)] = at
             body = DeadlineReached(payment_id=key.decode(), deadline_ms=deadline_ms)
-            await wire.send(t.ORDERS, key.decode(), child("sweeper", body, 0, at))
+            try:
+                await wire.send(t.ORDERS, key.decode(), child("sweeper", body, 0, at))
+            except Exception as exc:  # a timer must not die: the row stays, next tick retries
+                log.warning("deadline nudge for %s not sent (%r); retrying", key, exc)
+                return
+            nudged[(key, deadline_ms)] = at
         for stale in [k for k, sent in nudged.items() if at - sent > 6 * RENUDGE_MS]:
             del nudged[stale]
 
