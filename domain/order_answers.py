@@ -5,6 +5,7 @@ the same money effects (same ids), never re-applies them.
 
 from __future__ import annotations
 
+from domain import accounts
 from domain.commands import Method
 from domain.events import (
     ChannelOperation,
@@ -33,7 +34,6 @@ from domain.order_state import (
     OrderStatus,
     channel_request,
     hold_id_for,
-    merchant_funds,
     note,
     noted_event,
     open_requests,
@@ -314,17 +314,13 @@ def _on_reverse(order: Order, request, resp, now_ms) -> Decision:
         why = resp.decline_code if resp.outcome is DECLINED else "other money reported"
         release = HoldReleaseRequested(
             hold_id=hold_id_for(order.payment_id, REVOKE_HOLD), payment_id=order.payment_id,
-            account_id=_merchant_account(order))
+            account_id=accounts.merchant_pending(order.merchant_id, order.currency))
         updated, event = noted_event(order.model_copy(update={"revocation": "failed"}),
                                      "revoke", f"revocation refused: {why}", now_ms)
         return Decision(updated, (event, release), C.accepted)
     moved, event = transition(order.model_copy(update={"revocation": "succeeded"}), S.canceled,
                               "revoke", "revoked before settlement", now_ms)
     return Decision(moved, (event, reversal_entry(moved, request, now_ms)), C.accepted)
-
-
-def _merchant_account(order: Order) -> str:
-    return merchant_funds(order)
 
 
 def _on_refund(order: Order, request, resp, now_ms) -> Decision:
