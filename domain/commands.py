@@ -10,6 +10,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import (
     AfterValidator,
+    IPvAnyAddress,
     BaseModel,
     ConfigDict,
     Field,
@@ -58,16 +59,37 @@ class CaptureMode(str, Enum):
     manual = "manual"
 
 
+class FieldError(ValueError):
+    """A whole-model check that knows which field is wrong: ``loc`` is its path from the
+    model (``("rules", 2, "channels")``), so a config error can name the line."""
+
+    def __init__(self, message: str, loc: tuple) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
 class Message(BaseModel):
     """Marker base: frozen, and unknown fields are an error rather than silently dropped."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+Country = Annotated[str, StringConstraints(strict=True, pattern=r"^[A-Z]{2}$")]
+
+
 class Payer(Message):
+    """Who pays. Risk looks at these; none is required except where a method needs it."""
+
     account_id: Identifier | None = None
     """The payer's internal wallet (required for ``balance``)."""
-    country: Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")] | None = None
+    country: Country | None = None
+    customer_id: Identifier | None = None
+    """The merchant's or our id for the payer: velocity is counted per payer."""
+    card_fingerprint: Identifier | None = None
+    """A token for the card (never the card number)."""
+    card_country: Country | None = None
+    device_id: Identifier | None = None
+    ip: IPvAnyAddress | None = None
 
 
 class SplitShare(Message):
@@ -204,6 +226,20 @@ class Withdraw(_WalletThroughChannel):
     method: Method = Method.bank
 
 
+class ReviewDecision(str, Enum):
+    approve = "approve"
+    reject = "reject"
+
+
+class Review(OrderCommand):
+    """An ops decision on a payment held in ``risk_review`` (ops only, not merchants)."""
+
+    type: Literal["review"] = "review"
+    decision: ReviewDecision
+    reviewer: Identifier
+    comment: Annotated[str, StringConstraints(max_length=500)] = ""
+
+
 class MandateCommand(Command):
     mandate_id: Identifier
 
@@ -226,9 +262,11 @@ class TerminateMandate(MandateCommand):
 
 
 PaymentCommand = Annotated[
-    Union[Pay, Capture, Void, Refund, Revoke, Transfer, TopUp, Withdraw, SignMandate,
+    Union[Pay, Capture, Void, Refund, Revoke, Transfer, TopUp, Withdraw, Review, SignMandate,
           TerminateMandate],
     Field(discriminator="type"),
 ]
 COMMAND_TYPES = ("pay", "capture", "void", "refund", "revoke", "transfer", "topup", "withdraw",
-                 "sign_mandate", "terminate_mandate")
+                 "review", "sign_mandate", "terminate_mandate")
+SCREENED = (Pay, Transfer, TopUp, Withdraw)
+"""Commands that move new money: risk screens them before their order exists."""

@@ -25,7 +25,7 @@ def _line_of(node, loc: tuple) -> int:
         else:
             match = None
         if match is None:
-            break
+            continue  # a union's tag in the location (rules.2.velocity.window_ms): skip it
         node = match
     return node.start_mark.line + 1
 
@@ -44,7 +44,8 @@ def load_yaml(path: Path, model: type[M]) -> M:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            line = _line_of(node, err["loc"]) if node is not None else 0
-            where = ".".join(str(p) for p in err["loc"])
+            loc = tuple(err["loc"]) + tuple(getattr(err.get("ctx", {}).get("error"), "loc", ()))
+            line = _line_of(node, loc) if node is not None else 0
+            where = ".".join(str(p) for p in loc)
             problems.append(f"{path}:{line}: {where}: {err['msg']}")
         raise ConfigError("\n".join(problems)) from exc

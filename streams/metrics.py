@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, Info
 
 STAGE_EVENTS = Counter("paycore_stage_events_total", "Messages handled per stage", ["stage"])
 STAGE_SECONDS = Histogram(
@@ -30,3 +30,19 @@ AUDIT_IN_FLIGHT = Gauge("paycore_audit_in_flight_minor",
                         ["currency"])
 AUDIT_OPEN_ENTRIES = Gauge("paycore_audit_open_entries", "Entries not yet applied on all accounts")
 AUDIT_EVENTS = Counter("paycore_audit_events_total", "Ledger events audited", ["kind"])
+RISK_DECISIONS = Counter("paycore_risk_decisions_total", "Risk verdicts", ["decision"])
+RISK_RULE_HITS = Counter("paycore_risk_rule_hits_total", "Risk rules fired", ["rule"])
+ROUTING_DECISIONS = Counter("paycore_routing_decisions_total", "First candidate chosen",
+                            ["channel", "rule"])
+FAILOVERS = Counter("paycore_channel_failovers_total", "Attempts moved to the next candidate",
+                    ["from_channel", "to_channel", "cause"])
+CHANNEL_ATTEMPTS = Counter("paycore_channel_attempts_total",
+                           "Payment attempts' outcomes as the order stage saw them",
+                           ["channel", "outcome"])
+BREAKER_STATE = Gauge("paycore_channel_breaker_state",
+                      "Circuit breaker per channel: 0 closed, 1 half-open, 2 open", ["channel"])
+CHANNEL_SUCCESS_RATE = Gauge("paycore_channel_success_rate",
+                             "Attempt success rate over the health window", ["channel"])
+CONFIG_RELOADS = Counter("paycore_config_reloads_total", "Rule file reloads by result",
+                         ["file", "result"])
+CONFIG_VERSION = Info("paycore_config", "Rules version in force per file", ["file"])
