@@ -5,7 +5,8 @@ from __future__ import annotations
 from agents._stage import consume, table
 from domain.dedup import DedupStatus, IdempotencyRecord, check_idempotency
 from domain.events import CommandRejected
-from domain.commands import MandateCommand
+from domain.commands import SCREENED, MandateCommand
+from domain.risk import payer_key
 from domain.orders import fingerprint_of
 from streams import topics as t
 from streams.app import Wire, now_ms
@@ -41,6 +42,11 @@ def register(wire: Wire) -> None:
                                           first_seen_ms=at).model_dump_json().encode()
         # Duplicates go on too: the owner answers them with the first result, and a
         # redelivery after a crash (key stored, forward lost) must still reach it.
+        # New money is screened by risk first, partitioned by payer; the rest goes straight
+        # to the order (or mandate) it acts on.
+        if isinstance(cmd, SCREENED):
+            await wire.send(t.RISK, payer_key(cmd), child(env, cmd, 0, at))
+            return
         owner = t.MANDATES if isinstance(cmd, MandateCommand) else t.ORDERS
         await wire.send(owner, payment_id, child(env, cmd, 0, at))
 

@@ -21,9 +21,11 @@ from domain.events import (
     MandateChecked,
     MandateCheckRequested,
     PaymentStatusChanged,
+    RiskScreened,
     SettlementReported,
 )
 from domain.orders import (
+    fingerprint_of,
     FINAL_FOR_CLIENTS,
     CommandStatus,
     Decision,
@@ -35,13 +37,30 @@ from domain.orders import (
     decide_mandate_checked,
     decide_settlement,
 )
-from domain.routing import choose_route
+from domain.order_state import is_attempt
+from domain.routing import (
+    INTERNAL_CHANNEL,
+    Breaker,
+    ChannelHealth,
+    Outcome,
+    Payment,
+    RoutePlan,
+    plan_route,
+)
 from streams import topics as t
 from streams.accounts_config import load_accounts
 from streams.app import Wire, now_ms
-from streams.channels_config import load_channels
 from streams.envelope import Envelope, child, decode, encode
-from streams.metrics import COMMANDS, PAYMENTS_FINAL
+from streams.metrics import (
+    BREAKER_STATE,
+    CHANNEL_ATTEMPTS,
+    CHANNEL_SUCCESS_RATE,
+    COMMANDS,
+    FAILOVERS,
+    PAYMENTS_FINAL,
+    ROUTING_DECISIONS,
+)
+from streams.rules_config import watch_routing
 
 # Everything else is refused (a CommandRejected event) or, for channel and ledger messages,
 # an exception for reconciliation and ops: late and contradicting callbacks included.
@@ -66,16 +85,35 @@ class OrderRow(BaseModel):
 def register(wire: Wire) -> None:
     orders = table(wire, "orders", "payment id -> order state and outbox")
     deadlines = table(wire, "order_deadlines", "payment id -> deadline ms (open ones only)")
-    config = load_channels(wire.settings.config_dir)
-    channels = tuple(c.terms() for c in config.channels)
+    routing = watch_routing(wire.settings.config_dir)
+    health = ChannelHealth(routing.current.health)
     place = load_accounts(wire.settings.config_dir).place
 
+    def plan_for(cmd, at: int) -> RoutePlan | None:
+        if not isinstance(cmd, (Pay, TopUp, Withdraw)) or cmd.method not in _ROUTED:
+            return None
+        rules = routing.current
+        country = cmd.payer.country or "" if isinstance(cmd, Pay) else ""
+        payment = Payment(cmd.subject_id(), cmd.merchant_id, cmd.method, cmd.currency,
+                          cmd.amount_minor, country)
+        views = health.views([c.name for c in rules.channels], at)
+        plan = plan_route(rules, payment, views)
+        if plan is not None:
+            if plan.probe:
+                health.probe_started(plan.probe, at)
+            ROUTING_DECISIONS.labels(channel=plan.candidates[0].channel,
+                                     rule=plan.rule_id or "none").inc()
+        return plan
+
     def decide(order: Order | None, body, at: int) -> Decision:
+        ttl = routing.current.balance_authorization_ttl_ms
+        if isinstance(body, RiskScreened):
+            cmd = body.command
+            plan = plan_for(cmd, at) if order is None or order.fingerprint != \
+                fingerprint_of(cmd) else None
+            return decide_command(order, cmd, plan, at, ttl, body.verdict)
         if isinstance(body, OrderCommand):
-            route = None
-            if isinstance(body, (Pay, TopUp, Withdraw)) and body.method in _ROUTED:
-                route = choose_route(channels, body.method, body.currency)
-            return decide_command(order, body, route, at, config.balance_authorization_ttl_ms)
+            return decide_command(order, body, plan_for(body, at), at, ttl)
         if isinstance(body, ChannelResponded):
             return decide_channel_response(order, body, at)
         if isinstance(body, HoldResolved):
@@ -105,6 +143,7 @@ def register(wire: Wire) -> None:
             await wire.send_all(again)
             return
         decision = decide(row.order, env.body, at)
+        _observe(health, row.order, env.body, decision, at)
         outgoing = _outgoing(env, decision, key, at, place)
         order = decision.order or row.order
         if outgoing or order != row.order:
@@ -119,6 +158,20 @@ def register(wire: Wire) -> None:
     @wire.app.agent(wire.topic(t.ORDERS, t.CHANNEL_CALLBACKS, t.SETTLEMENTS), name="orders")
     async def order_stage(stream):
         await consume("orders", wire, stream, handle)
+
+    @wire.app.timer(interval=1.0, name="routing_rules_reload")
+    async def reload_routing() -> None:
+        try:
+            if routing.check():
+                health.policy = routing.current.health
+            at = now_ms()
+            for channel in routing.current.channels:
+                view = health.view(channel.name, at)
+                BREAKER_STATE.labels(channel=channel.name).set(_BREAKER_LEVEL[view.breaker])
+                CHANNEL_SUCCESS_RATE.labels(channel=channel.name).set(
+                    view.success_rate_bps / 10_000)
+        except Exception:  # a timer must not die: the rules in force stay
+            log.exception("routing rules check failed")
 
     nudged: dict[tuple[bytes, int], int] = {}
 
@@ -142,7 +195,55 @@ def register(wire: Wire) -> None:
             del nudged[stale]
 
 
+_BREAKER_LEVEL = {Breaker.closed: 0, Breaker.half_open: 1, Breaker.open: 2}
+
+
+def _observe(health: ChannelHealth, before: Order | None, body, decision: Decision,
+             at: int) -> None:
+    """Feed channel health from what the order stage sees: each attempt's first answer
+    (success, payer decline, or a retriable decline: a channel error), and timeouts."""
+    if before is None or decision.order is None:
+        return
+    if isinstance(body, ChannelResponded):
+        request = next((r for r in before.requests if r.request_id == body.request_id), None)
+        if request is None or not is_attempt(request) or request.channel == INTERNAL_CHANNEL \
+                or any(a.request_id == body.request_id for a in before.applied):
+            return
+        outcome = Outcome.succeeded
+        if body.outcome.value == "declined":
+            retriable = before.route_for(request.channel).retriable_declines
+            outcome = Outcome.error if body.decline_code in retriable else Outcome.declined
+        first = request.channel == before.route.channel
+        started = next((h.at_ms for h in reversed(before.history)
+                        if h.reason.startswith(f"attempt on {request.channel}")
+                        or (first and h.reason.startswith(("routed", "mandate active")))), 0)
+        latency = (body.responded_at_ms or at) - started if started else -1
+        health.record(request.channel, outcome, latency, at)
+        CHANNEL_ATTEMPTS.labels(channel=request.channel, outcome=outcome.value).inc()
+        if len(decision.order.retry_routes) > len(before.retry_routes):
+            FAILOVERS.labels(from_channel=request.channel, cause="retriable_decline",
+                             to_channel=decision.order.retry_routes[-1].channel).inc()
+    elif isinstance(body, DeadlineReached) and decision.status is CommandStatus.accepted \
+            and before.status.value == "processing":
+        after = decision.order
+        timed_out = after.status.value == "timed_out"
+        failed_over = len(after.retry_routes) > len(before.retry_routes)
+        if not (timed_out or failed_over):
+            return
+        silent = {r.channel for r in before.requests if is_attempt(r)
+                  and r.channel != INTERNAL_CHANNEL
+                  and not any(a.request_id == r.request_id for a in before.applied)}
+        for channel in sorted(silent):
+            health.record(channel, Outcome.error, -1, at)
+            CHANNEL_ATTEMPTS.labels(channel=channel, outcome="timeout").inc()
+        if failed_over:
+            FAILOVERS.labels(from_channel=(before.retry_routes or (before.route,))[-1].channel,
+                             to_channel=after.retry_routes[-1].channel, cause="timeout").inc()
+
+
 def _count(body, decision: Decision) -> None:
+    if isinstance(body, RiskScreened):
+        body = body.command
     if isinstance(body, Command):
         COMMANDS.labels(type=body.type, result=decision.status.name).inc()
     for output in decision.outputs:
@@ -167,7 +268,7 @@ def _outgoing(env: Envelope, decision: Decision, key: str, at: int, place
 
 
 def _rejection(env: Envelope, decision: Decision, key: str, at: int) -> Outgoing:
-    body = env.body
+    body = env.body.command if isinstance(env.body, RiskScreened) else env.body
     if not isinstance(body, Command):
         # Late, contradicting or unknown channel/ledger answers: for reconciliation and ops.
         return Outgoing(topic=t.RECON_EXCEPTIONS, key=key,

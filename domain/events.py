@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from enum import Enum
+from typing import Annotated, Union
 
-from domain.commands import Message
+from pydantic import Field
+
+from domain.commands import Message, Pay, TopUp, Transfer, Withdraw
+from domain.risk import Verdict
 
 
 class ChannelOperation(str, Enum):
@@ -236,3 +240,16 @@ class SettlementReported(Message):
     currency: str
     settled_on: str
     """The settlement date, YYYY-MM-DD."""
+
+
+class RiskScreened(Message):
+    """Risk's verdict on a command that moves new money, on its way to the order stage.
+    Carries the command itself, so the order is created from exactly what was screened."""
+
+    payment_id: str
+    payer_key: str
+    fingerprint: str
+    command: Annotated[Union[Pay, Transfer, TopUp, Withdraw], Field(discriminator="type")]
+    verdict: Verdict
+    screened_at_ms: int
+    """When the command reached risk (its velocity time): a backtest replays by this."""

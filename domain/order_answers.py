@@ -49,6 +49,7 @@ from domain.postings import (
     suspense_in_entry,
     suspense_out_entry,
 )
+from domain.commands import CaptureMode
 from domain.routing import INTERNAL_CHANNEL, LateSuccess, Route
 
 S = OrderStatus
@@ -105,6 +106,57 @@ def request_void(order: Order, trigger: str, reason: str, now_ms: int) -> Decisi
                               f"void-{len(voids)}")
     updated, sent = send(note(order, trigger, reason, now_ms), request, now_ms)
     return Decision(updated, sent, C.accepted)
+
+
+def start_attempt(order: Order, route: Route, reference: str, before: tuple, now_ms: int
+                  ) -> Decision:
+    """Ask ``route``'s channel to pay the order (first attempt, payer's retry, failover)."""
+    op = {OrderKind.withdrawal: ChannelOperation.payout}.get(order.kind, ChannelOperation.sale)
+    if order.capture_mode is CaptureMode.manual:
+        op = ChannelOperation.authorize
+    request = channel_request(order, route, op, order.amount_minor, reference)
+    deadline = now_ms + route.callback_timeout_ms if route.callback_timeout_ms else 0
+    deadline = max(deadline, order.deadline_ms)
+    trigger = order.history[-1].trigger
+    if order.status is S.processing:
+        moved = note(order, trigger, f"attempt on {route.channel}: {route.reason}", now_ms)
+        moved = moved.model_copy(update={"deadline_ms": deadline})
+        events: tuple = ()
+    else:
+        plan = order.route_plan
+        why = f"routed: {route.reason}"
+        if plan is not None and plan.scores and route.channel != INTERNAL_CHANNEL:
+            why += f"; candidates {plan.scores} [routing {plan.version or '?'}]"
+        moved, event = transition(order, S.processing, trigger, why, now_ms,
+                                  deadline_ms=deadline)
+        events = (event,)
+    moved, sent = send(moved, request, now_ms)
+    return Decision(moved, before + events + sent, C.accepted)
+
+
+FAILOVER_PREFIX = "failover-"
+
+
+def failover(order: Order, failed: ChannelRequested, cause: str, now_ms: int
+             ) -> Decision | None:
+    """The next untried candidate of the routing plan, if attempts remain; else None.
+    Never after a success: callers only ask while the order is unpaid."""
+    plan = order.route_plan
+    if plan is None:
+        return None
+    used = (order.route, *order.retry_routes)
+    if len(used) >= plan.max_attempts:
+        return None
+    tried = {r.channel for r in used}
+    after = next((c for c in plan.candidates if c.channel not in tried), None)
+    if after is None:
+        return None
+    order = order.model_copy(update={"retry_routes": order.retry_routes + (after,)})
+    order, event = noted_event(order, failed.operation.value,
+                               f"failover from {failed.channel} to {after.channel} after "
+                               f"{cause} (attempt {len(used) + 1} of {plan.max_attempts})",
+                               now_ms)
+    return start_attempt(order, after, f"{FAILOVER_PREFIX}{len(used)}", (event,), now_ms)
 
 
 def send_reversal(order: Order, now_ms: int) -> Decision:
@@ -192,6 +244,10 @@ def _attempt_declined(order: Order, request, resp, now_ms) -> Decision:
         noted = note(order, trigger, f"attempt on {request.channel} declined: "
                      f"{resp.decline_code}; another attempt is open", now_ms)
         return Decision(noted, (), C.accepted)
+    if resp.decline_code in order.route_for(request.channel).retriable_declines:
+        moved = failover(order, request, f"retriable decline {resp.decline_code}", now_ms)
+        if moved is not None:
+            return moved
     order, release = _release_payer_hold(order)
     moved, event = transition(order, S.failed, trigger, f"declined: {resp.decline_code}",
                               now_ms, channel_serial=resp.channel_serial, deadline_ms=0)
@@ -489,7 +545,9 @@ def decide_mandate_checked(order: Order | None, answer: MandateChecked, now_ms: 
         return Decision(None, (), C.order_not_found)
     if order.method != Method.mandate.value:
         return Decision(order, (), C.mandate_answer_unexpected)
-    if order.status is not S.created:
+    waiting = order.status is S.created or (order.status is S.risk_review
+                                            and order.review == "approved")
+    if not waiting:
         return Decision(order, (), C.duplicate)
     if not answer.allowed:
         moved, event = transition(order, S.failed, "mandate", f"mandate refused: {answer.code}",
@@ -515,8 +573,19 @@ def decide_deadline(order: Order | None, reached: DeadlineReached, now_ms: int) 
     if not due:
         return Decision(order, (), C.deadline_not_due)
     cleared = order.model_copy(update={"deadline_ms": 0})
-    if order.status is S.processing and open_requests(
-            order, ChannelOperation.sale, ChannelOperation.authorize, ChannelOperation.payout):
+    if order.status is S.risk_review and order.review == "pending":
+        moved, event = transition(cleared, S.failed, "deadline",
+                                  "risk review expired: nobody decided in time", now_ms,
+                                  review="expired")
+        return Decision(moved, (event,), C.accepted)
+    attempts = open_requests(order, ChannelOperation.sale, ChannelOperation.authorize,
+                             ChannelOperation.payout)
+    if order.status is S.processing and attempts:
+        latest = attempts[-1]
+        if order.route_for(latest.channel).failover_on_timeout:
+            moved = failover(cleared, latest, "no answer in time", now_ms)
+            if moved is not None:
+                return moved
         moved, event = transition(cleared, S.timed_out, "deadline",
                                   f"no answer from {order.route.channel} in time: "
                                   "a late answer is still applied by rule", now_ms)

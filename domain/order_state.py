@@ -13,7 +13,8 @@ from domain import accounts
 from domain.commands import CaptureMode, Message, SplitShare
 from domain.events import ChannelOperation, ChannelOutcome, ChannelRequested, PaymentStatusChanged
 from domain.ids import derive_id
-from domain.routing import Route
+from domain.risk import Verdict
+from domain.routing import Route, RoutePlan
 
 
 class OrderKind(str, Enum):
@@ -105,6 +106,10 @@ class CommandStatus(IntEnum):
     settlement_while_refund_open = 29
     """A refund or revocation is in flight: settle once it is decided (ops re-drive)."""
     revoke_after_settlement = 30
+    review_not_pending = 31
+    """A review decision for an order not (or no longer) held for review."""
+    attempt_refused_by_risk = 32
+    """A payer's retry by another method that risk would not approve outright."""
 
     def transient(self) -> bool:
         return False
@@ -184,7 +189,14 @@ class Order(Message):
     currency: str
     amount_minor: int
     route: Route
-    """The first attempt's route; ``retry_routes`` holds the payer's later attempts."""
+    """The first attempt's route; ``retry_routes`` holds the later attempts (the payer's
+    own retries and failovers)."""
+    route_plan: RoutePlan | None = None
+    """The routing decision: candidates in failover order, rule, scores, rules version."""
+    risk: Verdict | None = None
+    """Risk's verdict, with the rules that fired and the rules version."""
+    review: str = ""
+    """'' | pending | approved | rejected | expired: the ops review of a held order."""
     retry_routes: tuple[Route, ...] = ()
     attempt_fingerprints: tuple[str, ...] = ()
     """Payloads of the payer's later attempts: a copy of one is a duplicate, not a third."""

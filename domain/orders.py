@@ -24,6 +24,8 @@ from domain.commands import (
     OrderCommand,
     Pay,
     Refund,
+    Review,
+    ReviewDecision,
     Revoke,
     TopUp,
     Transfer,
@@ -42,6 +44,7 @@ from domain.order_answers import (
     request_void,
     send,
     send_reversal,
+    start_attempt,
     void_outstanding,
 )
 from domain.order_state import (
@@ -63,11 +66,13 @@ from domain.order_state import (
     hold_id_for,
     merchant_funds,
     note,
+    noted_event,
     status_event,
     transition,
 )
 from domain.postings import capture_entry, refund_entry, revocation_amounts
-from domain.routing import Route, internal_route
+from domain.risk import RiskDecision, Verdict
+from domain.routing import Route, RoutePlan, internal_plan
 
 __all__ = [
     "FINAL_FOR_CLIENTS", "TERMINAL", "TRANSITIONS", "AppliedRequest", "CommandStatus",
@@ -81,27 +86,33 @@ S = OrderStatus
 BALANCE_AUTHORIZATION_TTL_MS = 7 * 86_400_000
 
 
-def decide_command(order: Order | None, cmd: Message, route: Route | None, now_ms: int,
-                   balance_authorization_ttl_ms: int = BALANCE_AUTHORIZATION_TTL_MS
-                   ) -> Decision:
+def decide_command(order: Order | None, cmd: Message, plan: RoutePlan | Route | None,
+                   now_ms: int,
+                   balance_authorization_ttl_ms: int = BALANCE_AUTHORIZATION_TTL_MS,
+                   verdict: Verdict | None = None) -> Decision:
     """Ids, idempotency, fields, lookups, limits: in that order, for every command.
 
-    ``route`` is the channel chosen for the command's method (None if none fits or the
-    money stays inside: balance pay and transfers get the internal route).
+    ``plan`` is the routing decision for the command's method (None if no channel takes
+    it; a bare Route is a plan of one; balance pay and transfers get the internal route).
+    ``verdict`` is risk's (None: not screened, as for follow-up commands).
     """
     assert isinstance(cmd, OrderCommand), type(cmd)
     if order is not None:
         assert order.payment_id == cmd.subject_id()
+    if isinstance(plan, Route):
+        plan = RoutePlan(candidates=(plan,), rule_id="", version="", scores="")
     if isinstance(cmd, (Pay, Transfer, TopUp, Withdraw)):
         if order is not None:
-            return _again(order, cmd, route, now_ms)
+            return _again(order, cmd, plan.candidates[0] if plan else None, now_ms, verdict)
         if _internal(cmd):
-            route = internal_route(balance_authorization_ttl_ms)
-        if route is None:
+            plan = internal_plan(balance_authorization_ttl_ms)
+        if plan is None:
             return Decision(None, (), CommandStatus.no_route)
-        return _create(cmd, route, now_ms)
+        return _create(cmd, plan, now_ms, verdict)
     if order is None:
         return Decision(None, (), CommandStatus.order_not_found)
+    if isinstance(cmd, Review):
+        return _review(order, cmd, now_ms)
     if order.kind is not OrderKind.payment:
         return Decision(order, (), CommandStatus.command_not_allowed_for_kind)
     if isinstance(cmd, Capture):
@@ -121,22 +132,58 @@ def _internal(cmd: OrderCommand) -> bool:
 # ---------------------------------------------------------------- creation
 
 
-def _create(cmd: Pay | Transfer | TopUp | Withdraw, route: Route, now_ms: int) -> Decision:
-    created = _new_order(cmd, route, now_ms)
-    first_event = status_event(created, "", cmd.type, "accepted", now_ms)
-    if isinstance(cmd, Pay) and cmd.method is Method.mandate:
+def _create(cmd: Pay | Transfer | TopUp | Withdraw, plan: RoutePlan, now_ms: int,
+            verdict: Verdict | None) -> Decision:
+    created = _new_order(cmd, plan, now_ms).model_copy(update={"risk": verdict})
+    if verdict is not None:  # the verdict and its rules version, on the record
+        first = created.history[0].model_copy(update={"reason": f"accepted; {verdict.summary()}"})
+        created = created.model_copy(update={"history": (first,)})
+    first_event = status_event(created, "", cmd.type, created.history[0].reason, now_ms)
+    if verdict is not None and verdict.decision is RiskDecision.decline:
+        moved, event = transition(created, S.failed, "risk", verdict.summary(), now_ms)
+        return Decision(moved, (first_event, event), CommandStatus.accepted)
+    if verdict is not None and verdict.decision is RiskDecision.review:
+        moved, event = transition(created, S.risk_review, "risk", verdict.summary(), now_ms,
+                                  review="pending",
+                                  deadline_ms=now_ms + verdict.review_ttl_ms)
+        return Decision(moved, (first_event, event), CommandStatus.accepted)
+    return _proceed(created, (first_event,), now_ms)
+
+
+def _proceed(order: Order, before: tuple, now_ms: int) -> Decision:
+    """Risk let it through: check the mandate, freeze the payer's funds, or pay."""
+    if order.method == Method.mandate.value and order.kind is OrderKind.payment:
         check = MandateCheckRequested(
-            payment_id=created.payment_id, mandate_key=mandate_key_for(cmd.merchant_id,
-                                                                       created.mandate_id),
-            merchant_id=cmd.merchant_id, mandate_id=created.mandate_id,
-            amount_minor=cmd.amount_minor, currency=cmd.currency)
-        return Decision(created, (first_event, check), CommandStatus.accepted)
-    if created.payer_account_id and not isinstance(cmd, TopUp):
-        return _freeze_payer_funds(created, first_event, now_ms)
-    return _start_attempt(created, route, "", (first_event,), now_ms)
+            payment_id=order.payment_id,
+            mandate_key=mandate_key_for(order.merchant_id, order.mandate_id),
+            merchant_id=order.merchant_id, mandate_id=order.mandate_id,
+            amount_minor=order.amount_minor, currency=order.currency)
+        return Decision(order, (*before, check), CommandStatus.accepted)
+    if order.payer_account_id and order.kind is not OrderKind.topup:
+        return _freeze_payer_funds(order, before, now_ms)
+    return start_attempt(order, order.route, "", before, now_ms)
 
 
-def _new_order(cmd: Pay | Transfer | TopUp | Withdraw, route: Route, now_ms: int) -> Order:
+def _review(order: Order, cmd: Review, now_ms: int) -> Decision:
+    """Ops decide on a held order: approve lets it go on, reject fails it."""
+    wanted = "approved" if cmd.decision is ReviewDecision.approve else "rejected"
+    if order.review == wanted:
+        return Decision(order, (), CommandStatus.duplicate)
+    if order.status is not S.risk_review or order.review != "pending":
+        return Decision(order, (), CommandStatus.review_not_pending)
+    said = f"by {cmd.reviewer}" + (f": {cmd.comment}" if cmd.comment else "")
+    if cmd.decision is ReviewDecision.reject:
+        moved, event = transition(order, S.failed, "review", f"rejected in review {said}",
+                                  now_ms, review="rejected", deadline_ms=0)
+        return Decision(moved, (event,), CommandStatus.accepted)
+    approved, event = noted_event(order.model_copy(update={"review": "approved",
+                                                          "deadline_ms": 0}),
+                                  "review", f"approved in review {said}", now_ms)
+    return _proceed(approved, (event,), now_ms)
+
+
+def _new_order(cmd: Pay | Transfer | TopUp | Withdraw, plan: RoutePlan, now_ms: int
+               ) -> Order:
     ccy = cmd.currency
     fields: dict = {"method": Method.balance.value, "capture_mode": CaptureMode.auto}
     if isinstance(cmd, Pay):
@@ -155,14 +202,15 @@ def _new_order(cmd: Pay | Transfer | TopUp | Withdraw, route: Route, now_ms: int
     return Order(
         payment_id=cmd.subject_id(), merchant_id=cmd.merchant_id,
         merchant_order_no=cmd.merchant_order_no, fingerprint=fingerprint_of(cmd),
-        currency=ccy, amount_minor=cmd.amount_minor, route=route, status=S.created,
+        currency=ccy, amount_minor=cmd.amount_minor, route=plan.candidates[0],
+        route_plan=plan, status=S.created,
         created_at_ms=now_ms, updated_at_ms=now_ms, **fields,
         history=(HistoryItem(at_ms=now_ms, status=S.created, trigger=cmd.type,
                              reason="accepted"),),
     )
 
 
-def _freeze_payer_funds(order: Order, first_event, now_ms: int) -> Decision:
+def _freeze_payer_funds(order: Order, before: tuple, now_ms: int) -> Decision:
     """Try phase: the order waits in ``processing`` until the payer's hold is answered."""
     hold = HoldRequested(hold_id=hold_id_for(order.payment_id, PAYER_HOLD),
                          payment_id=order.payment_id, account_id=order.payer_account_id,
@@ -170,32 +218,11 @@ def _freeze_payer_funds(order: Order, first_event, now_ms: int) -> Decision:
     moved, event = transition(order, S.processing, order.history[0].trigger,
                               f"freezing {order.amount_minor} on {order.payer_account_id}",
                               now_ms, payer_hold="holding")
-    return Decision(moved, (first_event, event, hold), CommandStatus.accepted)
-
-
-def _start_attempt(order: Order, route: Route, reference: str, before: tuple, now_ms: int
-                   ) -> Decision:
-    op = {OrderKind.withdrawal: ChannelOperation.payout}.get(order.kind, ChannelOperation.sale)
-    if order.capture_mode is CaptureMode.manual:
-        op = ChannelOperation.authorize
-    request = channel_request(order, route, op, order.amount_minor, reference)
-    deadline = now_ms + route.callback_timeout_ms if route.callback_timeout_ms else 0
-    deadline = max(deadline, order.deadline_ms)
-    trigger = order.history[-1].trigger
-    if order.status is S.processing:
-        moved = note(order, trigger, f"attempt on {route.channel}: {route.reason}", now_ms)
-        moved = moved.model_copy(update={"deadline_ms": deadline})
-        events: tuple = ()
-    else:
-        moved, event = transition(order, S.processing, trigger, f"routed: {route.reason}",
-                                  now_ms, deadline_ms=deadline)
-        events = (event,)
-    moved, sent = send(moved, request, now_ms)
-    return Decision(moved, before + events + sent, CommandStatus.accepted)
+    return Decision(moved, (*before, event, hold), CommandStatus.accepted)
 
 
 def _again(order: Order, cmd: Pay | Transfer | TopUp | Withdraw, route: Route | None,
-           now_ms: int) -> Decision:
+           now_ms: int, verdict: Verdict | None = None) -> Decision:
     """The same order again: a copy, a payer's second attempt, or a conflict."""
     fingerprint = fingerprint_of(cmd)
     if fingerprint in order.attempt_fingerprints:  # a copy of a later attempt
@@ -213,13 +240,17 @@ def _again(order: Order, cmd: Pay | Transfer | TopUp | Withdraw, route: Route | 
         return Decision(order, (), CommandStatus.order_already_paid)
     if route is None:
         return Decision(order, (), CommandStatus.no_route)
+    if verdict is not None and verdict.decision is not RiskDecision.approve:
+        noted = note(order, "pay", f"payer's attempt by {cmd.method.value} refused: "
+                     f"{verdict.summary()}", now_ms)
+        return Decision(noted, (), CommandStatus.attempt_refused_by_risk)
     attempt = len(order.retry_routes) + 1
     order = order.model_copy(update={
         "retry_routes": order.retry_routes + (route,),
         "attempt_fingerprints": order.attempt_fingerprints + (fingerprint,)})
     order = note(order, "pay", f"payer switched to {cmd.method.value}: attempt {attempt + 1}",
                  now_ms)
-    return _start_attempt(order, route, f"attempt-{attempt}", (), now_ms)
+    return start_attempt(order, route, f"attempt-{attempt}", (), now_ms)
 
 
 def _is_other_attempt(order: Order, cmd) -> bool:

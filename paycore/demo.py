@@ -18,7 +18,7 @@ from domain.money import fee_minor
 from paycore.observe import Observer, command_producer, send_command
 from paycore.stack import Stack, wait_until_ready
 from paycore.tour import run_tour
-from streams.channels_config import load_channels
+from streams.rules_config import load_routing
 from streams.settings import Settings
 
 MERCHANT = "demo-shop"
@@ -38,7 +38,7 @@ def demo_commands(payments: int) -> list[dict]:
     commands = []
     for i in range(payments):
         amount = 1_000 + (i * 7_919) % 90_000
-        if amount % 1000 in (207, 408, 409, 422):
+        if amount % 1000 in (207, 408, 409, 422, 503):
             amount += 2
         if i % 20 == 7:
             amount = amount - amount % 1000 + 13
@@ -136,7 +136,7 @@ def _progress(label: str, observer: Observer, count, total: int, timeout_s: floa
 
 def _expected_merchant_balance(settings: Settings, observer: Observer) -> int:
     """The auditor's own figure: net of fees for captures, minus refunds."""
-    terms = {c.name: c for c in load_channels(settings.config_dir).channels}
+    terms = {c.name: c for c in load_routing(settings.config_dir).channels}
     expected = 0
     for history in observer.history.values():
         for event in history:

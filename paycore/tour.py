@@ -1,7 +1,8 @@
 """The demo's product tour: one of each product, in order, with the outcome checked.
 
 Top-up, balance pay, transfer, withdrawal, mandate collection (before and after the
-mandate is terminated), split payment and revocation, all for the merchant ``demo-tour``.
+mandate is terminated), split payment, revocation, a failover, a risk decline and a risk
+review approved by ops, all for the merchant ``demo-tour``.
 The wallets' balances are checked against the demo's own arithmetic.
 """
 
@@ -11,7 +12,7 @@ from domain import accounts
 from domain.ids import payment_id_for
 from domain.money import fee_minor
 from paycore.observe import Observer, command_producer, send_command
-from streams.channels_config import load_channels
+from streams.rules_config import load_routing
 from streams.settings import Settings
 
 MERCHANT = "demo-tour"
@@ -53,6 +54,22 @@ STEPS: list[tuple[str, dict, str]] = [
     ("sale to revoke", _cmd("pay", "10", merchant_order_no="t-revoke", amount_minor=9_000,
                             currency="USD", method="card"), "succeeded"),
     ("revocation", _cmd("revoke", "11", merchant_order_no="t-revoke"), "canceled"),
+    # Routing: the acquirer answers "issuer unavailable" (magic ...503): the order fails
+    # over to the backup acquirer (config/routing.yaml).
+    ("failover to backup", _cmd("pay", "12", merchant_order_no="t-failover",
+                                amount_minor=4_503, currency="USD", method="card"),
+     "succeeded"),
+    # Risk (config/risk.yaml): a blocklisted device is declined; a large first payment is
+    # held for review, then approved by ops with a review command.
+    ("risk: blocked device", _cmd("pay", "13", merchant_order_no="t-blocked",
+                                  amount_minor=2_000, currency="USD", method="card",
+                                  payer={"device_id": "device-emulator-farm"}), "failed"),
+    ("risk: held for review", _cmd("pay", "14", merchant_order_no="t-review",
+                                   amount_minor=6_000_000, currency="USD", method="card",
+                                   payer={"customer_id": "carol"}), "risk_review"),
+    ("review approved", _cmd("review", "15", merchant_order_no="t-review",
+                             decision="approve", reviewer="ops-demo",
+                             comment="customer confirmed by phone"), "succeeded"),
 ]
 
 
@@ -116,7 +133,7 @@ def _renamed(command: dict, renamed: dict) -> dict:
 
 
 def _wallets_add_up(settings: Settings, observer: Observer, timeout_s: float) -> bool:
-    card = next(c for c in load_channels(settings.config_dir).channels
+    card = next(c for c in load_routing(settings.config_dir).channels
                 if c.name == "card_acquirer")
     topup_fee = fee_minor(50_000, card.fee_bps, card.fee_fixed_minor)
     want = {accounts.customer_wallet("alice", "USD"): 50_000 - topup_fee - 12_000 - 5_000,

@@ -24,6 +24,8 @@ MAGIC_TWICE_MINOR = 207
 """... 207: the channel sends its answer twice."""
 MAGIC_SHORT_MINOR = 422
 """... 422: the channel reports one minor unit less than asked (amount mismatch)."""
+MAGIC_UNAVAILABLE_MINOR = 503
+"""... 503: declined with the channel's technical code (``unavailable_code``): failover."""
 LATE_BY_MS = 1_500
 
 # z-score of the 99th percentile of a standard normal: lognormal tail from median and p99.
@@ -56,10 +58,12 @@ def answer(request: ChannelRequested, profile: SimulatorProfile, seed: int, at_m
                                       ChannelOperation.payout)
     # Magic acts on a payment's first attempt only: a payer's retry on another channel
     # (reference "attempt-N") behaves normally, so switching channel can be staged.
-    retry = request.reference.startswith("attempt-")
+    retry = request.reference.startswith(("attempt-", "failover-"))
     magic = request.amount_minor % 1000 if first_leg and not retry else -1
     if magic == MAGIC_DECLINE_MINOR:
         outcome, code = ChannelOutcome.declined, profile.decline_codes[0]
+    elif magic == MAGIC_UNAVAILABLE_MINOR:
+        outcome, code = ChannelOutcome.declined, profile.unavailable_code
     elif first_leg and magic not in _MAGIC and rng.randrange(10_000) < profile.decline_bps:
         outcome, code = ChannelOutcome.declined, rng.choice(profile.decline_codes)
     if magic == MAGIC_LATE_MINOR:
@@ -77,4 +81,4 @@ def answer(request: ChannelRequested, profile: SimulatorProfile, seed: int, at_m
 
 
 _MAGIC = frozenset({MAGIC_DECLINE_MINOR, MAGIC_SILENT_MINOR, MAGIC_LATE_MINOR,
-                    MAGIC_TWICE_MINOR, MAGIC_SHORT_MINOR})
+                    MAGIC_TWICE_MINOR, MAGIC_SHORT_MINOR, MAGIC_UNAVAILABLE_MINOR})

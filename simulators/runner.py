@@ -10,7 +10,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from simulators.channel import answer
 from streams import topics as t
-from streams.channels_config import load_channels
+from streams.channels_config import load_simulators
+from streams.rules_config import load_routing
 from streams.envelope import UndecodableEnvelope, child, decode, encode
 from streams.metrics import CHANNEL_REQUESTS
 from streams.settings import Settings
@@ -21,7 +22,9 @@ SEND_ATTEMPTS = 8
 
 
 async def run_simulator(settings: Settings, stop: asyncio.Event) -> None:
-    profiles = {c.name: c for c in load_channels(settings.config_dir).channels}
+    profiles = load_simulators(settings.config_dir).by_channel()
+    timeouts = {c.name: c.callback_timeout_ms
+                for c in load_routing(settings.config_dir).channels}
     bootstrap = settings.bootstrap_servers()
     consumer = AIOKafkaConsumer(t.CHANNEL_REQUESTS, bootstrap_servers=bootstrap,
                                 group_id=f"{settings.app_id}-simulator",
@@ -35,7 +38,8 @@ async def run_simulator(settings: Settings, stop: asyncio.Event) -> None:
             batch = await consumer.getmany(timeout_ms=200, max_records=500)
             for records in batch.values():
                 for record in records:
-                    task = _schedule(record, profiles, settings.simulator_seed, producer)
+                    task = _schedule(record, profiles, timeouts, settings.simulator_seed,
+                                     producer)
                     if task is not None:
                         pending.add(task)
                         task.add_done_callback(pending.discard)
@@ -46,19 +50,19 @@ async def run_simulator(settings: Settings, stop: asyncio.Event) -> None:
         await producer.stop()
 
 
-def _schedule(record, profiles, seed: int, producer) -> asyncio.Task | None:
+def _schedule(record, profiles, timeouts, seed: int, producer) -> asyncio.Task | None:
     try:
         env = decode(record.value)
     except UndecodableEnvelope as exc:
         log.warning("simulator skipped an undecodable request: %s", exc)
         return None
     request = env.body
-    channel = profiles.get(request.channel)
-    if channel is None:
+    profile = profiles.get(request.channel)
+    if profile is None:
         log.warning("no simulator for channel %s", request.channel)
         return None
     at = int(time.time() * 1000)
-    reply = answer(request, channel.simulator, seed, at, channel.callback_timeout_ms)
+    reply = answer(request, profile, seed, at, timeouts.get(request.channel, 30_000))
     out = child(env, reply.response, 0, reply.response.responded_at_ms)
     CHANNEL_REQUESTS.labels(channel=request.channel, operation=request.operation.value,
                             outcome=reply.response.outcome.value).inc()

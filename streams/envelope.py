@@ -19,7 +19,7 @@ KINDS: dict[str, type[Message]] = {
     for cls in (
         commands.Pay, commands.Capture, commands.Void, commands.Refund, commands.Revoke,
         commands.Transfer, commands.TopUp, commands.Withdraw, commands.SignMandate,
-        commands.TerminateMandate,
+        commands.TerminateMandate, commands.Review, events.RiskScreened,
         events.ChannelRequested, events.ChannelResponded, events.JournalEntryDecided,
         events.HoldRequested, events.HoldReleaseRequested, events.HoldResolved,
         events.PaymentStatusChanged, events.LegApplied, events.CommandRejected,
@@ -70,6 +70,7 @@ _NATURAL_ID = {
     "HoldResolved": ("hold_id", "placed"),
     "LegApplied": ("posting_id",),
     "DeadlineReached": ("payment_id", "deadline_ms"),
+    "RiskScreened": ("payment_id", "fingerprint"),
     "HoldChanged": ("hold_id", "account_id", "change"),
     "SettlementReported": ("channel", "line_id"),
     "MandateCheckRequested": ("payment_id", "mandate_key"),

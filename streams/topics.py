@@ -6,6 +6,7 @@ COMMANDS = "pay.commands"            # key: whatever the client used; intake re-
 DEDUP = "pay.dedup"                  # internal; key: merchant + idempotency key
 ORDERS = "pay.orders"                # internal; key: payment id
 MANDATES = "pay.mandates"            # internal; key: mandate key (merchant + mandate id)
+RISK = "pay.risk"                    # internal; key: payer (account, customer, card, device)
 CHANNEL_REQUESTS = "pay.channel.requests"    # key: payment id
 CHANNEL_CALLBACKS = "pay.channel.callbacks"  # key: payment id
 LEDGER_POSTINGS = "pay.ledger.postings"      # key: account id
@@ -15,5 +16,5 @@ EVENTS = "pay.events"                # key: payment id
 RECON_EXCEPTIONS = "pay.recon.exceptions"    # key: payment id
 DEADLETTER = "pay.deadletter"        # key: original key
 
-ALL = (COMMANDS, DEDUP, ORDERS, MANDATES, CHANNEL_REQUESTS, CHANNEL_CALLBACKS, LEDGER_POSTINGS,
-       LEDGER_ENTRIES, SETTLEMENTS, EVENTS, RECON_EXCEPTIONS, DEADLETTER)
+ALL = (COMMANDS, DEDUP, RISK, ORDERS, MANDATES, CHANNEL_REQUESTS, CHANNEL_CALLBACKS,
+       LEDGER_POSTINGS, LEDGER_ENTRIES, SETTLEMENTS, EVENTS, RECON_EXCEPTIONS, DEADLETTER)

@@ -58,19 +58,26 @@ def kafka_bootstrap(broker) -> str:
 
 @pytest.fixture(scope="session")
 def deterministic_config(tmp_path_factory) -> Path:
-    """The shipped channels.yaml with random declines off (only magic amounts decline) and
+    """The shipped rules with random declines off (only magic amounts decline) and
     deadlines short enough to watch: card answers time out after 2 s and late successes
-    are refunded; wallet ones are accepted, and wallet authorizations expire after 3 s."""
-    shipped = yaml.safe_load((Settings().config_dir / "channels.yaml").read_text())
-    for channel in shipped["channels"]:
-        channel.setdefault("simulator", {})["decline_bps"] = 0
+    are refunded; wallet ones are accepted, and wallet authorizations expire after 3 s.
+    Risk rules as shipped (test payers stay under them unless a test means otherwise)."""
+    shipped = Settings().config_dir
+    simulators = yaml.safe_load((shipped / "channels.yaml").read_text())
+    for profile in simulators["simulators"]:
+        profile["decline_bps"] = 0
+    routing = yaml.safe_load((shipped / "routing.yaml").read_text())
+    for channel in routing["channels"]:
         channel["callback_timeout_ms"] = CALLBACK_TIMEOUT_MS
-    by_name = {c["name"]: c for c in shipped["channels"]}
-    by_name["card_acquirer"]["late_success"] = "refund"
+        if channel["kind"] == "card":
+            channel["late_success"] = "refund"
+    by_name = {c["name"]: c for c in routing["channels"]}
     by_name["wallet"]["late_success"] = "accept"
     by_name["wallet"]["authorization_ttl_ms"] = WALLET_AUTHORIZATION_TTL_MS
     folder = tmp_path_factory.mktemp("config")
-    (folder / "channels.yaml").write_text(yaml.safe_dump(shipped))
+    (folder / "channels.yaml").write_text(yaml.safe_dump(simulators))
+    (folder / "routing.yaml").write_text(yaml.safe_dump(routing))
+    (folder / "risk.yaml").write_text((shipped / "risk.yaml").read_text())
     # Shipped account rules as they are: the fee account is split, so tests run through
     # sub-accounts too.
     (folder / "accounts.yaml").write_text((Settings().config_dir / "accounts.yaml").read_text())

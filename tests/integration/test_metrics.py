@@ -26,7 +26,7 @@ def test_worker_and_simulator_export_stage_and_channel_series(stack, stack_setti
     worker = _scrape(stack_settings.worker_web_port)
     simulator = _scrape(stack_settings.simulator_metrics_port)
 
-    for stage in ("intake", "dedup", "orders", "ledger"):
+    for stage in ("intake", "dedup", "risk", "orders", "ledger"):
         assert f'paycore_stage_events_total{{stage="{stage}"}}' in worker
     assert 'paycore_payments_final_total{channel="card_acquirer",method="card",' \
         'status="succeeded"}' in worker

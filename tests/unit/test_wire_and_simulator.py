@@ -11,7 +11,8 @@ import pytest
 from domain.commands import Pay
 from domain.events import ChannelOperation, ChannelOutcome, ChannelRequested
 from simulators.channel import MAGIC_DECLINE_MINOR, answer, latency_ms
-from streams.channels_config import SimulatorProfile, load_channels
+from streams.channels_config import SimulatorProfile
+from streams.rules_config import load_routing
 from streams.config import ConfigError
 from streams.envelope import Envelope, UndecodableEnvelope, child, decode, encode
 
@@ -57,36 +58,36 @@ class TestEnvelope:
 
 class TestConfig:
     def test_shipped_channels_load(self):
-        channels = load_channels(SHIPPED_CONFIG).channels
+        channels = load_routing(SHIPPED_CONFIG).channels
 
         assert {c.name for c in channels} >= {"card_acquirer", "wallet", "online_bank"}
 
     def test_bad_line_rejected_with_file_and_line(self, tmp_path):
-        text = (SHIPPED_CONFIG / "channels.yaml").read_text()
+        text = (SHIPPED_CONFIG / "routing.yaml").read_text()
         lines = text.splitlines()
         bad_line = next(i for i, line in enumerate(lines) if "fee_bps: 50" in line)
         lines[bad_line] = lines[bad_line].replace("50", "-50")
-        (tmp_path / "channels.yaml").write_text("\n".join(lines))
+        (tmp_path / "routing.yaml").write_text("\n".join(lines))
 
         with pytest.raises(ConfigError) as caught:
-            load_channels(tmp_path)
+            load_routing(tmp_path)
 
-        assert f"channels.yaml:{bad_line + 1}:" in str(caught.value)
+        assert f"routing.yaml:{bad_line + 1}:" in str(caught.value)
         assert "fee_bps" in str(caught.value)
 
     def test_unknown_field_rejected(self, tmp_path):
-        (tmp_path / "channels.yaml").write_text(
+        (tmp_path / "routing.yaml").write_text(
             "channels:\n  - name: x\n    kind: card\n    methods: [card]\n"
             "    currencies: [USD]\n    colour: blue\n")
 
-        with pytest.raises(ConfigError, match=r"channels.yaml:6: channels.0.colour"):
-            load_channels(tmp_path)
+        with pytest.raises(ConfigError, match=r"routing.yaml:6: channels.0.colour"):
+            load_routing(tmp_path)
 
     def test_not_yaml_rejected_with_line(self, tmp_path):
-        (tmp_path / "channels.yaml").write_text("channels:\n  - name: [unclosed\n")
+        (tmp_path / "routing.yaml").write_text("channels:\n  - name: [unclosed\n")
 
-        with pytest.raises(ConfigError, match=r"channels.yaml:\d+: not valid YAML"):
-            load_channels(tmp_path)
+        with pytest.raises(ConfigError, match=r"routing.yaml:\d+: not valid YAML"):
+            load_routing(tmp_path)
 
 
 class TestSimulator:
