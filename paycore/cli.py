@@ -1,4 +1,4 @@
-"""``paycore``: up, worker, api, simulate, audit, demo."""
+"""``paycore``: up, worker, api, simulate, audit, demo, risk and routing backtests."""
 
 from __future__ import annotations
 
@@ -99,6 +99,41 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Settings(), payments=args.payments, timeout_s=args.timeout)
 
 
+def cmd_backtest(args: argparse.Namespace) -> int:
+    from paycore.backtest import run_backtest
+
+    baseline = args.baseline or Settings().config_dir / f"{args.area}.yaml"
+    return run_backtest(args.area, args.rules, args.input, baseline, args.report)
+
+
+def cmd_risk_record(args: argparse.Namespace) -> int:
+    from paycore.backtest import run_record
+
+    return run_record(Settings(), args.out)
+
+
+def _add_rules_commands(sub) -> None:
+    """``paycore risk backtest|record`` and ``paycore routing backtest``."""
+    from pathlib import Path
+
+    for area in ("risk", "routing"):
+        parser = sub.add_parser(area, help=f"{area} rules: try a candidate on recorded traffic")
+        verbs = parser.add_subparsers(dest="verb", required=True)
+        backtest = verbs.add_parser(
+            "backtest", help=f"replay commands through config/{area}.yaml and a candidate")
+        backtest.add_argument("--rules", type=Path, required=True, help="the candidate file")
+        backtest.add_argument("--input", type=Path, required=True,
+                              help="JSON lines: pay.risk envelopes or {at_ms, command}")
+        backtest.add_argument("--baseline", type=Path, default=None,
+                              help=f"default: {area}.yaml in the config folder")
+        backtest.add_argument("--report", type=Path, default=None, help="write JSON here")
+        backtest.set_defaults(run=cmd_backtest, area=area)
+        if area == "risk":
+            record = verbs.add_parser("record", help="write the pay.risk topic as JSON lines")
+            record.add_argument("--out", type=Path, required=True)
+            record.set_defaults(run=cmd_risk_record)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("kafka", "aiokafka"):
@@ -119,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--payments", type=int, default=200)
     demo.add_argument("--timeout", type=float, default=120.0)
     demo.set_defaults(run=cmd_demo)
+    _add_rules_commands(sub)
     args = parser.parse_args(argv)
     return args.run(args)
 
