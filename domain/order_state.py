@@ -58,8 +58,10 @@ TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
     S.refunded: frozenset(),
 }
 TERMINAL = frozenset({S.failed, S.canceled, S.refunded})
-FINAL_FOR_CLIENTS = TERMINAL | {S.succeeded, S.authorized, S.amount_mismatch, S.timed_out}
-"""Statuses a waiting client stops at: final, or needing the merchant's next action."""
+FINAL_FOR_CLIENTS = TERMINAL | {S.succeeded, S.authorized, S.amount_mismatch, S.timed_out,
+                                S.risk_review}
+"""Statuses a waiting client stops at: final, or needing a next action (the merchant's
+capture, ops' risk review)."""
 
 
 class CommandStatus(IntEnum):

@@ -40,6 +40,19 @@ class TestPayments:
                                                             "succeeded"]
         assert fetched["channel_serial"]
 
+    def test_wait_stops_at_risk_review_with_the_rules_that_fired(self, api, merchant):
+        body = {"merchant_id": merchant, "merchant_order_no": "http-review",
+                "amount": 6_000_000, "currency": "USD", "method": "card",
+                "payer": {"customer_id": f"c-{merchant}", "ip": "203.0.113.5"}}
+
+        response = api.post("/v1/payments?wait=20", json=body,
+                            headers={"Idempotency-Key": "idem-review"})
+
+        assert response.status_code == 202, response.text
+        assert response.json()["status"] == "risk_review"
+        fetched = api.get(f"/v1/payments/{response.json()['payment_id']}").json()
+        assert "card-usd-large +50" in fetched["history"][-1]["reason"]
+
     def test_float_amount_rejected_with_field_named(self, api, merchant):
         body = {"merchant_id": merchant, "merchant_order_no": "http-2", "amount": 10.5,
                 "currency": "EUR", "method": "card"}

@@ -14,6 +14,7 @@ from domain.events import (
     ChannelResponded,
     CommandRejected,
     JournalEntryDecided,
+    RiskScreened,
 )
 from domain.ids import payment_id_for
 from streams import topics as t
@@ -49,16 +50,22 @@ class TestDedup:
         _send(producer, command)
         wait_for_final(observer, merchant, "twice")
 
-        forwarded = read_topic(stack_settings.kafka_bootstrap, t.ORDERS,
+        forwarded = read_topic(stack_settings.kafka_bootstrap, t.RISK,
                                stack_settings.partitions,
                                lambda b: isinstance(b, Pay) and b.merchant_id == merchant,
                                timeout_s=5, want=2)
+        screened = read_topic(stack_settings.kafka_bootstrap, t.ORDERS,
+                              stack_settings.partitions,
+                              lambda b: isinstance(b, RiskScreened)
+                              and b.command.merchant_id == merchant, timeout_s=5, want=2)
         requests = read_topic(stack_settings.kafka_bootstrap, t.CHANNEL_REQUESTS,
                               stack_settings.partitions,
                               lambda b: b.payment_id == payment_id_for(merchant, "twice"),
                               timeout_s=3, want=3)
 
-        assert len(forwarded) == 2  # both reach the order stage, which absorbs the second
+        assert len(forwarded) == 2  # both are screened (the same verdict, the same message
+        assert len(screened) == 2   # id) and reach the order stage, which absorbs the second
+        assert len({env.message_id for _, env in screened}) == 1
         assert len({env.message_id for _, env in requests}) == 1
         history = observer.history[payment_id_for(merchant, "twice")]
         assert [e.status for e in history] == ["created", "processing", "succeeded"]
