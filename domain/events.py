@@ -21,6 +21,10 @@ class ChannelOperation(str, Enum):
     """Take back a captured sale that has not settled (revocation)."""
     payout = "payout"
     """Send money out of a wallet (withdrawal)."""
+    query = "query"
+    """Ask what became of an attempt whose callback did not come (``reference``: the
+    attempt's request id, then ``/`` and the query's number). The channel answers with a
+    response to the attempt itself, applied like its callback."""
 
 
 class ChannelOutcome(str, Enum):
@@ -54,6 +58,8 @@ class ChannelResponded(Message):
     channel_serial: str
     decline_code: str = ""
     responded_at_ms: int = 0
+    via_query: bool = False
+    """The answer to a status query rather than the channel's own callback."""
 
 
 class Leg(Message):
@@ -240,6 +246,8 @@ class SettlementReported(Message):
     currency: str
     settled_on: str
     """The settlement date, YYYY-MM-DD."""
+    fee_minor: int = 0
+    """The channel's fee for the line, as it reports it (reconciliation checks it)."""
 
 
 class RiskScreened(Message):

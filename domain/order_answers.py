@@ -220,6 +220,8 @@ def _on_attempt(order: Order, request, resp, now_ms) -> Decision:
     if order.status is S.processing:
         if resp.outcome is DECLINED:
             return _attempt_declined(order, request, resp, now_ms)
+        if resp.via_query and not _other_money(request, resp):
+            return _succeed(order, request, resp, "by status query: ", now_ms)
         if _other_money(request, resp):
             reason = (f"channel reported {resp.amount_minor} {resp.currency}, "
                       f"expected {request.amount_minor} {request.currency}")
@@ -249,7 +251,8 @@ def _attempt_declined(order: Order, request, resp, now_ms) -> Decision:
         if moved is not None:
             return moved
     order, release = _release_payer_hold(order)
-    moved, event = transition(order, S.failed, trigger, f"declined: {resp.decline_code}",
+    how = " (by status query)" if resp.via_query else ""
+    moved, event = transition(order, S.failed, trigger, f"declined: {resp.decline_code}{how}",
                               now_ms, channel_serial=resp.channel_serial, deadline_ms=0)
     return Decision(moved, (event, *release), C.accepted)
 
@@ -427,6 +430,8 @@ _RESPONSE_HANDLERS = {
     ChannelOperation.sale: _on_attempt,
     ChannelOperation.authorize: _on_attempt,
     ChannelOperation.payout: _on_attempt,
+    ChannelOperation.query: lambda order, request, resp, now_ms: _late(
+        order, resp, now_ms, "addressed to a status query itself (answers name the attempt)"),
     ChannelOperation.capture: _on_capture,
     ChannelOperation.void: _on_void,
     ChannelOperation.refund: _on_refund,
@@ -563,6 +568,23 @@ def decide_mandate_checked(order: Order | None, answer: MandateChecked, now_ms: 
     return Decision(moved, (event, *sent), C.accepted)
 
 
+def query_status(order: Order, attempt: ChannelRequested, now_ms: int) -> Decision | None:
+    """Ask the channel what became of a silent attempt, if it takes queries and we have
+    not asked as often as it allows; None when it is time to give up on it."""
+    route = order.route_for(attempt.channel)
+    asked = sum(1 for r in order.requests if r.operation is ChannelOperation.query
+                and r.reference.split("/")[0] == attempt.request_id)
+    if asked >= route.status_queries_max:
+        return None
+    query = channel_request(order, route, ChannelOperation.query, attempt.amount_minor,
+                            f"{attempt.request_id}/{attempt.operation.value}/{asked + 1}")
+    noted = note(order, "deadline", f"no answer from {attempt.channel} in time: asking its "
+                 f"status (query {asked + 1} of {route.status_queries_max})", now_ms)
+    noted = noted.model_copy(update={"deadline_ms": now_ms + route.status_query_timeout_ms})
+    updated, sent = send(noted, query, now_ms)
+    return Decision(updated, sent, C.accepted)
+
+
 def decide_deadline(order: Order | None, reached: DeadlineReached, now_ms: int) -> Decision:
     """The sweeper says a deadline passed: time out a silent channel, expire an
     authorization. Stale or early nudges change nothing."""
@@ -582,13 +604,16 @@ def decide_deadline(order: Order | None, reached: DeadlineReached, now_ms: int) 
                              ChannelOperation.payout)
     if order.status is S.processing and attempts:
         latest = attempts[-1]
+        asked = query_status(cleared, latest, now_ms)
+        if asked is not None:
+            return asked
         if order.route_for(latest.channel).failover_on_timeout:
             moved = failover(cleared, latest, "no answer in time", now_ms)
             if moved is not None:
                 return moved
         moved, event = transition(cleared, S.timed_out, "deadline",
-                                  f"no answer from {order.route.channel} in time: "
-                                  "a late answer is still applied by rule", now_ms)
+                                  f"no answer from {latest.channel} in time: outcome "
+                                  "unknown; a late answer is still applied by rule", now_ms)
         return Decision(moved, (event,), C.accepted)
     if order.status is S.authorized:
         voided = request_void(cleared, "deadline", "authorization expired: voiding", now_ms)

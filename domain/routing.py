@@ -49,7 +49,11 @@ class ChannelTerms(Message):
     late_success: LateSuccess = LateSuccess.refund
     """A success after the timeout: ``accept`` books it, ``refund`` sends it back."""
     status_query: bool = False
-    """The channel answers status queries (used when a callback does not come)."""
+    """The channel answers status queries: when a callback does not come in time, the
+    order asks (up to ``status_queries_max`` times, ``status_query_timeout_ms`` apart)
+    before it fails over or times out."""
+    status_queries_max: int = Field(default=2, ge=1, le=10)
+    status_query_timeout_ms: int = Field(default=5_000, ge=100, le=3_600_000)
     retriable_declines: tuple[str, ...] = ()
     """Decline codes that say "the channel could not", not "the payer may not": these fail
     over to the next candidate and count as channel errors for the circuit breaker."""
@@ -184,6 +188,9 @@ class Route(Message):
     late_success: LateSuccess = LateSuccess.refund
     retriable_declines: tuple[str, ...] = ()
     failover_on_timeout: bool = False
+    status_queries_max: int = 0
+    """0: the channel takes no status queries."""
+    status_query_timeout_ms: int = 5_000
 
 
 class RoutePlan(Message):
@@ -356,7 +363,9 @@ def _route(c: ChannelTerms, reason: str) -> Route:
                  reason=reason, callback_timeout_ms=c.callback_timeout_ms,
                  authorization_ttl_ms=c.authorization_ttl_ms, late_success=c.late_success,
                  retriable_declines=c.retriable_declines,
-                 failover_on_timeout=c.failover_on_timeout)
+                 failover_on_timeout=c.failover_on_timeout,
+                 status_queries_max=c.status_queries_max if c.status_query else 0,
+                 status_query_timeout_ms=c.status_query_timeout_ms)
 
 
 def choose_route(rules: RoutingRules, p: Payment,

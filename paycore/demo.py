@@ -38,7 +38,7 @@ def demo_commands(payments: int) -> list[dict]:
     commands = []
     for i in range(payments):
         amount = 1_000 + (i * 7_919) % 90_000
-        if amount % 1000 in (207, 408, 409, 422, 503):
+        if amount % 1000 in (207, 408, 409, 411, 422, 503):
             amount += 2
         if i % 20 == 7:
             amount = amount - amount % 1000 + 13

@@ -17,9 +17,13 @@ from streams.channels_config import SimulatorProfile
 MAGIC_DECLINE_MINOR = 13
 """Test magic: an amount whose last three digits are 013 is always declined."""
 MAGIC_SILENT_MINOR = 409
-"""... 409: the channel never answers (the order times out)."""
+"""... 409: the channel's callback is lost; a status query finds the outcome."""
 MAGIC_LATE_MINOR = 408
-"""... 408: the channel answers success after the order's callback timeout."""
+"""... 408: the channel answers success only after the order gave up waiting (callback
+timeout and every status query: still "processing" until then)."""
+MAGIC_BLACK_HOLE_MINOR = 411
+"""... 411: the channel answers nothing about this payment, callback or query: the
+order's outcome stays unknown (timed_out)."""
 MAGIC_TWICE_MINOR = 207
 """... 207: the channel sends its answer twice."""
 MAGIC_SHORT_MINOR = 422
@@ -38,6 +42,8 @@ class Answer(NamedTuple):
     deliveries_ms: tuple[int, ...]
     """When to send the response, after the request: none for a silent channel, two for
     a channel that repeats itself."""
+    answers_queries: bool = True
+    """False: status queries about this request go unanswered too."""
 
 
 def latency_ms(rng: random.Random, profile: SimulatorProfile) -> int:
@@ -70,15 +76,35 @@ def answer(request: ChannelRequested, profile: SimulatorProfile, seed: int, at_m
         delay = callback_timeout_ms + LATE_BY_MS
     if magic == MAGIC_SHORT_MINOR:
         amount -= 1
-    deliveries = {MAGIC_SILENT_MINOR: (), MAGIC_TWICE_MINOR: (delay, delay + 50)}.get(
-        magic, (delay,))
+    deliveries = {MAGIC_SILENT_MINOR: (), MAGIC_BLACK_HOLE_MINOR: (),
+                  MAGIC_TWICE_MINOR: (delay, delay + 50)}.get(magic, (delay,))
     response = ChannelResponded(
         request_id=request.request_id, payment_id=request.payment_id, channel=request.channel,
         operation=request.operation, outcome=outcome, amount_minor=amount,
-        currency=request.currency, channel_serial=derive_id(request.channel, request.request_id),
+        currency=request.currency, channel_serial=derive_id("sn", request.channel,
+                                                                 request.request_id),
         decline_code=code, responded_at_ms=at_ms + delay)
-    return Answer(response, delay, deliveries)
+    return Answer(response, delay, deliveries, magic != MAGIC_BLACK_HOLE_MINOR)
+
+
+def query_answer(query: ChannelRequested, known: Answer | None, requested_at_ms: int,
+                 now_ms: int) -> ChannelResponded | None:
+    """What the channel says when asked about an attempt (``query.reference`` is
+    ``request_id/operation/n``): its outcome once decided, nothing while it is still
+    processing (or for a black hole), and ``not_found`` for a request it never got."""
+    request_id, operation, _ = query.reference.split("/")
+    if known is None:
+        return ChannelResponded(
+            request_id=request_id, payment_id=query.payment_id, channel=query.channel,
+            operation=ChannelOperation(operation), outcome=ChannelOutcome.declined,
+            amount_minor=query.amount_minor, currency=query.currency,
+            channel_serial="", decline_code="not_found", responded_at_ms=now_ms,
+            via_query=True)
+    if not known.answers_queries or now_ms < requested_at_ms + known.latency_ms:
+        return None
+    return known.response.model_copy(update={"via_query": True, "responded_at_ms": now_ms})
 
 
 _MAGIC = frozenset({MAGIC_DECLINE_MINOR, MAGIC_SILENT_MINOR, MAGIC_LATE_MINOR,
-                    MAGIC_TWICE_MINOR, MAGIC_SHORT_MINOR, MAGIC_UNAVAILABLE_MINOR})
+                    MAGIC_TWICE_MINOR, MAGIC_SHORT_MINOR, MAGIC_UNAVAILABLE_MINOR,
+                    MAGIC_BLACK_HOLE_MINOR})

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from simulators.channel import answer
+from domain.events import ChannelOperation
+from simulators.channel import Answer, answer, query_answer
 from streams import topics as t
 from streams.channels_config import load_simulators
 from streams.rules_config import load_routing
@@ -23,8 +25,12 @@ SEND_ATTEMPTS = 8
 
 async def run_simulator(settings: Settings, stop: asyncio.Event) -> None:
     profiles = load_simulators(settings.config_dir).by_channel()
-    timeouts = {c.name: c.callback_timeout_ms
-                for c in load_routing(settings.config_dir).channels}
+    # A "late" answer (magic 408) comes after the order stopped waiting: its callback
+    # timeout plus every status query it may send.
+    timeouts = {c.name: c.callback_timeout_ms + (
+        c.status_queries_max * c.status_query_timeout_ms if c.status_query else 0)
+        for c in load_routing(settings.config_dir).channels}
+    seen: OrderedDict[str, tuple[int, Answer]] = OrderedDict()
     bootstrap = settings.bootstrap_servers()
     consumer = AIOKafkaConsumer(t.CHANNEL_REQUESTS, bootstrap_servers=bootstrap,
                                 group_id=f"{settings.app_id}-simulator",
@@ -39,7 +45,7 @@ async def run_simulator(settings: Settings, stop: asyncio.Event) -> None:
             for records in batch.values():
                 for record in records:
                     task = _schedule(record, profiles, timeouts, settings.simulator_seed,
-                                     producer)
+                                     producer, seen)
                     if task is not None:
                         pending.add(task)
                         task.add_done_callback(pending.discard)
@@ -50,7 +56,12 @@ async def run_simulator(settings: Settings, stop: asyncio.Event) -> None:
         await producer.stop()
 
 
-def _schedule(record, profiles, timeouts, seed: int, producer) -> asyncio.Task | None:
+SEEN_MAX = 500_000
+"""Requests the simulated channels remember for status queries (oldest forgotten first)."""
+
+
+def _schedule(record, profiles, timeouts, seed: int, producer, seen: OrderedDict
+              ) -> asyncio.Task | None:
     try:
         env = decode(record.value)
     except UndecodableEnvelope as exc:
@@ -62,10 +73,23 @@ def _schedule(record, profiles, timeouts, seed: int, producer) -> asyncio.Task |
         log.warning("no simulator for channel %s", request.channel)
         return None
     at = int(time.time() * 1000)
-    reply = answer(request, profile, seed, at, timeouts.get(request.channel, 30_000))
+    if request.operation is ChannelOperation.query:
+        known = seen.get(request.reference.split("/")[0])
+        response = query_answer(request, known[1] if known else None,
+                                known[0] if known else at, at)
+        CHANNEL_REQUESTS.labels(channel=request.channel, operation="query",
+                                outcome=response.outcome.value if response else "pending").inc()
+        if response is None:
+            return None
+        reply = Answer(response, 0, (0,))
+    else:
+        reply = answer(request, profile, seed, at, timeouts.get(request.channel, 30_000))
+        seen[request.request_id] = (at, reply)
+        while len(seen) > SEEN_MAX:
+            seen.popitem(last=False)
+        CHANNEL_REQUESTS.labels(channel=request.channel, operation=request.operation.value,
+                                outcome=reply.response.outcome.value).inc()
     out = child(env, reply.response, 0, reply.response.responded_at_ms)
-    CHANNEL_REQUESTS.labels(channel=request.channel, operation=request.operation.value,
-                            outcome=reply.response.outcome.value).inc()
 
     async def deliver() -> None:
         waited_ms = 0

@@ -21,6 +21,8 @@ from streams.settings import Settings  # noqa: E402
 
 PARTITIONS = 4
 CALLBACK_TIMEOUT_MS = 2_000
+STATUS_QUERY_TIMEOUT_MS = 500
+"""Two status queries 0.5 s apart after the 2 s callback timeout: timed_out at 3 s."""
 WALLET_AUTHORIZATION_TTL_MS = 3_000
 
 
@@ -69,6 +71,7 @@ def deterministic_config(tmp_path_factory) -> Path:
     routing = yaml.safe_load((shipped / "routing.yaml").read_text())
     for channel in routing["channels"]:
         channel["callback_timeout_ms"] = CALLBACK_TIMEOUT_MS
+        channel["status_query_timeout_ms"] = STATUS_QUERY_TIMEOUT_MS
         if channel["kind"] == "card":
             channel["late_success"] = "refund"
     by_name = {c["name"]: c for c in routing["channels"]}

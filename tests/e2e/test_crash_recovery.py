@@ -89,7 +89,7 @@ def _plain_amount(rng: random.Random) -> int:
     """A random amount the simulator treats normally (no magic but the decline, 013)."""
     while True:
         amount = rng.randrange(100, 90_000)
-        if amount % 1000 not in (207, 408, 409, 422, 503):
+        if amount % 1000 not in (207, 408, 409, 411, 422, 503):
             return amount
 
 

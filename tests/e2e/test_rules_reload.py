@@ -70,8 +70,9 @@ def test_rule_files_reload_without_restart(reload_stack, config_copy):
         return next(e.reason for e in observer.history[payment_id_for(MERCHANT, order_no)]
                     if e.reason.startswith("routed"))
 
-    # 1. As shipped: a silent card acquirer times the order out (no failover on timeout).
-    send_command(producer, pay(MERCHANT, "silent-1", amount_minor=2_409))
+    # 1. As shipped: a card acquirer silent to callback and status queries times the order
+    #    out (no failover on timeout).
+    send_command(producer, pay(MERCHANT, "silent-1", amount_minor=2_411))
     assert wait_for_final(observer, MERCHANT, "silent-1").status == "timed_out"
     assert f"[routing {routing_v1}]" in routed_reason("silent-1")
     assert f"[rules {risk_v1}]" in first_reason("silent-1")
@@ -84,7 +85,7 @@ def test_rule_files_reload_without_restart(reload_stack, config_copy):
 
     routing_v2 = _rewrite(config_copy / "routing.yaml", failover_on_timeout)
     _wait_for_log(reload_stack, "worker-0", f"rules {routing_v2} in force")
-    send_command(producer, pay(MERCHANT, "silent-2", amount_minor=3_409))
+    send_command(producer, pay(MERCHANT, "silent-2", amount_minor=3_411))
     final = wait_for_final(observer, MERCHANT, "silent-2",
                            statuses={"succeeded", "failed", "timed_out"})
     reasons = [e.reason for e in observer.history[payment_id_for(MERCHANT, "silent-2")]]

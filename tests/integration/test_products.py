@@ -1,7 +1,8 @@
 """Every product and exception path through the real broker, worker and channel simulator.
 
 The simulator's magic amounts (config/channels.yaml) make channels misbehave on purpose:
-...409 never answers, ...408 answers after the timeout, ...207 answers twice, ...422
+...409 loses its callback (a status query finds it), ...411 answers nothing, ...408
+answers after the timeout and the queries, ...207 answers twice, ...422
 reports one minor unit less. Test config: card callbacks time out after 2 s and late
 card successes are refunded; wallet authorizations expire after 3 s.
 """
@@ -184,13 +185,24 @@ class TestPreAuthorization:
 
 
 class TestChannelMisbehaviour:
-    def test_silent_channel_times_out(self, stack, producer, observer, merchant):
-        _send(producer, pay(merchant, "silent", amount_minor=2_409))
+    def test_lost_callback_found_by_status_query(self, stack, producer, observer, merchant):
+        _send(producer, pay(merchant, "lost", amount_minor=2_409))
+
+        final = wait_for_final(observer, merchant, "lost", timeout_s=20)
+
+        assert final.status == "succeeded"
+        assert final.reason == "by status query: captured"
+        assert _statuses(observer, merchant, "lost") == ["created", "processing", "succeeded"]
+
+    def test_channel_silent_to_callback_and_queries_times_out(self, stack, producer,
+                                                             observer, merchant):
+        _send(producer, pay(merchant, "silent", amount_minor=2_411))
 
         final = wait_for_final(observer, merchant, "silent", timeout_s=20)
 
         assert final.status == "timed_out"
-        assert "no answer" in final.reason
+        assert final.reason == ("no answer from card_acquirer in time: outcome unknown; "
+                                "a late answer is still applied by rule")
 
     def test_late_success_after_timeout_refunded_by_rule(self, stack, producer, observer,
                                                          merchant):

@@ -10,7 +10,16 @@ import pytest
 
 from domain.commands import Pay
 from domain.events import ChannelOperation, ChannelOutcome, ChannelRequested
-from simulators.channel import MAGIC_DECLINE_MINOR, answer, latency_ms
+from simulators.channel import (
+    LATE_BY_MS,
+    MAGIC_BLACK_HOLE_MINOR,
+    MAGIC_DECLINE_MINOR,
+    MAGIC_LATE_MINOR,
+    MAGIC_SILENT_MINOR,
+    answer,
+    latency_ms,
+    query_answer,
+)
 from streams.channels_config import SimulatorProfile
 from streams.rules_config import load_routing
 from streams.config import ConfigError
@@ -155,3 +164,51 @@ class TestCallbackIdentity:
         assert said(ChannelOutcome.declined, 1_000) == first
         assert said(ChannelOutcome.succeeded, 1_000) != first
         assert said(ChannelOutcome.declined, 900) != first
+
+
+class TestStatusQuery:
+    """What a simulated channel says when the core asks about an attempt."""
+
+    PROFILE = SimulatorProfile(decline_bps=0, latency_ms_median=40, latency_ms_p99=40)
+
+    @staticmethod
+    def query(about: ChannelRequested, n: int = 1) -> ChannelRequested:
+        return ChannelRequested(request_id=f"q{n}", payment_id="pay_1", channel="wallet",
+                                operation=ChannelOperation.query,
+                                amount_minor=about.amount_minor, currency="USD",
+                                reference=f"{about.request_id}/{about.operation.value}/{n}")
+
+    def test_lost_callback_found_once_decided(self):
+        sale = request(amount_minor=2_000 + MAGIC_SILENT_MINOR)
+        known = answer(sale, self.PROFILE, 7, at_ms=1_000)
+        assert known.deliveries_ms == ()  # the callback never comes
+
+        early = query_answer(self.query(sale), known, 1_000, 1_000 + known.latency_ms - 1)
+        found = query_answer(self.query(sale), known, 1_000, 1_000 + known.latency_ms)
+
+        assert early is None  # still processing
+        assert found == known.response.model_copy(
+            update={"via_query": True, "responded_at_ms": 1_000 + known.latency_ms})
+
+    def test_late_answer_still_processing_when_asked(self):
+        sale = request(amount_minor=3_000 + MAGIC_LATE_MINOR)
+        known = answer(sale, self.PROFILE, 7, at_ms=0, callback_timeout_ms=3_000)
+
+        assert known.latency_ms == 3_000 + LATE_BY_MS
+        assert query_answer(self.query(sale), known, 0, 3_000 + LATE_BY_MS - 1) is None
+
+    def test_black_hole_answers_no_query(self):
+        sale = request(amount_minor=2_000 + MAGIC_BLACK_HOLE_MINOR)
+        known = answer(sale, self.PROFILE, 7, at_ms=0)
+
+        assert known.deliveries_ms == () and not known.answers_queries
+        assert query_answer(self.query(sale), known, 0, 10**9) is None
+
+    def test_unknown_request_is_not_found_for_the_attempt(self):
+        sale = request("req_never_seen", operation=ChannelOperation.authorize)
+
+        reply = query_answer(self.query(sale, n=2), None, 0, 5_000)
+
+        assert (reply.request_id, reply.operation, reply.outcome, reply.decline_code,
+                reply.via_query) == ("req_never_seen", ChannelOperation.authorize,
+                                     ChannelOutcome.declined, "not_found", True)
