@@ -37,6 +37,7 @@ from domain.orders import (
     decide_mandate_checked,
     decide_settlement,
 )
+from domain.order_answers import channel_could_not
 from domain.order_state import is_attempt
 from domain.routing import (
     INTERNAL_CHANNEL,
@@ -53,6 +54,7 @@ from streams.app import Wire, now_ms
 from streams.envelope import Envelope, child, decode, encode
 from streams.metrics import (
     BREAKER_STATE,
+    CALLBACKS,
     CHANNEL_ATTEMPTS,
     CHANNEL_SUCCESS_RATE,
     COMMANDS,
@@ -138,6 +140,8 @@ def register(wire: Wire) -> None:
         raw = orders.get(event.message.key)
         row = OrderRow.model_validate_json(raw) if raw else OrderRow()
         again = recall(row.outbox, env.message_id)
+        if isinstance(env.body, ChannelResponded):
+            _count_callback(env.body, row.order, again is not None)
         if again is not None:  # redelivered after a crash: send what we meant to send
             track_deadline(event.message.key, row.order)
             await wire.send_all(again)
@@ -211,8 +215,7 @@ def _observe(health: ChannelHealth, before: Order | None, body, decision: Decisi
             return
         outcome = Outcome.succeeded
         if body.outcome.value == "declined":
-            retriable = before.route_for(request.channel).retriable_declines
-            outcome = Outcome.error if body.decline_code in retriable else Outcome.declined
+            outcome = Outcome.error if channel_could_not(before, body) else Outcome.declined
         first = request.channel == before.route.channel
         started = next((h.at_ms for h in reversed(before.history)
                         if h.reason.startswith(f"attempt on {request.channel}")
@@ -239,6 +242,26 @@ def _observe(health: ChannelHealth, before: Order | None, body, decision: Decisi
         if failed_over:
             FAILOVERS.labels(from_channel=(before.retry_routes or (before.route,))[-1].channel,
                              to_channel=after.retry_routes[-1].channel, cause="timeout").inc()
+
+
+def _count_callback(body: ChannelResponded, order: Order | None, copy: bool) -> None:
+    """Channel answers by what became of them: applied, a replayed copy, late or
+    contradicting (for reconciliation), for a request or order we do not know."""
+    if copy:
+        result = "replayed"
+    elif order is None:
+        result = "unknown_order"
+    elif not any(r.request_id == body.request_id for r in order.requests):
+        result = "unknown_request"
+    else:
+        applied = next((a for a in order.applied if a.request_id == body.request_id), None)
+        if applied is None:
+            result = "applied"
+        elif (applied.outcome, applied.amount_minor) == (body.outcome, body.amount_minor):
+            result = "replayed"
+        else:
+            result = "contradicting"
+    CALLBACKS.labels(channel=body.channel, result=result).inc()
 
 
 def _count(body, decision: Decision) -> None:

@@ -135,6 +135,16 @@ def start_attempt(order: Order, route: Route, reference: str, before: tuple, now
 
 
 FAILOVER_PREFIX = "failover-"
+NOT_FOUND = "not_found"
+"""A status query's answer for a request the channel never received: nothing was
+charged, so the payment may safely be tried elsewhere."""
+
+
+def channel_could_not(order: Order, resp: ChannelResponded) -> bool:
+    """A technical decline (the channel's fault, not the payer's): fail over, and count it
+    against the channel's health."""
+    return resp.decline_code in order.route_for(resp.channel).retriable_declines or (
+        resp.via_query and resp.decline_code == NOT_FOUND)
 
 
 def failover(order: Order, failed: ChannelRequested, cause: str, now_ms: int
@@ -246,7 +256,7 @@ def _attempt_declined(order: Order, request, resp, now_ms) -> Decision:
         noted = note(order, trigger, f"attempt on {request.channel} declined: "
                      f"{resp.decline_code}; another attempt is open", now_ms)
         return Decision(noted, (), C.accepted)
-    if resp.decline_code in order.route_for(request.channel).retriable_declines:
+    if channel_could_not(order, resp):
         moved = failover(order, request, f"retriable decline {resp.decline_code}", now_ms)
         if moved is not None:
             return moved
@@ -284,7 +294,7 @@ def _after_timeout(order: Order, request, resp, now_ms) -> Decision:
             return Decision(noted, (), C.accepted)
         order, release = _release_payer_hold(order)
         moved, event = transition(order, S.failed, request.operation.value,
-                                  f"late decline: {resp.decline_code}", now_ms)
+                                  f"late decline: {resp.decline_code}", now_ms, deadline_ms=0)
         return Decision(moved, (event, *release), C.accepted)
     if _other_money(request, resp):
         return _late(order, resp, now_ms, f"with other money ({resp.amount_minor} "
@@ -297,7 +307,7 @@ def _after_timeout(order: Order, request, resp, now_ms) -> Decision:
     if open_requests(parked.order, ChannelOperation.sale, ChannelOperation.authorize):
         return parked  # the payer's other attempt may still pay the order
     moved, event = transition(parked.order, S.failed, request.operation.value,
-                              "late success refunded by rule", now_ms)
+                              "late success refunded by rule", now_ms, deadline_ms=0)
     return Decision(moved, parked.outputs + (event,), parked.status)
 
 
@@ -568,19 +578,49 @@ def decide_mandate_checked(order: Order | None, answer: MandateChecked, now_ms: 
     return Decision(moved, (event, *sent), C.accepted)
 
 
+FOLLOW_UP_QUERIES_MAX = 8
+"""Queries about an attempt still unknown after the order timed out, each twice as far
+apart as the one before (capped at ``FOLLOW_UP_GAP_MS_MAX``): a channel that was down
+answers once it is back. After these, reconciliation resolves it."""
+FOLLOW_UP_GAP_MS_MAX = 3_600_000
+
+
+def _queries_about(order: Order, attempt: ChannelRequested) -> int:
+    return sum(1 for r in order.requests if r.operation is ChannelOperation.query
+               and r.reference.split("/")[0] == attempt.request_id)
+
+
 def query_status(order: Order, attempt: ChannelRequested, now_ms: int) -> Decision | None:
     """Ask the channel what became of a silent attempt, if it takes queries and we have
-    not asked as often as it allows; None when it is time to give up on it."""
+    not asked as often as it allows; None when it is time to give up waiting for it."""
     route = order.route_for(attempt.channel)
-    asked = sum(1 for r in order.requests if r.operation is ChannelOperation.query
-                and r.reference.split("/")[0] == attempt.request_id)
+    asked = _queries_about(order, attempt)
     if asked >= route.status_queries_max:
         return None
+    return _send_query(order, attempt, asked, f"query {asked + 1} of "
+                       f"{route.status_queries_max}", route.status_query_timeout_ms, now_ms)
+
+
+def _follow_up(order: Order, attempt: ChannelRequested, now_ms: int) -> Decision | None:
+    """A timed-out order keeps asking, ever less often, until the channel answers."""
+    route = order.route_for(attempt.channel)
+    asked = _queries_about(order, attempt)
+    extra = asked - route.status_queries_max
+    if not route.status_queries_max or extra >= FOLLOW_UP_QUERIES_MAX:
+        return None
+    gap = min(route.status_query_timeout_ms * 2 ** (extra + 1), FOLLOW_UP_GAP_MS_MAX)
+    return _send_query(order, attempt, asked, f"follow-up {extra + 1} of "
+                       f"{FOLLOW_UP_QUERIES_MAX} while the outcome is unknown", gap, now_ms)
+
+
+def _send_query(order: Order, attempt: ChannelRequested, asked: int, which: str,
+                wait_ms: int, now_ms: int) -> Decision:
+    route = order.route_for(attempt.channel)
     query = channel_request(order, route, ChannelOperation.query, attempt.amount_minor,
                             f"{attempt.request_id}/{attempt.operation.value}/{asked + 1}")
-    noted = note(order, "deadline", f"no answer from {attempt.channel} in time: asking its "
-                 f"status (query {asked + 1} of {route.status_queries_max})", now_ms)
-    noted = noted.model_copy(update={"deadline_ms": now_ms + route.status_query_timeout_ms})
+    noted = note(order, "deadline", f"no answer from {attempt.channel}: asking its status "
+                 f"({which})", now_ms)
+    noted = noted.model_copy(update={"deadline_ms": now_ms + wait_ms})
     updated, sent = send(noted, query, now_ms)
     return Decision(updated, sent, C.accepted)
 
@@ -614,7 +654,14 @@ def decide_deadline(order: Order | None, reached: DeadlineReached, now_ms: int) 
         moved, event = transition(cleared, S.timed_out, "deadline",
                                   f"no answer from {latest.channel} in time: outcome "
                                   "unknown; a late answer is still applied by rule", now_ms)
+        route = order.route_for(latest.channel)
+        if route.status_queries_max:  # ask again later, ever less often
+            moved = moved.model_copy(update={
+                "deadline_ms": now_ms + route.status_query_timeout_ms * 2})
         return Decision(moved, (event,), C.accepted)
+    if order.status is S.timed_out and attempts:
+        asked = _follow_up(cleared, attempts[-1], now_ms)
+        return asked if asked is not None else Decision(cleared, (), C.accepted)
     if order.status is S.authorized:
         voided = request_void(cleared, "deadline", "authorization expired: voiding", now_ms)
         if voided.status is C.accepted:

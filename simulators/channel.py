@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 from domain.events import ChannelOperation, ChannelOutcome, ChannelRequested, ChannelResponded
 from domain.ids import derive_id
+from simulators.faults import Drawn, FaultKind
 from streams.channels_config import SimulatorProfile
 
 MAGIC_DECLINE_MINOR = 13
@@ -108,3 +109,45 @@ def query_answer(query: ChannelRequested, known: Answer | None, requested_at_ms:
 _MAGIC = frozenset({MAGIC_DECLINE_MINOR, MAGIC_SILENT_MINOR, MAGIC_LATE_MINOR,
                     MAGIC_TWICE_MINOR, MAGIC_SHORT_MINOR, MAGIC_UNAVAILABLE_MINOR,
                     MAGIC_BLACK_HOLE_MINOR})
+
+
+def with_faults(reply: Answer, request: ChannelRequested, drawn: list[Drawn],
+                profile: SimulatorProfile, late_after_ms: int, seed: int) -> Answer | None:
+    """The answer as the faults that hit this request change it; None: the request is lost
+    (an outage). Payment attempts take every fault; follow-ups (capture, refund, void)
+    only outages and repeated callbacks."""
+    first_leg = request.operation in (ChannelOperation.sale, ChannelOperation.authorize,
+                                      ChannelOperation.payout)
+    response, delay, deliveries = reply.response, reply.latency_ms, reply.deliveries_ms
+    for fault, progress in drawn:
+        kind = fault.kind
+        if kind is FaultKind.outage:
+            return None
+        if kind is FaultKind.duplicate_callbacks and deliveries:
+            deliveries = (deliveries[0], deliveries[0] + 50, deliveries[0] + 300)
+        elif kind is FaultKind.out_of_order and deliveries:
+            rng = random.Random(f"{seed}:{request.request_id}:reorder")
+            deliveries = (deliveries[0], deliveries[0] + rng.randrange(1_000, 5_000))
+        elif not first_leg:
+            continue
+        elif kind is FaultKind.decline_spike:
+            response = response.model_copy(update={
+                "outcome": ChannelOutcome.declined,
+                "decline_code": fault.code or profile.unavailable_code})
+        elif kind is FaultKind.slow:
+            factor = 1 + (fault.slow_factor_pct / 100 - 1) * progress
+            delay = int(delay * factor)
+            deliveries = tuple(int(d * factor) for d in deliveries)
+        elif kind is FaultKind.no_callback:
+            deliveries = ()
+        elif kind is FaultKind.late_callback:
+            delay = late_after_ms + LATE_BY_MS
+            deliveries = (delay,)
+        elif kind is FaultKind.amount_mismatch:
+            response = response.model_copy(update={"amount_minor": request.amount_minor - 1})
+        elif kind is FaultKind.partial_payment:
+            response = response.model_copy(
+                update={"amount_minor": max(request.amount_minor // 2, 1)})
+    at = response.responded_at_ms - reply.latency_ms
+    response = response.model_copy(update={"responded_at_ms": at + delay})
+    return reply._replace(response=response, latency_ms=delay, deliveries_ms=deliveries)

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import OrderedDict
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from aiokafka import TopicPartition
+
 from domain.events import ChannelOperation
-from simulators.channel import Answer, answer, query_answer
+from simulators.channel import Answer, answer, query_answer, with_faults
+from simulators.faults import Drawn, FaultKind, FaultPlan, draw
 from streams import topics as t
 from streams.channels_config import load_simulators
 from streams.rules_config import load_routing
 from streams.envelope import UndecodableEnvelope, child, decode, encode
-from streams.metrics import CHANNEL_REQUESTS
+from streams.metrics import CHANNEL_REQUESTS, INJECTIONS
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -35,33 +39,75 @@ async def run_simulator(settings: Settings, stop: asyncio.Event) -> None:
     consumer = AIOKafkaConsumer(t.CHANNEL_REQUESTS, bootstrap_servers=bootstrap,
                                 group_id=f"{settings.app_id}-simulator",
                                 auto_offset_reset="earliest")
+    control = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                               auto_offset_reset="earliest")
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=-1, linger_ms=2)
     await producer.start()
     await consumer.start()
+    await control.start()
+    control.assign([TopicPartition(t.SIM_CONTROL, p) for p in range(settings.partitions)])
     pending: set[asyncio.Task] = set()
+    state = _State(profiles, timeouts, settings.simulator_seed, producer, seen)
     try:
         while not stop.is_set():
+            for records in (await control.getmany(timeout_ms=0)).values():
+                for record in records:
+                    state.plan_from(record.value)
             batch = await consumer.getmany(timeout_ms=200, max_records=500)
             for records in batch.values():
                 for record in records:
-                    task = _schedule(record, profiles, timeouts, settings.simulator_seed,
-                                     producer, seen)
+                    task = _schedule(record, state)
                     if task is not None:
                         pending.add(task)
                         task.add_done_callback(pending.discard)
         if pending:
             await asyncio.wait(pending, timeout=5)
     finally:
+        await control.stop()
         await consumer.stop()
         await producer.stop()
+
+
+class _State:
+    """What the simulated channels know: their profiles, the requests they received, the
+    fault plan in force."""
+
+    def __init__(self, profiles, timeouts, seed: int, producer, seen: OrderedDict) -> None:
+        self.profiles, self.timeouts, self.seed = profiles, timeouts, seed
+        self.producer, self.seen = producer, seen
+        self.plan: FaultPlan | None = None
+
+    def plan_from(self, raw: bytes) -> None:
+        try:
+            plan = FaultPlan.model_validate_json(raw)
+        except ValueError as exc:
+            log.warning("fault plan refused: %s", exc)
+            return
+        if self.plan is None or plan.start_ms >= self.plan.start_ms:
+            self.plan = plan
+            log.warning("fault plan %s in force from %d: %d faults", plan.scenario,
+                        plan.start_ms, len(plan.faults))
+
+    def report(self, request, drawn: list[Drawn], at_ms: int) -> None:
+        """Tell the scenario what was injected (best effort: a report, not a payment)."""
+        for fault, _ in drawn:
+            doc = {"scenario": self.plan.scenario if self.plan else "", "channel":
+                   request.channel, "kind": fault.kind.value, "payment_id": request.payment_id,
+                   "request_id": request.request_id, "operation": request.operation.value,
+                   "at_ms": at_ms}
+            INJECTIONS.labels(channel=request.channel, kind=fault.kind.value).inc()
+            asyncio.ensure_future(self.producer.send(
+                t.SIM_INJECTIONS, key=request.payment_id.encode(),
+                value=json.dumps(doc, separators=(",", ":")).encode()))
 
 
 SEEN_MAX = 500_000
 """Requests the simulated channels remember for status queries (oldest forgotten first)."""
 
 
-def _schedule(record, profiles, timeouts, seed: int, producer, seen: OrderedDict
-              ) -> asyncio.Task | None:
+def _schedule(record, state: _State) -> asyncio.Task | None:
+    profiles, timeouts, seed = state.profiles, state.timeouts, state.seed
+    producer, seen = state.producer, state.seen
     try:
         env = decode(record.value)
     except UndecodableEnvelope as exc:
@@ -74,6 +120,10 @@ def _schedule(record, profiles, timeouts, seed: int, producer, seen: OrderedDict
         return None
     at = int(time.time() * 1000)
     if request.operation is ChannelOperation.query:
+        down = [d for d in draw(state.plan, request.channel, request.request_id, at)
+                if d.fault.kind is FaultKind.outage]
+        if down:  # a channel that is down answers no query either
+            return None
         known = seen.get(request.reference.split("/")[0])
         response = query_answer(request, known[1] if known else None,
                                 known[0] if known else at, at)
@@ -83,7 +133,14 @@ def _schedule(record, profiles, timeouts, seed: int, producer, seen: OrderedDict
             return None
         reply = Answer(response, 0, (0,))
     else:
-        reply = answer(request, profile, seed, at, timeouts.get(request.channel, 30_000))
+        late_after_ms = timeouts.get(request.channel, 30_000)
+        reply = answer(request, profile, seed, at, late_after_ms)
+        drawn = draw(state.plan, request.channel, request.request_id, at)
+        if drawn:
+            state.report(request, drawn, at)
+            reply = with_faults(reply, request, drawn, profile, late_after_ms, seed)
+            if reply is None:  # lost in an outage: the channel never knew it
+                return None
         seen[request.request_id] = (at, reply)
         while len(seen) > SEEN_MAX:
             seen.popitem(last=False)

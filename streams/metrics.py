@@ -46,3 +46,7 @@ CHANNEL_SUCCESS_RATE = Gauge("paycore_channel_success_rate",
 CONFIG_RELOADS = Counter("paycore_config_reloads_total", "Rule file reloads by result",
                          ["file", "result"])
 CONFIG_VERSION = Info("paycore_config", "Rules version in force per file", ["file"])
+INJECTIONS = Counter("paycore_sim_injections_total", "Faults the channel simulator applied",
+                     ["channel", "kind"])
+CALLBACKS = Counter("paycore_callbacks_total", "Channel answers at the order stage by result",
+                    ["channel", "result"])

@@ -15,6 +15,9 @@ SETTLEMENTS = "pay.channel.settlements"      # key: payment id or channel serial
 EVENTS = "pay.events"                # key: payment id
 RECON_EXCEPTIONS = "pay.recon.exceptions"    # key: payment id
 DEADLETTER = "pay.deadletter"        # key: original key
+SIM_CONTROL = "pay.sim.control"      # simulator fault plans; key: scenario name
+SIM_INJECTIONS = "pay.sim.injections"  # faults the simulator applied; key: payment id
 
 ALL = (COMMANDS, DEDUP, RISK, ORDERS, MANDATES, CHANNEL_REQUESTS, CHANNEL_CALLBACKS,
-       LEDGER_POSTINGS, LEDGER_ENTRIES, SETTLEMENTS, EVENTS, RECON_EXCEPTIONS, DEADLETTER)
+       LEDGER_POSTINGS, LEDGER_ENTRIES, SETTLEMENTS, EVENTS, RECON_EXCEPTIONS, DEADLETTER,
+       SIM_CONTROL, SIM_INJECTIONS)

@@ -74,7 +74,7 @@ def test_query_answer_applied_like_the_callback_and_the_callback_then_a_replay()
 
 
 def test_not_found_by_query_fails_the_order_safely():
-    order, sale = _paid()
+    order, sale = _paid(RULES.model_copy(update={"max_attempts": 1}))
     asked = _deadline(order, T0 + 2_000).order
     not_found = ChannelResponded(request_id=sale.request_id, payment_id=sale.payment_id,
                                  channel="acq", operation=ChannelOperation.sale,
@@ -109,3 +109,60 @@ def test_channel_without_queries_times_out_at_once():
     order, _ = _paid(rules)
 
     assert _deadline(order, T0 + 2_000).order.status.value == "timed_out"
+
+
+def test_timed_out_order_keeps_asking_ever_less_often_then_leaves_it_to_reconciliation():
+    order, sale = _paid()
+    at = T0 + 2_000
+    for _ in range(2):  # the two queries before the timeout
+        order = _deadline(order, at).order
+        at = order.deadline_ms
+    timed_out = _deadline(order, at).order
+    assert timed_out.status.value == "timed_out" and timed_out.deadline_ms == at + 1_000
+
+    gaps, order, at = [], timed_out, timed_out.deadline_ms
+    while order.deadline_ms:
+        asked = _deadline(order, at)
+        if not of_type(asked, ChannelRequested):
+            break
+        gaps.append(asked.order.deadline_ms - at)
+        order, at = asked.order, asked.order.deadline_ms
+
+    assert gaps == [1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 64_000, 128_000]
+    assert order.status.value == "timed_out"
+    assert _deadline(order, at).order.deadline_ms == 0  # reconciliation's now
+
+
+def test_query_answer_after_the_timeout_resolves_the_order():
+    order, sale = _paid(RULES.model_copy(update={"max_attempts": 1}))
+    at = T0 + 2_000
+    for _ in range(3):
+        order = _deadline(order, at).order
+        at = order.deadline_ms or at
+    assert order.status.value == "timed_out"
+    not_found = ChannelResponded(request_id=sale.request_id, payment_id=sale.payment_id,
+                                 channel="acq", operation=ChannelOperation.sale,
+                                 outcome=ChannelOutcome.declined, amount_minor=1_000,
+                                 currency="EUR", channel_serial="", decline_code="not_found",
+                                 via_query=True)
+
+    failed = decide_channel_response(_deadline(order, at).order, not_found, at + 10)
+
+    assert failed.order.status.value == "failed"
+    assert failed.order.deadline_ms == 0
+
+
+def test_not_found_fails_over_when_another_candidate_remains():
+    order, sale = _paid()
+    asked = _deadline(order, T0 + 2_000).order
+    not_found = ChannelResponded(request_id=sale.request_id, payment_id=sale.payment_id,
+                                 channel="acq", operation=ChannelOperation.sale,
+                                 outcome=ChannelOutcome.declined, amount_minor=1_000,
+                                 currency="EUR", channel_serial="", decline_code="not_found",
+                                 via_query=True)
+
+    moved = decide_channel_response(asked, not_found, T0 + 2_100)
+
+    retry = only(moved, ChannelRequested)
+    assert (retry.channel, retry.reference) == ("backup", "failover-1")
+    assert moved.order.status.value == "processing"
