@@ -29,13 +29,26 @@ class OutboxEntry(BaseModel):
 
     cause_id: str
     sent: tuple[Outgoing, ...]
+    source: str = ""
+    """Where the cause was read (topic, partition, offset); '' if not recorded."""
 
 
-def remember(outbox: tuple[OutboxEntry, ...], cause_id: str, sent: list[Outgoing]
-             ) -> tuple[OutboxEntry, ...]:
+def remember(outbox: tuple[OutboxEntry, ...], cause_id: str, sent: list[Outgoing],
+             source: str = "") -> tuple[OutboxEntry, ...]:
     kept = tuple(e for e in outbox if e.cause_id != cause_id)
-    return (kept + (OutboxEntry(cause_id=cause_id, sent=tuple(sent)),))[-OUTBOX_CAUSES_KEPT:]
+    entry = OutboxEntry(cause_id=cause_id, sent=tuple(sent), source=source)
+    return (kept + (entry,))[-OUTBOX_CAUSES_KEPT:]
 
 
-def recall(outbox: tuple[OutboxEntry, ...], cause_id: str) -> tuple[Outgoing, ...] | None:
-    return next((e.sent for e in outbox if e.cause_id == cause_id), None)
+def recall(outbox: tuple[OutboxEntry, ...], cause_id: str, source: str = ""
+           ) -> tuple[Outgoing, ...] | None:
+    """What to send again for this cause, or None if it is new. The same message read at
+    the same place is a redelivery (a crash came between the write and the sends): send
+    it all again. Read at another place it is a copy the sender made (a channel notifying
+    twice): what it caused was sent when the first copy was handled, so nothing."""
+    entry = next((e for e in outbox if e.cause_id == cause_id), None)
+    if entry is None:
+        return None
+    if source and entry.source and entry.source != source:
+        return ()
+    return entry.sent

@@ -10,6 +10,7 @@ from agents._outbox import Outgoing, OutboxEntry, recall, remember
 from agents._stage import consume, table
 from domain.commands import CHANNEL_METHODS, Command, Method, OrderCommand, Pay, TopUp, Withdraw
 from domain.events import (
+    ChannelOperation,
     ChannelRequested,
     ChannelResponded,
     CommandRejected,
@@ -37,6 +38,7 @@ from domain.orders import (
     decide_mandate_checked,
     decide_settlement,
 )
+from domain.ids import derive_id
 from domain.order_answers import channel_could_not
 from domain.order_state import is_attempt
 from domain.routing import (
@@ -107,6 +109,19 @@ def register(wire: Wire) -> None:
                                      rule=plan.rule_id or "none").inc()
         return plan
 
+    async def acknowledge(env: Envelope, at: int) -> None:
+        """A channel that re-sends its notifications until acknowledged hears from us each
+        time (before we act on it: a lost acknowledgement only costs a repeat)."""
+        resp = env.body
+        terms = routing.current.channel(resp.channel)
+        if terms is None or not terms.notify_until_ack or resp.outcome.value == "pending":
+            return
+        ack = ChannelRequested(request_id=derive_id("ack", resp.request_id),
+                               payment_id=resp.payment_id, channel=resp.channel,
+                               operation=ChannelOperation.ack, amount_minor=0,
+                               currency=resp.currency, reference=resp.request_id)
+        await wire.send(t.CHANNEL_REQUESTS, resp.payment_id, child(env, ack, 0, at))
+
     def decide(order: Order | None, body, at: int) -> Decision:
         ttl = routing.current.balance_authorization_ttl_ms
         if isinstance(body, RiskScreened):
@@ -139,9 +154,11 @@ def register(wire: Wire) -> None:
         key = event.message.key.decode()
         raw = orders.get(event.message.key)
         row = OrderRow.model_validate_json(raw) if raw else OrderRow()
-        again = recall(row.outbox, env.message_id)
+        source = f"{event.message.topic}:{event.message.partition}:{event.message.offset}"
+        again = recall(row.outbox, env.message_id, source)
         if isinstance(env.body, ChannelResponded):
             _count_callback(env.body, row.order, again is not None)
+            await acknowledge(env, at)
         if again is not None:  # redelivered after a crash: send what we meant to send
             track_deadline(event.message.key, row.order)
             await wire.send_all(again)
@@ -151,7 +168,8 @@ def register(wire: Wire) -> None:
         outgoing = _outgoing(env, decision, key, at, place)
         order = decision.order or row.order
         if outgoing or order != row.order:
-            updated = OrderRow(order=order, outbox=remember(row.outbox, env.message_id, outgoing))
+            updated = OrderRow(order=order, outbox=remember(row.outbox, env.message_id, outgoing,
+                                                            source))
             orders[event.message.key] = updated.model_dump_json().encode()
         before = row.order.deadline_ms if row.order else 0
         if isinstance(env.body, DeadlineReached) or (order and order.deadline_ms != before):
@@ -211,6 +229,7 @@ def _observe(health: ChannelHealth, before: Order | None, body, decision: Decisi
     if isinstance(body, ChannelResponded):
         request = next((r for r in before.requests if r.request_id == body.request_id), None)
         if request is None or not is_attempt(request) or request.channel == INTERNAL_CHANNEL \
+                or body.outcome.value == "pending" \
                 or any(a.request_id == body.request_id for a in before.applied):
             return
         outcome = Outcome.succeeded

@@ -21,6 +21,9 @@ class ChannelOperation(str, Enum):
     """Take back a captured sale that has not settled (revocation)."""
     payout = "payout"
     """Send money out of a wallet (withdrawal)."""
+    ack = "ack"
+    """We have the channel's notification: a channel that re-sends until acknowledged
+    (a wallet) stops. ``reference``: the request id the notification answered."""
     query = "query"
     """Ask what became of an attempt whose callback did not come (``reference``: the
     attempt's request id, then ``/`` and the query's number). The channel answers with a
@@ -30,6 +33,8 @@ class ChannelOperation(str, Enum):
 class ChannelOutcome(str, Enum):
     succeeded = "succeeded"
     declined = "declined"
+    pending = "pending"
+    """Taken, not decided: the payer was sent to the bank's page; the outcome follows."""
 
 
 class ChannelRequested(Message):

@@ -197,6 +197,11 @@ def decide_channel_response(order: Order | None, resp: ChannelResponded, now_ms:
         noted = note(order, resp.operation.value, f"callback for unknown request "
                      f"{resp.request_id} ignored", now_ms)
         return Decision(noted, (), C.callback_for_unknown_request)
+    if resp.outcome is ChannelOutcome.pending:  # a redirect: the outcome comes later
+        said = f"{request.channel} took the request: waiting for the payer and its notification"
+        if any(h.reason == said for h in order.history):
+            return Decision(order, (), C.callback_replayed)
+        return Decision(note(order, request.operation.value, said, now_ms), (), C.accepted)
     applied = next((a for a in order.applied if a.request_id == resp.request_id), None)
     if applied is not None and (applied.outcome is not resp.outcome
                                 or applied.amount_minor != resp.amount_minor
@@ -440,6 +445,8 @@ _RESPONSE_HANDLERS = {
     ChannelOperation.sale: _on_attempt,
     ChannelOperation.authorize: _on_attempt,
     ChannelOperation.payout: _on_attempt,
+    ChannelOperation.ack: lambda order, request, resp, now_ms: _late(
+        order, resp, now_ms, "addressed to an acknowledgement"),
     ChannelOperation.query: lambda order, request, resp, now_ms: _late(
         order, resp, now_ms, "addressed to a status query itself (answers name the attempt)"),
     ChannelOperation.capture: _on_capture,
@@ -647,7 +654,10 @@ def decide_deadline(order: Order | None, reached: DeadlineReached, now_ms: int) 
         asked = query_status(cleared, latest, now_ms)
         if asked is not None:
             return asked
-        if order.route_for(latest.channel).failover_on_timeout:
+        # Never a payout: money that may have left cannot be called back (a sale's second
+        # success can be refunded; a second payout cannot).
+        if order.route_for(latest.channel).failover_on_timeout and \
+                latest.operation is not ChannelOperation.payout:
             moved = failover(cleared, latest, "no answer in time", now_ms)
             if moved is not None:
                 return moved

@@ -57,6 +57,8 @@ class ChannelTerms(Message):
     retriable_declines: tuple[str, ...] = ()
     """Decline codes that say "the channel could not", not "the payer may not": these fail
     over to the next candidate and count as channel errors for the circuit breaker."""
+    notify_until_ack: bool = False
+    """The channel re-sends each notification until we acknowledge it (wallets do)."""
     failover_on_timeout: bool = False
     """Try the next candidate when this channel does not answer in time. Off by default: a
     silent channel may still have charged the payer; the order stays open for the late

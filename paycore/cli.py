@@ -1,4 +1,5 @@
-"""``paycore``: up, worker, api, simulate, audit, demo, risk and routing backtests."""
+"""``paycore``: up, worker, api, simulate (the simulator, or a scenario file), audit, demo,
+risk and routing backtests."""
 
 from __future__ import annotations
 
@@ -79,6 +80,14 @@ def _serve(metrics_port: int, run) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    """No file: the channel simulator process (``paycore up`` starts it). A scenario file:
+    run that scenario against the stack and report (paycore/scenario.py)."""
+    if args.scenario is not None:
+        from paycore.scenario import run_scenario_file
+
+        attach = True if args.attach else False if args.start_stack else None
+        return run_scenario_file(args.scenario, Settings(), short=args.short or None,
+                                 seed=args.seed, out_dir=args.out, attach=attach)
     from simulators.runner import run_simulator
 
     settings = Settings()
@@ -134,6 +143,32 @@ def _add_rules_commands(sub) -> None:
             record.set_defaults(run=cmd_risk_record)
 
 
+def _add_simulate(sub) -> None:
+    """``paycore simulate``: the simulator process; ``paycore simulate FILE.yaml``: a
+    scenario (the flags apply to scenarios only)."""
+    from pathlib import Path
+
+    simulate = sub.add_parser(
+        "simulate", help="the channel simulators; with a scenario file: run the scenario",
+        description="Without FILE: the channel simulator process. With FILE: start the "
+        "stack (embedded unless PAYCORE_KAFKA_BOOTSTRAP names a running one), run the "
+        "scenario's load and faults, wait until every payment is final, print and write "
+        "a report (JSON, PNG timeline) to .paycore/scenarios/<name>-<seed>/.")
+    simulate.add_argument("scenario", nargs="?", type=Path, default=None, metavar="FILE",
+                          help="a scenario file, e.g. simulators/scenarios/normal-day.yaml")
+    simulate.add_argument("--short", action="store_true",
+                          help="the short form (CI); also PAYCORE_SCENARIO_SHORT=1")
+    simulate.add_argument("--seed", type=int, default=None, help="instead of the file's seed")
+    simulate.add_argument("--out", type=Path, default=None, help="output folder")
+    where = simulate.add_mutually_exclusive_group()
+    where.add_argument("--attach", action="store_true",
+                       help="use the stack running at PAYCORE_KAFKA_BOOTSTRAP")
+    where.add_argument("--start-stack", action="store_true",
+                       help="start worker, simulator and auditor even when "
+                       "PAYCORE_KAFKA_BOOTSTRAP is set (on that broker)")
+    simulate.set_defaults(run=cmd_simulate)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("kafka", "aiokafka"):
@@ -147,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("--index", type=int, default=0, help="worker number on this host")
     worker.set_defaults(run=cmd_worker)
     sub.add_parser("api", help="the HTTP API").set_defaults(run=cmd_api)
-    sub.add_parser("simulate", help="the channel simulators").set_defaults(run=cmd_simulate)
+    _add_simulate(sub)
     sub.add_parser("audit", help="the ledger auditor (all partitions)").set_defaults(
         run=cmd_audit)
     demo = sub.add_parser("demo", help="bring the stack up, run a scripted demo, summarize")
@@ -156,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.set_defaults(run=cmd_demo)
     _add_rules_commands(sub)
     args = parser.parse_args(argv)
+    if args.command == "simulate" and args.scenario is None and (
+            args.short or args.seed is not None or args.out or args.attach or args.start_stack):
+        parser.error("simulate: --short, --seed, --out, --attach and --start-stack need FILE")
     return args.run(args)
 
 

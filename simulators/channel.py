@@ -31,7 +31,11 @@ MAGIC_SHORT_MINOR = 422
 """... 422: the channel reports one minor unit less than asked (amount mismatch)."""
 MAGIC_UNAVAILABLE_MINOR = 503
 """... 503: declined with the channel's technical code (``unavailable_code``): failover."""
-LATE_BY_MS = 1_500
+LATE_BY_MS = 3_000
+CARD_NOTIFY_AFTER_MS = 200
+"""A card acquirer's asynchronous notification follows its answer by this much."""
+WALLET_RESEND_MS = (1_000, 2_000, 4_000, 8_000)
+"""A wallet re-sends an unacknowledged notification after these waits, then gives up."""
 
 # z-score of the 99th percentile of a standard normal: lognormal tail from median and p99.
 _Z99 = 2.326
@@ -45,6 +49,10 @@ class Answer(NamedTuple):
     a channel that repeats itself."""
     answers_queries: bool = True
     """False: status queries about this request go unanswered too."""
+    redirect: ChannelResponded | None = None
+    """A bank's first answer (pending: the payer is on the bank's page), sent at once."""
+    until_ack: bool = False
+    """A wallet: after the last delivery, re-send until acknowledged."""
 
 
 def latency_ms(rng: random.Random, profile: SimulatorProfile) -> int:
@@ -79,13 +87,26 @@ def answer(request: ChannelRequested, profile: SimulatorProfile, seed: int, at_m
         amount -= 1
     deliveries = {MAGIC_SILENT_MINOR: (), MAGIC_BLACK_HOLE_MINOR: (),
                   MAGIC_TWICE_MINOR: (delay, delay + 50)}.get(magic, (delay,))
+    redirect, until_ack = None, False
+    if first_leg and deliveries and profile.protocol == "card":
+        # The synchronous answer, then the acquirer's asynchronous notification.
+        deliveries = (*deliveries, deliveries[-1] + CARD_NOTIFY_AFTER_MS)
+    elif first_leg and profile.protocol == "bank" and magic != MAGIC_BLACK_HOLE_MINOR:
+        redirect = ChannelResponded(
+            request_id=request.request_id, payment_id=request.payment_id,
+            channel=request.channel, operation=request.operation,
+            outcome=ChannelOutcome.pending, amount_minor=request.amount_minor,
+            currency=request.currency, channel_serial="", responded_at_ms=at_ms)
+    elif profile.protocol == "wallet" and deliveries:
+        until_ack = True
     response = ChannelResponded(
         request_id=request.request_id, payment_id=request.payment_id, channel=request.channel,
         operation=request.operation, outcome=outcome, amount_minor=amount,
         currency=request.currency, channel_serial=derive_id("sn", request.channel,
                                                                  request.request_id),
         decline_code=code, responded_at_ms=at_ms + delay)
-    return Answer(response, delay, deliveries, magic != MAGIC_BLACK_HOLE_MINOR)
+    return Answer(response, delay, deliveries, magic != MAGIC_BLACK_HOLE_MINOR, redirect,
+                  until_ack)
 
 
 def query_answer(query: ChannelRequested, known: Answer | None, requested_at_ms: int,
@@ -140,6 +161,7 @@ def with_faults(reply: Answer, request: ChannelRequested, drawn: list[Drawn],
             deliveries = tuple(int(d * factor) for d in deliveries)
         elif kind is FaultKind.no_callback:
             deliveries = ()
+            reply = reply._replace(until_ack=False)
         elif kind is FaultKind.late_callback:
             delay = late_after_ms + LATE_BY_MS
             deliveries = (delay,)

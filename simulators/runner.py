@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka import TopicPartition
 
 from domain.events import ChannelOperation
-from simulators.channel import Answer, answer, query_answer, with_faults
+from simulators.channel import WALLET_RESEND_MS, Answer, answer, query_answer, with_faults
 from simulators.faults import Drawn, FaultKind, FaultPlan, draw
 from streams import topics as t
 from streams.channels_config import load_simulators
@@ -76,6 +76,7 @@ class _State:
         self.profiles, self.timeouts, self.seed = profiles, timeouts, seed
         self.producer, self.seen = producer, seen
         self.plan: FaultPlan | None = None
+        self.acked: OrderedDict[str, int] = OrderedDict()
 
     def plan_from(self, raw: bytes) -> None:
         try:
@@ -119,6 +120,11 @@ def _schedule(record, state: _State) -> asyncio.Task | None:
         log.warning("no simulator for channel %s", request.channel)
         return None
     at = int(time.time() * 1000)
+    if request.operation is ChannelOperation.ack:
+        state.acked[request.reference] = at
+        while len(state.acked) > SEEN_MAX:
+            state.acked.popitem(last=False)
+        return None
     if request.operation is ChannelOperation.query:
         down = [d for d in draw(state.plan, request.channel, request.request_id, at)
                 if d.fault.kind is FaultKind.outage]
@@ -149,17 +155,25 @@ def _schedule(record, state: _State) -> asyncio.Task | None:
     out = child(env, reply.response, 0, reply.response.responded_at_ms)
 
     async def deliver() -> None:
+        if reply.redirect is not None:  # the bank's page first, the outcome later
+            await send_once(child(env, reply.redirect, 1, at))
         waited_ms = 0
         for due_ms in reply.deliveries_ms:
             await asyncio.sleep((due_ms - waited_ms) / 1000)
             waited_ms = due_ms
-            await send_once()
+            await send_once(out)
+        if reply.until_ack:  # a wallet notifies again until acknowledged
+            for wait_ms in WALLET_RESEND_MS:
+                await asyncio.sleep(wait_ms / 1000)
+                if request.request_id in state.acked:
+                    return
+                await send_once(out)
 
-    async def send_once() -> None:
+    async def send_once(message) -> None:
         for attempt in range(SEND_ATTEMPTS):
             try:
                 await producer.send_and_wait(t.CHANNEL_CALLBACKS, key=record.key,
-                                             value=encode(out))
+                                             value=encode(message))
                 return
             except Exception as exc:  # a broker blip must not silently drop the callback
                 log.warning("callback for %s not sent (%r), retrying", request.request_id, exc)

@@ -15,6 +15,10 @@ class SimulatorProfile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     channel: str = ""
+    protocol: str = Field(default="card", pattern=r"^(card|bank|wallet)$")
+    """card: an answer, then an asynchronous notification of the same outcome; bank: the
+    payer is redirected (a pending answer), the outcome is notified later; wallet: the
+    outcome is notified again and again until paycore acknowledges it."""
     latency_ms_median: int = Field(default=20, ge=0, le=60_000)
     latency_ms_p99: int = Field(default=80, ge=0, le=120_000)
     decline_bps: int = Field(default=0, ge=0, le=10_000)

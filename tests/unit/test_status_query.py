@@ -166,3 +166,23 @@ def test_not_found_fails_over_when_another_candidate_remains():
     retry = only(moved, ChannelRequested)
     assert (retry.channel, retry.reference) == ("backup", "failover-1")
     assert moved.order.status.value == "processing"
+
+
+def test_bank_redirect_is_noted_once_and_the_notification_decides():
+    order, sale = _paid()
+    pending = ChannelResponded(request_id=sale.request_id, payment_id=sale.payment_id,
+                               channel="acq", operation=ChannelOperation.sale,
+                               outcome=ChannelOutcome.pending, amount_minor=1_000,
+                               currency="EUR", channel_serial="")
+    paid = pending.model_copy(update={"outcome": ChannelOutcome.succeeded,
+                                      "channel_serial": "s1"})
+
+    redirected = decide_channel_response(order, pending, T0 + 10)
+    again = decide_channel_response(redirected.order, pending, T0 + 20)
+    final = decide_channel_response(again.order, paid, T0 + 900)
+
+    assert redirected.status is CommandStatus.accepted and redirected.outputs == ()
+    assert redirected.order.status.value == "processing" and redirected.order.applied == ()
+    assert "waiting for the payer" in redirected.order.history[-1].reason
+    assert again.status is CommandStatus.callback_replayed
+    assert final.order.status.value == "succeeded"

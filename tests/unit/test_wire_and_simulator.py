@@ -11,6 +11,7 @@ import pytest
 from domain.commands import Pay
 from domain.events import ChannelOperation, ChannelOutcome, ChannelRequested
 from simulators.channel import (
+    CARD_NOTIFY_AFTER_MS,
     LATE_BY_MS,
     MAGIC_BLACK_HOLE_MINOR,
     MAGIC_DECLINE_MINOR,
@@ -212,3 +213,33 @@ class TestStatusQuery:
         assert (reply.request_id, reply.operation, reply.outcome, reply.decline_code,
                 reply.via_query) == ("req_never_seen", ChannelOperation.authorize,
                                      ChannelOutcome.declined, "not_found", True)
+
+
+class TestProtocols:
+    """Each channel kind's own shape: card answers then notifies, a bank redirects then
+    notifies, a wallet notifies until acknowledged."""
+
+    def reply(self, protocol: str, amount_minor: int = 1_000):
+        profile = SimulatorProfile(protocol=protocol, latency_ms_median=40, latency_ms_p99=40)
+        return answer(request(amount_minor=amount_minor), profile, 7, at_ms=0)
+
+    def test_card_answer_then_asynchronous_notification(self):
+        card = self.reply("card")
+
+        assert card.deliveries_ms == (card.latency_ms, card.latency_ms + CARD_NOTIFY_AFTER_MS)
+        assert card.redirect is None and not card.until_ack
+
+    def test_bank_redirects_first(self):
+        bank = self.reply("bank")
+
+        assert bank.redirect.outcome is ChannelOutcome.pending
+        assert bank.redirect.request_id == bank.response.request_id
+        assert bank.deliveries_ms == (bank.latency_ms,) and not bank.until_ack
+
+    def test_wallet_notifies_until_acknowledged(self):
+        wallet = self.reply("wallet")
+
+        assert wallet.until_ack and wallet.deliveries_ms == (wallet.latency_ms,)
+
+    def test_lost_wallet_notification_is_not_resent(self):
+        assert not self.reply("wallet", 2_000 + MAGIC_SILENT_MINOR).until_ack
