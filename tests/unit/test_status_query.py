@@ -33,6 +33,15 @@ def _paid(rules: RoutingRules = RULES):
     return decided.order, only(decided, ChannelRequested)
 
 
+def _not_found(sale: ChannelRequested) -> ChannelResponded:
+    """A status query's answer: the channel never received the attempt."""
+    return ChannelResponded(request_id=sale.request_id, payment_id=sale.payment_id,
+                            channel="acq", operation=ChannelOperation.sale,
+                            outcome=ChannelOutcome.declined, amount_minor=1_000,
+                            currency="EUR", channel_serial="", decline_code="not_found",
+                            via_query=True)
+
+
 def _deadline(order, at_ms: int):
     return decide_deadline(order, DeadlineReached(payment_id=order.payment_id,
                                                   deadline_ms=order.deadline_ms), at_ms)
@@ -76,11 +85,7 @@ def test_query_answer_applied_like_the_callback_and_the_callback_then_a_replay()
 def test_not_found_by_query_fails_the_order_safely():
     order, sale = _paid(RULES.model_copy(update={"max_attempts": 1}))
     asked = _deadline(order, T0 + 2_000).order
-    not_found = ChannelResponded(request_id=sale.request_id, payment_id=sale.payment_id,
-                                 channel="acq", operation=ChannelOperation.sale,
-                                 outcome=ChannelOutcome.declined, amount_minor=1_000,
-                                 currency="EUR", channel_serial="", decline_code="not_found",
-                                 via_query=True)
+    not_found = _not_found(sale)
 
     failed = decide_channel_response(asked, not_found, T0 + 2_100)
 
@@ -140,11 +145,7 @@ def test_query_answer_after_the_timeout_resolves_the_order():
         order = _deadline(order, at).order
         at = order.deadline_ms or at
     assert order.status.value == "timed_out"
-    not_found = ChannelResponded(request_id=sale.request_id, payment_id=sale.payment_id,
-                                 channel="acq", operation=ChannelOperation.sale,
-                                 outcome=ChannelOutcome.declined, amount_minor=1_000,
-                                 currency="EUR", channel_serial="", decline_code="not_found",
-                                 via_query=True)
+    not_found = _not_found(sale)
 
     failed = decide_channel_response(_deadline(order, at).order, not_found, at + 10)
 
@@ -155,11 +156,7 @@ def test_query_answer_after_the_timeout_resolves_the_order():
 def test_not_found_fails_over_when_another_candidate_remains():
     order, sale = _paid()
     asked = _deadline(order, T0 + 2_000).order
-    not_found = ChannelResponded(request_id=sale.request_id, payment_id=sale.payment_id,
-                                 channel="acq", operation=ChannelOperation.sale,
-                                 outcome=ChannelOutcome.declined, amount_minor=1_000,
-                                 currency="EUR", channel_serial="", decline_code="not_found",
-                                 via_query=True)
+    not_found = _not_found(sale)
 
     moved = decide_channel_response(asked, not_found, T0 + 2_100)
 
