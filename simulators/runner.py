@@ -21,6 +21,7 @@ from streams.rules_config import load_routing
 from streams.envelope import UndecodableEnvelope, child, decode, encode
 from streams.metrics import CHANNEL_REQUESTS, INJECTIONS
 from streams.settings import Settings
+from streams.tansu import FETCH_MAX_WAIT_MS
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,8 @@ async def run_simulator(settings: Settings, stop: asyncio.Event) -> None:
     bootstrap = settings.bootstrap_servers()
     consumer = AIOKafkaConsumer(t.CHANNEL_REQUESTS, bootstrap_servers=bootstrap,
                                 group_id=f"{settings.app_id}-simulator",
-                                auto_offset_reset="earliest")
+                                auto_offset_reset="earliest",
+                                fetch_max_wait_ms=FETCH_MAX_WAIT_MS)
     control = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
                                auto_offset_reset="earliest")
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=-1, linger_ms=2)

@@ -73,9 +73,10 @@ def create_app(settings: Settings, **overrides) -> Wire:
     )
     conf.update(overrides)
     if settings.embedded_broker:
-        from streams.tansu import patch_faust_highwaters
+        from streams.tansu import patch_faust_fetch_wait, patch_faust_highwaters
 
         patch_faust_highwaters(settings.bootstrap_servers())
+        patch_faust_fetch_wait()
     app = faust.App(settings.app_id, **conf)
     wire = Wire(app=app, settings=settings)
     for name in t.ALL:

@@ -59,3 +59,39 @@ def patch_faust_highwaters(bootstrap: str) -> None:
         return await true_end_offsets(consumer, bootstrap, list(partitions))
 
     driver.AIOKafkaConsumerThread._highwaters = _highwaters
+
+
+FETCH_MAX_WAIT_MS = 100
+
+
+def patch_faust_fetch_wait(wait_ms: int = FETCH_MAX_WAIT_MS) -> None:
+    """Faust asks every fetch to wait up to 1.5 s for data (hard-coded). Kafka answers a
+    fetch as soon as data arrives; this broker holds it for the whole wait, so each hop
+    of a payment could cost up to 1.5 s. Ask for short waits instead."""
+    from faust.transport.drivers import aiokafka as driver
+
+    real = driver.aiokafka.AIOKafkaConsumer
+    if getattr(real, "_paycore_short_wait", False):
+        return
+
+    class ShortWaitConsumer(real):
+        _paycore_short_wait = True
+
+        def __init__(self, *args, **kwargs):
+            if kwargs.get("fetch_max_wait_ms", 0) > wait_ms:
+                kwargs["fetch_max_wait_ms"] = wait_ms
+            super().__init__(*args, **kwargs)
+
+    driver.aiokafka = _ModuleWith(driver.aiokafka, AIOKafkaConsumer=ShortWaitConsumer)
+
+
+class _ModuleWith:
+    """A module seen through a few replaced attributes (only for Faust's driver)."""
+
+    def __init__(self, module, **replaced) -> None:
+        self._module, self._replaced = module, replaced
+
+    def __getattr__(self, name: str):
+        if name in self._replaced:
+            return self._replaced[name]
+        return getattr(self._module, name)
