@@ -112,6 +112,8 @@ class CommandStatus(IntEnum):
     """A review decision for an order not (or no longer) held for review."""
     attempt_refused_by_risk = 32
     """A payer's retry by another method that risk would not approve outright."""
+    order_held_for_review = 33
+    """A payer's retry while the order waits for an ops review: nothing is sent."""
 
     def transient(self) -> bool:
         return False

@@ -236,6 +236,8 @@ def _again(order: Order, cmd: Pay | Transfer | TopUp | Withdraw, route: Route | 
         return Decision(order, (), CommandStatus.order_exists_with_different_payload)
     if order.status in TERMINAL - {S.refunded, S.canceled}:
         return Decision(order, (), CommandStatus.order_already_final)
+    if order.status is S.risk_review:
+        return Decision(order, (), CommandStatus.order_held_for_review)
     if order.status is not S.processing:
         return Decision(order, (), CommandStatus.order_already_paid)
     if route is None:

@@ -231,7 +231,8 @@ UNCHANGED = frozenset({
     C.capture_not_allowed_in_status, C.capture_exceeds_authorized, C.void_not_allowed_in_status,
     C.refund_not_allowed_in_status, C.refund_exceeds_captured,
     C.refund_exists_with_different_amount, C.capture_exists_with_different_amount,
-    C.order_already_paid, C.order_already_final, C.revoke_not_allowed_in_status,
+    C.order_already_paid, C.order_already_final, C.order_held_for_review,
+    C.revoke_not_allowed_in_status,
     C.revoke_not_allowed_for_split, C.command_not_allowed_for_kind, C.deadline_not_due,
     C.mandate_answer_unexpected, C.hold_for_unknown_purpose, C.settlement_not_allowed_in_status,
     C.settlement_amount_mismatch, C.settlement_while_refund_open, C.revoke_after_settlement,
@@ -833,6 +834,8 @@ class PaymentAuditor(RuleBasedStateMachine):
             return {C.order_exists_with_different_payload}
         if before.status is S.failed:
             return {C.order_already_final}
+        if before.status is S.risk_review:
+            return {C.order_held_for_review}
         if before.status is not S.processing:
             return {C.order_already_paid}
         if route is None:

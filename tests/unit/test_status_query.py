@@ -14,6 +14,7 @@ from domain.events import (
     DeadlineReached,
 )
 from domain.orders import CommandStatus, decide_channel_response, decide_command, decide_deadline
+from domain.risk import RiskDecision, Verdict
 from domain.routing import Payment, RoutingRules, plan_route
 
 T0 = 1_000_000
@@ -183,3 +184,19 @@ def test_bank_redirect_is_noted_once_and_the_notification_decides():
     assert "waiting for the payer" in redirected.order.history[-1].reason
     assert again.status is CommandStatus.callback_replayed
     assert final.order.status.value == "succeeded"
+
+
+def test_payer_retry_while_held_for_review_is_refused_as_such():
+    cmd = Pay(merchant_id="m", merchant_order_no="o", idempotency_key="k", amount_minor=1_000,
+              currency="EUR", method=Method.card)
+    plan = plan_route(RULES, Payment(cmd.subject_id(), "m", Method.card, "EUR", 1_000))
+    review = Verdict(decision=RiskDecision.review, score=60, review_ttl_ms=60_000)
+    held = decide_command(None, cmd, plan, T0, verdict=review).order
+    retry = Pay.model_validate({**cmd.model_dump(), "method": "card",
+                                "idempotency_key": "k2", "payer": {"country": "DE"}})
+
+    again = decide_command(held, retry, plan, T0 + 10, verdict=Verdict(
+        decision=RiskDecision.approve, score=0))
+
+    assert held.status.value == "risk_review"
+    assert again.status is CommandStatus.order_held_for_review and again.outputs == ()
