@@ -26,7 +26,6 @@ from domain.events import (
     SettlementReported,
 )
 from domain.orders import (
-    fingerprint_of,
     FINAL_FOR_CLIENTS,
     CommandStatus,
     Decision,
@@ -126,8 +125,9 @@ def register(wire: Wire) -> None:
         ttl = routing.current.balance_authorization_ttl_ms
         if isinstance(body, RiskScreened):
             cmd = body.command
+            # risk computed the fingerprint already: no second hash on the hot path
             plan = plan_for(cmd, at) if order is None or order.fingerprint != \
-                fingerprint_of(cmd) else None
+                body.fingerprint else None
             return decide_command(order, cmd, plan, at, ttl, body.verdict)
         if isinstance(body, OrderCommand):
             return decide_command(order, body, plan_for(body, at), at, ttl)

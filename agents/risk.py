@@ -7,6 +7,8 @@ order stage, which creates the order approved, held for review, or declined.
 
 from __future__ import annotations
 
+import logging
+
 from agents._stage import consume, table
 from domain.events import RiskScreened
 from domain.orders import fingerprint_of
@@ -18,6 +20,7 @@ from streams.metrics import RISK_DECISIONS, RISK_RULE_HITS
 from streams.rules_config import watch_risk
 
 RELOAD_EVERY_S = 1.0
+log = logging.getLogger(__name__)
 
 
 def register(wire: Wire) -> None:
@@ -49,4 +52,7 @@ def register(wire: Wire) -> None:
 
     @wire.app.timer(interval=RELOAD_EVERY_S, name="risk_rules_reload")
     async def reload() -> None:
-        rules.check()
+        try:
+            rules.check()
+        except Exception:  # a timer must not die: the rules in force stay
+            log.exception("risk rules check failed")

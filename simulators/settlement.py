@@ -19,7 +19,7 @@ import csv
 import io
 import random
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import Decimal, InvalidOperation
 from enum import Enum
@@ -107,21 +107,9 @@ class Drift:
 NO_DRIFT = Drift()
 
 
-@dataclass(frozen=True)
-class Line:
-    """One settlement line as the channel reports it."""
-
-    line_id: str
-    """The channel's own id of the line, unique per channel."""
-    channel: str
-    payment_id: str
-    """Our payment id, echoed by the channel as our reference."""
-    channel_serial: str
-    amount_minor: int
-    currency: str
-    fee_minor: int
-    settled_on: str
-    """YYYY-MM-DD."""
+Line = SettlementReported
+"""One settlement line as the channel reports it: the very event the core reads (line id
+unique per channel, our payment id as the channel echoes it, settled_on YYYY-MM-DD)."""
 
 
 @dataclass(frozen=True)
@@ -188,7 +176,7 @@ def build_report(channel: str, kind: ReportKind, period: date, settled: list[Set
             injected.append(injection)
         lines.append(line)
     for index in sorted(i for i, what in chosen.items() if what is Discrepancy.duplicate_line):
-        copy = replace(base[index], line_id=line_id_for(channel, period,
+        copy = _with(base[index], line_id=line_id_for(channel, period,
                                                         base[index].channel_serial, "dup"))
         lines.insert(rng.randrange(len(lines) + 1), copy)
         injected.append(Injection(Discrepancy.duplicate_line, copy.line_id, copy.payment_id,
@@ -246,7 +234,7 @@ def _amount_drifted(rng, line: Line, period: date, drift: Drift) -> tuple[Line, 
     delta = _signed_delta(rng, drift.amount_drift_minor_max)
     amount = line.amount_minor + delta if line.amount_minor + delta >= 0 else (
         line.amount_minor - delta)
-    return (replace(line, amount_minor=amount),
+    return (_with(line, amount_minor=amount),
             Injection(Discrepancy.amount_drift, line.line_id, line.payment_id,
                       line.amount_minor, amount))
 
@@ -254,7 +242,7 @@ def _amount_drifted(rng, line: Line, period: date, drift: Drift) -> tuple[Line, 
 def _fee_drifted(rng, line: Line, period: date, drift: Drift) -> tuple[Line, Injection]:
     delta = _signed_delta(rng, drift.fee_drift_minor_max)
     fee = line.fee_minor + delta if line.fee_minor + delta >= 0 else line.fee_minor - delta
-    return (replace(line, fee_minor=fee),
+    return (_with(line, fee_minor=fee),
             Injection(Discrepancy.fee_drift, line.line_id, line.payment_id,
                       line.fee_minor, fee))
 
@@ -266,7 +254,7 @@ def _date_wrong(rng, line: Line, period: date, drift: Drift) -> tuple[Line, Inje
     assert shifts, "a wrong date needs somewhere to go"
     reported = (booked + timedelta(days=rng.choice(shifts))).isoformat()
     assert reported != line.settled_on
-    return (replace(line, settled_on=reported),
+    return (_with(line, settled_on=reported),
             Injection(Discrepancy.wrong_date, line.line_id, line.payment_id,
                       line.settled_on, reported))
 
@@ -650,13 +638,13 @@ def read_lines(path: Path | str) -> list[Line]:
 # ---------------------------------------------------------------- onto pay.channel.settlements
 
 
+def _with(line: Line, **changes) -> Line:
+    return line.model_copy(update=changes)
+
+
 def to_events(lines: list[Line]) -> list[SettlementReported]:
-    """One event per line, the channel's fee included."""
-    return [SettlementReported(line_id=line.line_id, channel=line.channel,
-                               payment_id=line.payment_id, channel_serial=line.channel_serial,
-                               amount_minor=line.amount_minor, currency=line.currency,
-                               settled_on=line.settled_on, fee_minor=line.fee_minor)
-            for line in lines]
+    """One event per line (a line is the event)."""
+    return list(lines)
 
 
 def to_records(lines: list[Line], source: str, at_ms: int) -> list[tuple[bytes, bytes]]:

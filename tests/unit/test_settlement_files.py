@@ -243,7 +243,9 @@ class TestCsv:
     def test_reads_a_well_formed_bill(self, tmp_path):
         lines = read_csv(bill(tmp_path, [GOOD_ROW]))
 
-        assert lines == [Line("l-1", "card", "pay_1", "ser_1", 1234, "EUR", 15, "2026-11-20")]
+        assert lines == [Line(line_id="l-1", channel="card", payment_id="pay_1",
+                                channel_serial="ser_1", amount_minor=1234, currency="EUR",
+                                fee_minor=15, settled_on="2026-11-20")]
 
     @pytest.mark.parametrize("row,reason", [
         ("l-2,card,pay_2,ser_2,EUR,12.34,12.34,15,0.15,2026-11-20", "not an integer"),
