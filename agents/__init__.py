@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from agents import dedup, intake, ledger, mandates, orders, risk
+from agents import dedup, intake, ledger, mandates, orders, recon, risk
 from streams.app import Wire
 
-STAGES = (intake, dedup, risk, orders, mandates, ledger)
+STAGES = (intake, dedup, risk, orders, mandates, ledger, recon)
 """Listed explicitly, in flow order: no blind autodiscovery."""
 
 

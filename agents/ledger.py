@@ -159,7 +159,7 @@ class LedgerStage:
             sequence=after.legs_applied, total_minor=after.total_minor,
             available_minor=after.available_minor, frozen_minor=after.frozen_minor,
             hold_id=leg.hold_id, hold_final=leg.hold_final, entry_legs=len(entry.legs),
-            version=after.version)
+            version=after.version, reason=entry.reason)
         value = encode(child(env, note, index, now_ms()))
         self.store(after, offset, posting_id, value.decode())
         await self.wire.topics[t.LEDGER_ENTRIES].send(key=key, value=value)

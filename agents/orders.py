@@ -30,7 +30,9 @@ from domain.orders import (
     CommandStatus,
     Decision,
     Order,
+    decide_channel_refund,
     decide_channel_response,
+    decide_channel_success,
     decide_command,
     decide_deadline,
     decide_hold_resolved,
@@ -40,6 +42,7 @@ from domain.orders import (
 from domain.ids import derive_id
 from domain.order_answers import channel_could_not
 from domain.order_state import is_attempt
+from domain.recon import ChannelRefundConfirmed, ChannelSuccessConfirmed
 from domain.routing import (
     INTERNAL_CHANNEL,
     Breaker,
@@ -65,8 +68,9 @@ from streams.metrics import (
 )
 from streams.rules_config import watch_routing
 
-# Everything else is refused (a CommandRejected event) or, for channel and ledger messages,
-# an exception for reconciliation and ops: late and contradicting callbacks included.
+# Everything else is refused (a CommandRejected event) or, for channel, ledger and
+# reconciliation messages, kept on pay.orders.unapplied for ops: late and contradicting
+# callbacks included (reconciliation sees the callbacks itself and classifies them).
 log = logging.getLogger(__name__)
 _SILENT = (CommandStatus.accepted, CommandStatus.duplicate, CommandStatus.callback_replayed,
            CommandStatus.deadline_not_due)
@@ -137,8 +141,12 @@ def register(wire: Wire) -> None:
             return decide_hold_resolved(order, body, at)
         if isinstance(body, MandateChecked):
             return decide_mandate_checked(order, body, at)
-        if isinstance(body, SettlementReported):
+        if isinstance(body, SettlementReported):  # a line reconciliation matched
             return decide_settlement(order, body, at)
+        if isinstance(body, ChannelSuccessConfirmed):
+            return decide_channel_success(order, body, at)
+        if isinstance(body, ChannelRefundConfirmed):
+            return decide_channel_refund(order, body, at)
         assert isinstance(body, DeadlineReached), type(body)
         return decide_deadline(order, body, at)
 
@@ -177,7 +185,7 @@ def register(wire: Wire) -> None:
         _count(env.body, decision)
         await wire.send_all(outgoing)
 
-    @wire.app.agent(wire.topic(t.ORDERS, t.CHANNEL_CALLBACKS, t.SETTLEMENTS), name="orders")
+    @wire.app.agent(wire.topic(t.ORDERS, t.CHANNEL_CALLBACKS), name="orders")
     async def order_stage(stream):
         await consume("orders", wire, stream, handle)
 
@@ -312,8 +320,8 @@ def _outgoing(env: Envelope, decision: Decision, key: str, at: int, place
 def _rejection(env: Envelope, decision: Decision, key: str, at: int) -> Outgoing:
     body = env.body.command if isinstance(env.body, RiskScreened) else env.body
     if not isinstance(body, Command):
-        # Late, contradicting or unknown channel/ledger answers: for reconciliation and ops.
-        return Outgoing(topic=t.RECON_EXCEPTIONS, key=key,
+        # Late, contradicting or unknown answers: kept for ops (recon classifies callbacks).
+        return Outgoing(topic=t.UNAPPLIED, key=key,
                         value=encode(child(env, body, 0, at)).decode())
     rejected = CommandRejected(
         payment_id=key, merchant_id=body.merchant_id,

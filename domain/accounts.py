@@ -12,6 +12,8 @@ class AccountKind(str, Enum):
     channel_clearing = "clearing"
     fee_revenue = "fees"
     suspense = "suspense"
+    settlement_cash = "cash"
+    channel_fees = "chfees"
 
 
 # Asset-side, technical and revenue accounts may run negative without limit: a clearing
@@ -19,7 +21,8 @@ class AccountKind(str, Enum):
 # (revocation) must never be refused half-way through an entry. Wallets and merchants keep
 # available >= 0 (DESIGN.md §3.4); issue 4 makes limits configurable per account.
 _UNLIMITED = frozenset({AccountKind.channel_clearing, AccountKind.suspense,
-                        AccountKind.fee_revenue})
+                        AccountKind.fee_revenue, AccountKind.settlement_cash,
+                        AccountKind.channel_fees})
 
 
 def customer_wallet(account_id: str, currency: str) -> str:
@@ -41,6 +44,16 @@ def merchant_settled(merchant_id: str, currency: str) -> str:
 
 def channel_clearing(channel: str, currency: str) -> str:
     return f"clearing:{channel}:{currency}"
+
+
+def settlement_cash(channel: str, currency: str) -> str:
+    """What a channel paid into our bank account when it settled (an asset, like clearing)."""
+    return f"cash:{channel}:{currency}"
+
+
+def channel_fees(channel: str, currency: str) -> str:
+    """The fees a channel kept when it settled: our cost of taking payments through it."""
+    return f"chfees:{channel}:{currency}"
 
 
 def fee_revenue(currency: str) -> str:

@@ -158,6 +158,8 @@ class LegApplied(Message):
     """How many legs the whole entry has (across accounts): the auditor's tally."""
     version: int
     """This account's change count (legs and holds) after this leg."""
+    reason: str = ""
+    """The journal entry's reason (capture, refund, settlement_clearing, ...)."""
 
 
 class HoldChange(str, Enum):
@@ -253,6 +255,8 @@ class SettlementReported(Message):
     """The settlement date, YYYY-MM-DD."""
     fee_minor: int = 0
     """The channel's fee for the line, as it reports it (reconciliation checks it)."""
+    period: str = ""
+    """The day of the report the line came in (YYYY-MM-DD; '' if not known)."""
 
 
 class RiskScreened(Message):

@@ -6,7 +6,7 @@ the same money effects (same ids), never re-applies them.
 from __future__ import annotations
 
 from domain import accounts
-from domain.commands import Method
+from domain.commands import CaptureMode, Method
 from domain.events import (
     ChannelOperation,
     ChannelOutcome,
@@ -21,19 +21,23 @@ from domain.events import (
 )
 from domain.ids import derive_id
 from domain.order_state import (
+    CHANNEL_REFUND_PREFIX,
     COMPENSATION_PREFIX,
     PAYER_HOLD,
+    RECONCILIATION,
     REVOKE_HOLD,
     SETTLE_HOLD_PREFIX,
-    SettleHold,
     AppliedRequest,
     CommandStatus,
     Decision,
     Order,
     OrderKind,
     OrderStatus,
+    RefundState,
+    SettleHold,
     channel_request,
     hold_id_for,
+    merchant_funds,
     note,
     noted_event,
     open_requests,
@@ -42,14 +46,14 @@ from domain.order_state import (
 )
 from domain.postings import (
     capture_entry,
+    clearing_settlement_entry,
     pending_by_merchant,
-    settlement_entry,
     refund_entry,
     reversal_entry,
+    settlement_entry,
     suspense_in_entry,
     suspense_out_entry,
 )
-from domain.commands import CaptureMode
 from domain.routing import INTERNAL_CHANNEL, LateSuccess, Route
 
 S = OrderStatus
@@ -410,12 +414,17 @@ def _on_refund(order: Order, request, resp, now_ms) -> Decision:
                                      f"refund {request.reference} declined: "
                                      f"{resp.decline_code}", now_ms)
         return Decision(updated, (event, hold), C.accepted)
+    refund = next(r for r in order.refunds if r.refund_id == request.reference)
+    return _refunded(order, refund, request, f"refunded {request.amount_minor}", now_ms)
+
+
+def _refunded(order: Order, refund, request: ChannelRequested, reason: str, now_ms: int
+              ) -> Decision:
     refunded = order.refunded_minor + request.amount_minor
     assert refunded <= order.captured_minor
     to = S.refunded if refunded == order.captured_minor else S.partially_refunded
-    order = _set_refund(order, request.reference, "succeeded")
-    moved, event = transition(order, to, "refund", f"refunded {request.amount_minor}", now_ms,
-                              refunded_minor=refunded)
+    order = _set_refund(order, refund.refund_id, "succeeded")
+    moved, event = transition(order, to, "refund", reason, now_ms, refunded_minor=refunded)
     return Decision(moved, (event, refund_entry(moved, request, now_ms)), C.accepted)
 
 
@@ -513,6 +522,9 @@ def decide_hold_resolved(order: Order | None, answer: HoldResolved, now_ms: int)
         return Decision(updated, (event,), C.accepted)
     request = channel_request(order, paid_route(order), ChannelOperation.refund,
                               refund.amount_minor, refund.refund_id)
+    if refund.refund_id.startswith(CHANNEL_REFUND_PREFIX):  # the channel did it already
+        return _refunded(order, refund, request, "refunded by the channel itself "
+                         f"({refund.amount_minor}), posted by reconciliation", now_ms)
     updated = note(_set_refund(order, refund.refund_id, "processing"), "refund",
                    f"refund {refund.refund_id} sent to channel", now_ms)
     updated, sent = send(updated, request, now_ms)
@@ -710,12 +722,13 @@ def decide_settlement(order: Order | None, report: SettlementReported, now_ms: i
                              amount_minor=amount, status="holding")
                   for account, amount in sorted(owed.items()))
     settled = {"settled_on": report.settled_on}
+    clearing = tuple(e for e in (clearing_settlement_entry(order, report, now_ms),) if e)
     if not parts:  # refunded in full: nothing left to move
         noted, event = noted_event(order.model_copy(update={"settlement": "settled",
                                                             **settled}),
                                    "settlement", f"settled on {report.settled_on}: nothing "
                                    "left to move", now_ms)
-        return Decision(noted, (event,), C.accepted)
+        return Decision(noted, (event, *clearing), C.accepted)
     holds = tuple(HoldRequested(
         hold_id=hold_id_for(order.payment_id, SETTLE_HOLD_PREFIX + p.merchant_id),
         payment_id=order.payment_id, account_id=p.account_id, currency=order.currency,
@@ -723,7 +736,7 @@ def decide_settlement(order: Order | None, report: SettlementReported, now_ms: i
     noted = note(order, "settlement", f"settled by {report.channel} on {report.settled_on}: "
                  "freezing merchant funds", now_ms)
     return Decision(noted.model_copy(update={"settlement": "holding", "settle_holds": parts,
-                                             **settled}), holds, C.accepted)
+                                             **settled}), (*clearing, *holds), C.accepted)
 
 
 def _on_settle_hold(order: Order, part: SettleHold, answer: HoldResolved, now_ms: int
@@ -752,3 +765,63 @@ def _on_settle_hold(order: Order, part: SettleHold, answer: HoldResolved, now_ms
                                 "settlement", f"settlement not booked: {answer.reason}; "
                                 "for ops", now_ms)
     return Decision(failed, (event, *releases), C.accepted)
+
+
+# ---------------------------------------------------------------- reconciliation's confirmations
+
+
+def decide_channel_success(order: Order | None, confirmed, now_ms: int) -> Decision:
+    """Reconciliation proved the channel took the order's money (``ChannelSuccessConfirmed``)
+    while the order says failed, timed out or still processing: the order succeeds on the
+    attempt that channel answered, and the capture is posted. Anything else stays with ops."""
+    if order is None:
+        return Decision(None, (), C.order_not_found)
+    if order.status in (S.succeeded, S.partially_refunded, S.refunded):
+        return Decision(order, (), C.duplicate)
+    attempts = [r for r in order.requests if r.channel == confirmed.channel
+                and r.operation in (ChannelOperation.sale,)
+                and r.amount_minor == confirmed.amount_minor
+                and r.currency == confirmed.currency]
+    if order.status not in (S.failed, S.timed_out, S.processing) or not attempts \
+            or order.payer_hold != "" \
+            or order.kind is not OrderKind.payment:
+        return Decision(order, (), C.confirmation_not_applicable)
+    request = attempts[-1]
+    resp = ChannelResponded(
+        request_id=request.request_id, payment_id=order.payment_id, channel=request.channel,
+        operation=request.operation, outcome=OK, amount_minor=confirmed.amount_minor,
+        currency=confirmed.currency, channel_serial=confirmed.channel_serial or
+        derive_id("recon", request.request_id), responded_at_ms=now_ms)
+    paid = {"channel_serial": resp.channel_serial, "paid_via": request.channel}
+    moved, event = transition(order, S.succeeded, RECONCILIATION,
+                              f"by reconciliation: {confirmed.evidence}; captured", now_ms,
+                              authorized_minor=resp.amount_minor, deadline_ms=0,
+                              captured_minor=resp.amount_minor, **paid)
+    return Decision(moved, (event, capture_entry(moved, request, now_ms)), C.accepted)
+
+
+def decide_channel_refund(order: Order | None, confirmed, now_ms: int) -> Decision:
+    """Reconciliation found a refund the channel made by itself (``ChannelRefundConfirmed``):
+    it is posted like a merchant's refund (the merchant's funds frozen, then moved back),
+    except that nothing is sent to the channel."""
+    if order is None:
+        return Decision(None, (), C.order_not_found)
+    refund_id = derive_id(CHANNEL_REFUND_PREFIX.rstrip("_"), confirmed.channel,
+                          str(confirmed.amount_minor), str(order.refunded_minor))
+    if any(r.refund_id == refund_id for r in order.refunds):
+        return Decision(order, (), C.duplicate)
+    committed = sum(r.amount_minor for r in order.refunds if r.status != "failed")
+    if order.status not in (S.succeeded, S.partially_refunded) \
+            or confirmed.currency != order.currency or order.settlement == "holding" \
+            or committed + confirmed.amount_minor > order.captured_minor:
+        return Decision(order, (), C.confirmation_not_applicable)
+    hold = HoldRequested(
+        hold_id=hold_id_for(order.payment_id, refund_id), payment_id=order.payment_id,
+        account_id=merchant_funds(order), currency=order.currency,
+        amount_minor=confirmed.amount_minor)
+    refund = RefundState(refund_id=refund_id, amount_minor=confirmed.amount_minor,
+                         status="holding", account_id=hold.account_id)
+    updated = note(order, "refund", f"{confirmed.evidence}: {confirmed.amount_minor}; "
+                   "holding merchant funds", now_ms).model_copy(
+        update={"refunds": order.refunds + (refund,)})
+    return Decision(updated, (hold,), C.accepted)

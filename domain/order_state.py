@@ -58,6 +58,12 @@ TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
     S.refunded: frozenset(),
 }
 TERMINAL = frozenset({S.failed, S.canceled, S.refunded})
+RECONCILIATION = "reconciliation"
+RECONCILED_EXITS = {S.failed: frozenset({S.succeeded})}
+"""The one way out of a terminal status: reconciliation, with the channel's proof that it
+took the money (a callback or a settlement line for the full amount), makes a failed order
+succeed (issue 7's auto-resolution; off unless the channel's recon rule allows it). No
+client command, callback or deadline takes it."""
 FINAL_FOR_CLIENTS = TERMINAL | {S.succeeded, S.authorized, S.amount_mismatch, S.timed_out,
                                 S.risk_review}
 """Statuses a waiting client stops at: final, or needing a next action (the merchant's
@@ -114,6 +120,9 @@ class CommandStatus(IntEnum):
     """A payer's retry by another method that risk would not approve outright."""
     order_held_for_review = 33
     """A payer's retry while the order waits for an ops review: nothing is sent."""
+    confirmation_not_applicable = 34
+    """Reconciliation confirmed a channel success or refund the order cannot take (another
+    amount, no such attempt, a status it cannot leave): the exception stays with ops."""
 
     def transient(self) -> bool:
         return False
@@ -124,6 +133,8 @@ PAYER_HOLD = "~payer"
 REVOKE_HOLD = "~revoke"
 SETTLE_HOLD_PREFIX = "~settle-"
 COMPENSATION_PREFIX = "~back-"
+CHANNEL_REFUND_PREFIX = "chrefund_"
+"""Refund ids of refunds the channel made by itself (reconciliation posts them)."""
 
 
 def hold_id_for(payment_id: str, purpose: str) -> str:
@@ -253,7 +264,9 @@ def fingerprint_of(cmd: Message) -> str:
 def transition(order: Order, to: OrderStatus, trigger: str, reason: str, now_ms: int,
                **changes):
     """Move the order forward and build the one event that says so."""
-    assert to in TRANSITIONS[order.status], (order.status, to)
+    assert to in TRANSITIONS[order.status] or (
+        trigger == RECONCILIATION and to in RECONCILED_EXITS.get(order.status, ())), (
+        order.status, to)
     item = HistoryItem(at_ms=now_ms, status=to, trigger=trigger, reason=reason)
     moved = order.model_copy(
         update={"status": to, "history": order.history + (item,), "updated_at_ms": now_ms,

@@ -35,7 +35,9 @@ from domain.commands import (
 from domain.events import ChannelOperation, HoldRequested, MandateCheckRequested
 from domain.ids import mandate_key_for
 from domain.order_answers import (
+    decide_channel_refund,
     decide_channel_response,
+    decide_channel_success,
     decide_deadline,
     decide_hold_resolved,
     decide_mandate_checked,
@@ -79,6 +81,7 @@ __all__ = [
     "Decision", "HistoryItem", "Order", "OrderKind", "OrderStatus", "RefundState",
     "capture_entry", "decide_channel_response", "decide_command", "decide_deadline",
     "decide_hold_resolved", "decide_mandate_checked", "decide_settlement", "fingerprint_of",
+    "decide_channel_success", "decide_channel_refund",
     "refund_entry",
 ]
 

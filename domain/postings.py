@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from domain import accounts
 from domain.commands import Method, SplitShare
-from domain.events import ChannelRequested, JournalEntryDecided, Leg
+from domain.events import ChannelRequested, JournalEntryDecided, Leg, SettlementReported
 from domain.ids import derive_id
 from domain.money import fee_minor
 from domain.order_state import (
@@ -245,4 +245,27 @@ def settlement_entry(order: Order, now_ms: int) -> JournalEntryDecided:
         reason="settlement", legs=tuple(legs), decided_at_ms=now_ms)
     assert len(entry.legs) >= 2, entry
     assert sum(leg.amount_minor for leg in entry.legs) == 0, entry
+    return entry
+
+
+def clearing_settlement_entry(order: Order, report: SettlementReported, now_ms: int
+                              ) -> JournalEntryDecided | None:
+    """The channel paid: its clearing account is credited with the gross it settled, our
+    bank account (``cash``) receives the gross less the channel's fee, and the fee it kept
+    is our cost (``chfees``). Clearing for the payment nets to zero. None for a zero line."""
+    ccy, channel = report.currency, report.channel
+    legs = [Leg(account_id=accounts.channel_clearing(channel, ccy), currency=ccy,
+                amount_minor=report.amount_minor),
+            Leg(account_id=accounts.settlement_cash(channel, ccy), currency=ccy,
+                amount_minor=-(report.amount_minor - report.fee_minor)),
+            Leg(account_id=accounts.channel_fees(channel, ccy), currency=ccy,
+                amount_minor=-report.fee_minor)]
+    legs = [leg for leg in legs if leg.amount_minor]
+    if not legs:
+        return None
+    entry = JournalEntryDecided(
+        entry_id=derive_id("je", order.payment_id, "clearing", report.line_id),
+        payment_id=order.payment_id, reason="settlement_clearing", legs=tuple(legs),
+        decided_at_ms=now_ms)
+    assert len(entry.legs) >= 2 and sum(leg.amount_minor for leg in entry.legs) == 0, entry
     return entry

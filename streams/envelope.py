@@ -10,7 +10,7 @@ import base64
 import json
 from typing import NamedTuple
 
-from domain import commands, events
+from domain import commands, events, recon
 from domain.commands import Message
 from domain.ids import derive_id
 
@@ -25,6 +25,8 @@ KINDS: dict[str, type[Message]] = {
         events.PaymentStatusChanged, events.LegApplied, events.CommandRejected,
         events.DeadlineReached, events.MandateCheckRequested, events.MandateChecked,
         events.MandateStatusChanged, events.HoldChanged, events.SettlementReported,
+        recon.SettlementClosed, recon.ReconWake, recon.ChannelSuccessConfirmed,
+        recon.ChannelRefundConfirmed, recon.ReconException, recon.ReconStatus,
     )
 }
 
@@ -73,6 +75,11 @@ _NATURAL_ID = {
     "RiskScreened": ("payment_id", "fingerprint"),
     "HoldChanged": ("hold_id", "account_id", "change"),
     "SettlementReported": ("channel", "line_id"),
+    "SettlementClosed": ("channel", "period"),
+    "ReconWake": ("payment_id", "wake_ms"),
+    "ReconException": ("exception_id",),
+    "ChannelSuccessConfirmed": ("payment_id", "channel", "amount_minor"),
+    "ChannelRefundConfirmed": ("payment_id", "channel", "amount_minor"),
     "MandateCheckRequested": ("payment_id", "mandate_key"),
     "MandateChecked": ("payment_id", "mandate_key", "allowed", "code"),
 }

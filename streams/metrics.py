@@ -50,3 +50,14 @@ INJECTIONS = Counter("paycore_sim_injections_total", "Faults the channel simulat
                      ["channel", "kind"])
 CALLBACKS = Counter("paycore_callbacks_total", "Channel answers at the order stage by result",
                     ["channel", "result"])
+RECON_EXCEPTIONS = Counter("paycore_recon_exceptions_total",
+                           "Reconciliation discrepancies raised", ["kind", "channel"])
+RECON_AUTO_RESOLVED = Counter("paycore_recon_auto_resolved_total",
+                              "Discrepancies resolved by a configured rule", ["kind", "channel"])
+RECON_MATCHED = Counter("paycore_recon_matched_total",
+                        "Payments whose order, ledger and settlement line all agree", ["channel"])
+RECON_OPEN = Gauge("paycore_recon_open_items", "Open reconciliation items on this worker",
+                   ["channel", "state"])
+RECON_RESIDUAL = Gauge("paycore_recon_clearing_residual_minor",
+                       "What channels still owe us on clearing (this worker's partitions)",
+                       ["channel", "currency"])

@@ -1,4 +1,5 @@
-"""``config/routing.yaml`` and ``config/risk.yaml``: loaded, versioned, watched.
+"""``config/routing.yaml``, ``config/risk.yaml`` and ``config/recon.yaml``: loaded,
+versioned, watched.
 
 A version is a digest of the file's bytes, recorded with every decision it made. Workers
 look at the files every second; a valid change takes effect on the next payment, a bad
@@ -14,6 +15,7 @@ from typing import Callable, Generic, TypeVar
 
 from pydantic import BaseModel
 
+from domain.recon import ReconRules
 from domain.risk import RiskRules
 from domain.routing import RoutingRules
 from streams.config import ConfigError, load_yaml
@@ -39,6 +41,10 @@ def load_routing(config_dir: Path, path: Path | None = None) -> RoutingRules:
 
 def load_risk(config_dir: Path, path: Path | None = None) -> RiskRules:
     return _load_versioned(path or config_dir / "risk.yaml", RiskRules)
+
+
+def load_recon(config_dir: Path, path: Path | None = None) -> ReconRules:
+    return _load_versioned(path or config_dir / "recon.yaml", ReconRules)
 
 
 class Watched(Generic[M]):
@@ -94,3 +100,7 @@ def watch_routing(config_dir: Path) -> Watched[RoutingRules]:
 
 def watch_risk(config_dir: Path) -> Watched[RiskRules]:
     return Watched(config_dir / "risk.yaml", lambda p: load_risk(config_dir, p))
+
+
+def watch_recon(config_dir: Path) -> Watched[ReconRules]:
+    return Watched(config_dir / "recon.yaml", lambda p: load_recon(config_dir, p))

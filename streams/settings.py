@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     app_id: str = "paycore"
     """Faust application id: the consumer group and the prefix of changelog topics."""
 
-    app_version: int = 6
+    app_version: int = 7
     """Bump when a table's key or row layout changes: the new version starts fresh state."""
 
     table_store: str = "rocksdb://"
@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     log_level: str = "WARNING"
     """Log level of every process (DEBUG, INFO, WARNING, ERROR)."""
 
-    stages: str = "intake,dedup,risk,orders,mandates,ledger"
+    stages: str = "intake,dedup,risk,orders,mandates,ledger,recon"
     """Comma-separated stages this worker runs (all by default; tests may isolate one)."""
 
     rebalance_timeout_s: int = 5

@@ -13,11 +13,14 @@ LEDGER_POSTINGS = "pay.ledger.postings"      # key: account id
 LEDGER_ENTRIES = "pay.ledger.entries"        # key: account id
 SETTLEMENTS = "pay.channel.settlements"      # key: payment id or channel serial
 EVENTS = "pay.events"                # key: payment id
-RECON_EXCEPTIONS = "pay.recon.exceptions"    # key: payment id
+RECON = "pay.recon"                  # internal; key: payment id (ledger legs re-keyed, wake-ups)
+RECON_EXCEPTIONS = "pay.recon.exceptions"    # key: payment id; ReconException only
+RECON_STATUS = "pay.recon.status"    # key: recon partition; each partition's latest tally
+UNAPPLIED = "pay.orders.unapplied"   # key: payment id; answers the order stage did not apply
 DEADLETTER = "pay.deadletter"        # key: original key
 SIM_CONTROL = "pay.sim.control"      # simulator fault plans; key: scenario name
 SIM_INJECTIONS = "pay.sim.injections"  # faults the simulator applied; key: payment id
 
 ALL = (COMMANDS, DEDUP, RISK, ORDERS, MANDATES, CHANNEL_REQUESTS, CHANNEL_CALLBACKS,
-       LEDGER_POSTINGS, LEDGER_ENTRIES, SETTLEMENTS, EVENTS, RECON_EXCEPTIONS, DEADLETTER,
-       SIM_CONTROL, SIM_INJECTIONS)
+       LEDGER_POSTINGS, LEDGER_ENTRIES, SETTLEMENTS, EVENTS, RECON, RECON_EXCEPTIONS,
+       RECON_STATUS, UNAPPLIED, DEADLETTER, SIM_CONTROL, SIM_INJECTIONS)

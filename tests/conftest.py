@@ -81,6 +81,7 @@ def deterministic_config(tmp_path_factory) -> Path:
     (folder / "channels.yaml").write_text(yaml.safe_dump(simulators))
     (folder / "routing.yaml").write_text(yaml.safe_dump(routing))
     (folder / "risk.yaml").write_text((shipped / "risk.yaml").read_text())
+    (folder / "recon.yaml").write_text((shipped / "recon.yaml").read_text())
     # Shipped account rules as they are: the fee account is split, so tests run through
     # sub-accounts too.
     (folder / "accounts.yaml").write_text((Settings().config_dir / "accounts.yaml").read_text())

@@ -166,7 +166,7 @@ class TestSettlement:
         settled = accounts.merchant_settled(merchant, "USD")
         observer.wait_until(lambda: observer.balances().get(pending) == 9_800, 15)
 
-        _settle(producer, final, amount_minor=10_000)  # the channel's settlement line
+        _settle(producer, final, amount_minor=10_000, fee_minor=200)  # the channel's line
         observer.wait_until(lambda: observer.balances().get(settled) == 9_800, 15)
         _send(producer, {"type": "refund", "merchant_id": merchant, "idempotency_key": "rf-s",
                          "merchant_order_no": "settle", "refund_id": "r1",
@@ -184,24 +184,28 @@ class TestSettlement:
         _send(producer, pay(merchant, "settle-odd", amount_minor=10_000))
         final = wait_for_final(observer, merchant, "settle-odd")
 
-        _settle(producer, final, amount_minor=9_999)
+        _settle(producer, final, amount_minor=9_999, fee_minor=200)
         exceptions = read_topic(stack_settings.kafka_bootstrap, t.RECON_EXCEPTIONS,
                                 stack_settings.partitions,
                                 lambda b: getattr(b, "payment_id", "") == final.payment_id)
         observer.poll(timeout_ms=1_000)
 
-        assert exceptions and exceptions[0][1].body.amount_minor == 9_999
+        assert [(e.body.kind.value, e.body.expected_minor, e.body.reported_minor)
+                for _, e in exceptions] == [("amount_mismatch", 10_000, 9_999)]
         assert accounts.merchant_settled(merchant, "USD") not in observer.balances()
 
 
-def _settle(producer, final, amount_minor: int) -> None:
+def _settle(producer, final, amount_minor: int, fee_minor: int) -> None:
+    """The channel's line, dated the day it captured (reconciliation checks the date)."""
     from domain.events import SettlementReported
+    from domain.recon import day_of
     from streams.envelope import child, encode
 
+    today = day_of(final.at_ms)
     line = SettlementReported(line_id=f"line-{final.channel_serial}", channel=final.channel,
                               payment_id=final.payment_id, channel_serial=final.channel_serial,
                               amount_minor=amount_minor, currency=final.currency,
-                              settled_on="2026-11-21")
+                              settled_on=today, period=today, fee_minor=fee_minor)
     producer.send(t.SETTLEMENTS, key=final.payment_id.encode(),
                   value=encode(child("test-settlement-file", line, 0, 0)))
     producer.flush()

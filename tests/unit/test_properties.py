@@ -222,7 +222,8 @@ REFUND_IDS = ("rf-1", "rf-2", "rf-3")
 ATTEMPTS = (OP.sale, OP.authorize, OP.payout)
 PAYER_HOLD_LIVE = (S.processing, S.authorized, S.timed_out)
 ENTRY_REASONS = frozenset({"capture", "refund", "topup", "transfer", "payout", "revoke",
-                           "parked", "parked_returned", "funding", "settlement"})
+                           "parked", "parked_returned", "funding", "settlement",
+                           "settlement_clearing"})
 SETTLEABLE = (S.succeeded, S.partially_refunded, S.refunded)
 MERCHANTS_BUCKET = "merchants"
 """A split payment's merchants are checked together: the rounding rule is the domain's."""
@@ -1724,6 +1725,7 @@ class PaymentAuditor(RuleBasedStateMachine):
         parts = self._settle_parts_expected(payment_id)
         holds = of_type(decision, HoldRequested)
         assert {h.account_id: h.amount_minor for h in holds} == parts, (holds, parts)
+        self._clearing_settled(payment_id, decision)
         assert len(holds) == len(parts)
         for held in holds:
             merchant_id = held.account_id.split(":")[1]
@@ -1734,6 +1736,23 @@ class PaymentAuditor(RuleBasedStateMachine):
         assert after.settlement == self.settlement[payment_id]
         assert after.status is before.status
         event("settlement", f"{len(holds)} merchant parts" if holds else "nothing to move")
+
+    def _clearing_settled(self, payment_id: str, decision: Decision) -> None:
+        """The channel paid the line's gross: clearing credited, cash less its fee debited,
+        its fee our cost; posted when the line is taken, before the merchant parts move."""
+        line = self.lines_sent[-1]
+        entries = [e for e in of_type(decision, JournalEntryDecided)
+                   if e.reason == "settlement_clearing"]
+        assert len(entries) == (1 if line.amount_minor else 0), entries
+        model, ccy = self.model[payment_id], line.currency
+        if line.amount_minor:
+            model[accounts.channel_clearing(line.channel, ccy)] += line.amount_minor
+            model[accounts.settlement_cash(line.channel, ccy)] -= \
+                line.amount_minor - line.fee_minor
+            if line.fee_minor:
+                model[accounts.channel_fees(line.channel, ccy)] -= line.fee_minor
+        for entry in entries:
+            self._post(entry)
 
     def _settle_hold_answered(self, before: Order, answer: HoldResolved,
                               decision: Decision) -> None:

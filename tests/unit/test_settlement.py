@@ -115,13 +115,14 @@ def revoke() -> Revoke:
     return Revoke(**_order_fields("revoke-1"))
 
 
-def report(order: Order, amount=None, currency=CCY, line_id="line-1") -> SettlementReported:
+def report(order: Order, amount=None, currency=CCY, line_id="line-1", fee_minor=0
+           ) -> SettlementReported:
     """The channel's line: by default the gross it kept (captured less refunded)."""
     gross = order.captured_minor - order.refunded_minor
     return SettlementReported(line_id=line_id, channel=CARD.channel, payment_id=PID,
                               channel_serial=order.channel_serial,
                               amount_minor=gross if amount is None else amount,
-                              currency=currency, settled_on=SETTLED_ON)
+                              currency=currency, settled_on=SETTLED_ON, fee_minor=fee_minor)
 
 
 
@@ -241,8 +242,21 @@ class TestSettleSingleMerchant:
         assert (d.order.settlement, d.order.settled_on) == ("holding", SETTLED_ON)
         assert [(p.merchant_id, p.amount_minor, p.status) for p in d.order.settle_holds] == [
             (MERCHANT, NET, "holding")]
-        assert of_type(d, JournalEntryDecided) == []
+        assert [e.reason for e in of_type(d, JournalEntryDecided)] == ["settlement_clearing"]
         assert d.order.status is S.succeeded
+
+    def test_settlement_posts_the_channels_payment_clearing_to_cash_and_its_fee(self):
+        flow = sold()
+        line = report(flow.order)
+
+        d = flow.settle(fee_minor=120)
+
+        entry = only(d, JournalEntryDecided)
+        gross = line.amount_minor
+        assert legs_by_account(entry) == {
+            f"clearing:{line.channel}:{CCY}": gross,
+            f"cash:{line.channel}:{CCY}": -(gross - 120),
+            f"chfees:{line.channel}:{CCY}": -120}
 
     def test_settlement_moves_net_from_pending_to_settled_when_hold_placed(self):
         flow = sold()
@@ -845,7 +859,8 @@ class TestSettlementThroughTheLedger:
 
         refunded(flow, "rf-2", 2_000)
 
-        assert [e.reason for e in flow.entries] == ["capture", "refund", "settlement", "refund"]
+        assert [e.reason for e in flow.entries] == [
+            "capture", "refund", "settlement_clearing", "settlement", "refund"]
         assert all(entry_balances(e) for e in flow.entries)
 
     def test_accounts_within_limits_and_merchant_money_kept_when_settled_then_refunded(self):
@@ -864,4 +879,6 @@ class TestSettlementThroughTheLedger:
                         for m in merchants}
         assert all(books.total(pending(m)) == 0 for m in merchants)
         assert all(books.frozen(a) == 0 for a in books.balances)
-        assert books.total(CLEARING) == -(AMOUNT - 3_500)
+        # The channel paid the 8,500 it kept (clearing back to zero); the refund after
+        # settlement is what we now owe it, netted by its next settlement.
+        assert books.total(CLEARING) == 2_000

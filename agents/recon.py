@@ -1,0 +1,246 @@
+"""Reconciliation: three-way matching as it happens, partitioned by payment id.
+
+Reads the order's status events (``pay.events``), the channel's callbacks and settlement
+lines, and the payment's ledger legs, re-keyed by payment id (``pay.recon``, fed from
+``pay.ledger.entries`` by the ``recon_ledger_feed`` agent). One row per payment holds the
+item (``domain.recon``) and the outbox of what it sent; two small indexes say which items
+wait for a wake-up and which wait for a channel's report of a day. Each partition keeps a
+tally (matched, open, exceptions, clearing residual) that is published on
+``pay.recon.status`` when it changes; ``paycore recon report`` sums the partitions.
+
+Outputs: exceptions on ``pay.recon.exceptions``; matched lines and automatic resolutions to
+the order stage on ``pay.orders``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from kafka.partitioner.default import murmur2
+from pydantic import BaseModel, ConfigDict
+
+from agents._outbox import Outgoing, OutboxEntry, recall, remember
+from agents._stage import consume, table
+from domain.events import ChannelResponded, LegApplied, PaymentStatusChanged, SettlementReported
+from domain.recon import (
+    ReconItem,
+    ReconStatus,
+    ReconWake,
+    SettlementClosed,
+    Step,
+    Tally,
+    observe,
+    period_closed,
+    raised_tally,
+    standing,
+)
+from streams import topics as t
+from streams.app import Wire, now_ms
+from streams.envelope import child, decode, encode
+from streams.metrics import (
+    RECON_AUTO_RESOLVED,
+    RECON_EXCEPTIONS,
+    RECON_MATCHED,
+    RECON_OPEN,
+    RECON_RESIDUAL,
+)
+from streams.rules_config import watch_recon
+
+log = logging.getLogger(__name__)
+_TAKEN = (PaymentStatusChanged, ChannelResponded, LegApplied, SettlementReported, ReconWake)
+RENUDGE_MS = 10_000
+PUBLISH_EVERY_S = 1.0
+
+
+class ReconRow(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    item: ReconItem | None = None
+    outbox: tuple[OutboxEntry, ...] = ()
+
+
+def partition_of(key: bytes, partitions: int) -> int:
+    """The partition the producers' default partitioner gives ``key`` (murmur2)."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def register(wire: Wire) -> None:
+    rows = table(wire, "recon_items", "payment id -> reconciliation item and outbox")
+    wakes = table(wire, "recon_wakes", "payment id -> ms to look at the item again")
+    dues = table(wire, "recon_due", "payment id -> channel|day whose report must settle it")
+    tallies = table(wire, "recon_tallies", "tally:<partition> -> that partition's Tally")
+    rules = watch_recon(wire.settings.config_dir)
+    partitions = wire.settings.partitions
+    dirty: set[int] = set(range(partitions))
+
+    def tally_key(partition: int) -> bytes:
+        return f"tally:{partition}".encode()
+
+    def tally_of(partition: int) -> Tally:
+        raw = tallies.get(tally_key(partition))
+        return Tally.model_validate_json(raw) if raw else Tally()
+
+    def bump(partition: int, delta: Tally) -> None:
+        if delta != Tally():
+            tallies[tally_key(partition)] = tally_of(partition).add(delta) \
+                .model_dump_json().encode()
+            dirty.add(partition)
+
+    def apply(key: bytes, partition: int, before: ReconItem | None, step: Step) -> None:
+        """Keep the indexes in step with the item, and move the partition's tally by the
+        difference (the item's standing before and after, plus what it raised)."""
+        bump(partition, standing(step.item).add(standing(before), -1).add(raised_tally(step)))
+        if step.wake_ms:
+            wakes[key] = str(step.wake_ms).encode()
+        elif wakes.get(key) is not None:
+            del wakes[key]
+        if step.due is not None:
+            dues[key] = "|".join(step.due).encode()
+        elif dues.get(key) is not None:
+            del dues[key]
+        channel = step.item.channel if step.item is not None else "?"
+        for e in step.exceptions:
+            RECON_EXCEPTIONS.labels(kind=e.kind.value, channel=e.channel or "?").inc()
+            if e.resolution:
+                RECON_AUTO_RESOLVED.labels(kind=e.kind.value, channel=e.channel or "?").inc()
+        if step.matched:
+            RECON_MATCHED.labels(channel=channel).inc()
+
+    def outgoing_of(env, step: Step, key: str, at: int) -> list[Outgoing]:
+        out = [Outgoing(topic=t.RECON_EXCEPTIONS, key=key,
+                        value=encode(child(env, e, i, at)).decode())
+               for i, e in enumerate(step.exceptions)]
+        out += [Outgoing(topic=t.ORDERS, key=key,
+                         value=encode(child(env, m, i, at)).decode())
+                for i, m in enumerate(step.to_orders)]
+        return out
+
+    async def handle(event) -> None:
+        env, at = decode(event.message.value), now_ms()
+        body, partition = env.body, event.message.partition
+        if isinstance(body, SettlementClosed):
+            await close_period(env, body, partition, at)
+            return
+        if not isinstance(body, _TAKEN):
+            return  # other events on pay.events (a command refused): nothing to match
+        key = event.message.key
+        raw = rows.get(key)
+        row = ReconRow.model_validate_json(raw) if raw else ReconRow()
+        source = f"{event.message.topic}:{partition}:{event.message.offset}"
+        again = recall(row.outbox, env.message_id, source)
+        if again is not None:
+            await wire.send_all(again)
+            return
+        step = observe(row.item, body, at, rules.current)
+        outgoing = outgoing_of(env, step, key.decode(), at)
+        if step.item is None:
+            if raw:
+                del rows[key]
+        elif step.item != row.item or outgoing:
+            rows[key] = ReconRow(item=step.item, outbox=remember(
+                row.outbox, env.message_id, outgoing, source)).model_dump_json().encode()
+        apply(key, partition, row.item, step)
+        await wire.send_all(outgoing)
+
+    async def close_period(env, closed: SettlementClosed, partition: int, at: int) -> None:
+        """The channel's report for a day is complete: this partition's items due by then
+        without a line are missing at the channel. Reads the (small) due index once a day
+        per channel; each item decides for itself."""
+        due = [(key, value.decode().split("|")) for key, value in dues.items()]
+        mine = [key for key, (channel, day) in due if channel == closed.channel
+                and day <= closed.period and partition_of(key, partitions) == partition]
+        for key in mine:
+            raw = rows.get(key)
+            row = ReconRow.model_validate_json(raw) if raw else ReconRow()
+            if row.item is None:
+                del dues[key]
+                continue
+            step = period_closed(row.item, closed, at, rules.current)
+            outgoing = outgoing_of(env, step, key.decode(), at)
+            rows[key] = ReconRow(item=step.item, outbox=remember(
+                row.outbox, env.message_id, outgoing, f"close:{closed.channel}:"
+                f"{closed.period}")).model_dump_json().encode()
+            apply(key, partition, row.item, step._replace(wake_ms=int(wakes.get(key) or 0)))
+            await wire.send_all(outgoing)
+        bump(partition, Tally(closed_periods={closed.channel: closed.period}))
+
+    @wire.app.agent(wire.topic(t.RECON, t.EVENTS, t.CHANNEL_CALLBACKS, t.SETTLEMENTS),
+                    name="recon")
+    async def recon_stage(stream):
+        await consume("recon", wire, stream, handle)
+
+    async def feed(event) -> None:
+        """Every posted leg of a payment, re-keyed by its payment id (recon needs them all to
+        know an entry is fully posted; it sums the clearing and fee legs)."""
+        env = decode(event.message.value)
+        leg = env.body
+        if isinstance(leg, LegApplied) and leg.payment_id:
+            await wire.send(t.RECON, leg.payment_id, env)
+
+    @wire.app.agent(wire.topics[t.LEDGER_ENTRIES], name="recon_ledger_feed")
+    async def recon_ledger_feed(stream):
+        await consume("recon_ledger_feed", wire, stream, feed)
+
+    nudged: dict[tuple[bytes, int], int] = {}
+
+    @wire.app.timer(interval=wire.settings.deadline_sweep_ms / 1000, name="recon_sweeper")
+    async def sweep() -> None:
+        """Wake the items whose time came (a grace ran out, a line waited long enough)."""
+        at = now_ms()
+        due = [(key, int(value)) for key, value in wakes.items() if int(value) <= at]
+        for key, wake_ms in due:
+            if at - nudged.get((key, wake_ms), -RENUDGE_MS) < RENUDGE_MS:
+                continue
+            body = ReconWake(payment_id=key.decode(), wake_ms=wake_ms)
+            try:
+                await wire.send(t.RECON, key.decode(), child("recon-sweeper", body, 0, at))
+            except Exception as exc:  # a timer must not die: the row stays, next tick retries
+                log.warning("recon wake for %s not sent (%r); retrying", key, exc)
+                return
+            nudged[(key, wake_ms)] = at
+        for stale in [k for k, sent in nudged.items() if at - sent > 6 * RENUDGE_MS]:
+            del nudged[stale]
+
+    @wire.app.timer(interval=PUBLISH_EVERY_S, name="recon_publish")
+    async def publish() -> None:
+        """Each changed partition's tally on pay.recon.status (the report's source)."""
+        try:
+            rules.check()
+            at = now_ms()
+            assigned = {tp.partition for tp in wire.app.assignor.assigned_actives()
+                        if tp.topic == t.RECON}
+            for partition in sorted(dirty & assigned):
+                status = ReconStatus(partition=partition, at_ms=at, tally=tally_of(partition))
+                await wire.send(t.RECON_STATUS, f"p{partition}",
+                                child(f"recon-status-{partition}-{at}", status, 0, at))
+                dirty.discard(partition)
+            _gauges([tally_of(p) for p in assigned])
+        except Exception:  # a timer must not die: the next tick publishes
+            log.exception("recon status publish failed")
+
+
+_GAUGED: set[tuple[str, str, str]] = set()
+
+
+def _gauges(tallies: list[Tally]) -> None:
+    """Open items and residuals on this worker's partitions (zeroed when they go away)."""
+    for name, a, b in _GAUGED:
+        (RECON_OPEN.labels(channel=a, state=b) if name == "open"
+         else RECON_RESIDUAL.labels(channel=a, currency=b)).set(0)
+    total = Tally()
+    for tally in tallies:
+        total = total.add(tally)
+    open_by: dict[tuple[str, str], int] = {}
+    for key, n in total.open.items():
+        channel, state, _ = key.split("|")
+        open_by[(channel, state)] = open_by.get((channel, state), 0) + n
+    for (channel, state), n in open_by.items():
+        RECON_OPEN.labels(channel=channel, state=state).set(n)
+        _GAUGED.add(("open", channel, state))
+    owed: dict[tuple[str, str], int] = {}
+    for key, n in total.residual.items():
+        channel, ccy, _ = key.split("|")
+        owed[(channel, ccy)] = owed.get((channel, ccy), 0) + n
+    for (channel, ccy), n in owed.items():
+        RECON_RESIDUAL.labels(channel=channel, currency=ccy).set(n)
+        _GAUGED.add(("residual", channel, ccy))

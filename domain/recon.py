@@ -1,0 +1,881 @@
+"""Continuous reconciliation: three-way matching of one payment, pure.
+
+One ``ReconItem`` per payment id collects what each side said about it:
+
+- the order: its status events (what we think happened, and what we captured and refunded);
+- the channel: its callbacks and status-query answers, the latest answer per request;
+- the ledger: the payment's legs on its channel's clearing account and on the fee account;
+- the channel's settlement lines: what it says it paid us, and when.
+
+After every observation ``observe`` evaluates the item. The three live sides must agree
+once the order is final and the item has been quiet for the channel's ``grace_ms`` (until
+then a difference is money in flight, not a mismatch). A settlement line is compared with
+the order once the live sides agree: one that matches is booked (the order stage moves the
+merchants' money from pending to settled and the channel's clearing to cash); one that does
+not is held for ops. A payment captured on day T expects its line by T+N: when the channel
+closes that period (``SettlementClosed``) and no line came, it is missing at the channel.
+
+Each discrepancy is raised once, as a ``ReconException`` with its kind and every record
+involved. Where the channel's rule allows it, the safe ones are resolved automatically: a
+channel success for a failed or timed-out order makes the order succeed (and posts it); a
+refund the channel made by itself is posted. Everything else waits for ops.
+
+Time comes in as ``at_ms``; dates are UTC days (YYYY-MM-DD). Nothing here reads a clock.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import date, datetime, timedelta, timezone
+from enum import Enum
+from typing import Literal, NamedTuple
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+
+from domain.commands import Message
+from domain.events import (
+    ChannelResponded,
+    LegApplied,
+    PaymentStatusChanged,
+    SettlementReported,
+)
+from domain.ids import derive_id
+
+DAY_MS = 86_400_000
+INTERNAL_CHANNEL = "internal"
+"""Balance payments: no channel, nothing to settle (``domain.routing.INTERNAL_CHANNEL``)."""
+
+
+class ExceptionKind(str, Enum):
+    """What reconciliation can find wrong. Values never change (ops tooling keys on them)."""
+
+    missing_at_channel = "missing_at_channel"
+    """We captured it; the channel's reports up to T+N do not settle it."""
+    missing_in_ours = "missing_in_ours"
+    """The channel settled (or reported success for) a payment we have no record of."""
+    amount_mismatch = "amount_mismatch"
+    """Two sides name different amounts (a line's gross, a callback, the ledger)."""
+    fee_mismatch = "fee_mismatch"
+    """The line's fee differs from ours by more than the channel's tolerance."""
+    status_mismatch = "status_mismatch"
+    """The channel says succeeded and the order says failed or unknown, or the reverse."""
+    duplicate_settlement = "duplicate_settlement"
+    """A second line settles a payment already settled."""
+    currency_mismatch = "currency_mismatch"
+    """A line or a callback in another currency than the order."""
+    date_out_of_window = "date_out_of_window"
+    """A line dated outside its report's period or outside T..T+N(+window)."""
+
+
+K = ExceptionKind
+
+
+# ---------------------------------------------------------------- rules (config/recon.yaml)
+
+
+class AutoResolve(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    success_for_failed: bool = False
+    """A channel success (callback or settlement line) for the full amount of a failed or
+    timed-out order makes the order succeed and posts the capture."""
+    channel_refund: bool = False
+    """A refund the channel made by itself (it answered a refund we never asked for) is
+    posted as a refund of the order."""
+
+
+class Matching(BaseModel):
+    """How one channel's records are matched."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    channel: str = "*"
+    settle_days: int = Field(default=1, ge=0, le=60)
+    """T+N: a payment captured on day T is settled in the channel's report for T..T+N."""
+    date_window_days: int = Field(default=0, ge=0, le=30)
+    """Days a line may be dated after T+N and still match."""
+    fee_tolerance_minor: int = Field(default=0, ge=0)
+    fee_tolerance_bps: int = Field(default=0, ge=0, le=10_000)
+    """A line's fee matches ours within minor units plus basis points of our fee."""
+    lines_per_payment: Literal["one", "many"] = "one"
+    """``one``: a second line for a payment is a duplicate. ``many``: the channel settles a
+    payment in parts (split or partial captures); the lines add up to our amount."""
+    line_wait_ms: int = Field(default=10_000, ge=0)
+    """How long a line waits for the order's success before it is an exception."""
+    grace_ms: int = Field(default=5_000, ge=0)
+    """How long the order, the callbacks and the ledger may disagree (money in flight)."""
+    auto_resolve: AutoResolve = AutoResolve()
+
+    def fee_allowance(self, ours_minor: int) -> int:
+        return self.fee_tolerance_minor + abs(ours_minor) * self.fee_tolerance_bps // 10_000
+
+
+class ReconRules(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: str = ""
+    defaults: Matching = Matching()
+    channels: tuple[Matching, ...] = ()
+    retention_days: int = Field(default=7, ge=0, le=400)
+    """How long a matched item is kept (so a late duplicate line is still recognised)."""
+    _merged: dict[str, Matching] = PrivateAttr(default_factory=dict)
+
+    def model_post_init(self, _context) -> None:
+        base = self.defaults.model_dump()
+        for c in self.channels:  # what the entry sets, the defaults for the rest
+            self._merged[c.channel] = Matching.model_validate(
+                {**base, **c.model_dump(exclude_unset=True)})
+
+    @model_validator(mode="after")
+    def _unique(self) -> ReconRules:
+        names = [c.channel for c in self.channels]
+        if "*" in names:
+            raise ValueError("channels: a channel needs a name ('*' is the defaults)")
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"channels: {', '.join(twice)} listed twice")
+        return self
+
+    def for_channel(self, name: str) -> Matching:
+        """The channel's rule: what its entry sets, the defaults for the rest."""
+        found = self._merged.get(name)
+        return found if found is not None else self.defaults.model_copy(
+            update={"channel": name})
+
+
+# ---------------------------------------------------------------- messages
+
+
+class SettlementClosed(Message):
+    """A channel's report for ``period`` is complete (sent to every partition): payments
+    due by then and not in any report are missing at the channel."""
+
+    channel: str
+    period: str
+    lines: int = 0
+
+
+class ReconWake(Message):
+    """The recon sweeper's nudge: the item asked to be looked at again at ``wake_ms``."""
+
+    payment_id: str
+    wake_ms: int
+
+
+class ChannelSuccessConfirmed(Message):
+    """Reconciliation to the order stage: the channel took this money; succeed the order."""
+
+    payment_id: str
+    channel: str
+    channel_serial: str
+    amount_minor: int
+    currency: str
+    evidence: str
+
+
+class ChannelRefundConfirmed(Message):
+    """Reconciliation to the order stage: the channel refunded this much by itself."""
+
+    payment_id: str
+    channel: str
+    amount_minor: int
+    currency: str
+    evidence: str
+
+
+class OrderView(BaseModel):
+    """The order as its latest status event tells it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    status: str
+    amount_minor: int
+    currency: str
+    channel: str
+    channel_serial: str
+    captured_minor: int
+    refunded_minor: int
+    at_ms: int
+    captured_on: str = ""
+    """The UTC day the order first captured money (T of T+N); '' if never."""
+
+    @property
+    def net_minor(self) -> int:
+        return self.captured_minor - self.refunded_minor
+
+
+class CallbackSeen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    request_id: str
+    operation: str
+    outcome: str
+    amount_minor: int
+    currency: str
+    channel: str
+    channel_serial: str
+
+
+class LedgerSeen(BaseModel):
+    """The payment's posted legs that reconciliation matches, summed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    clearing_minor: int = 0
+    """Legs on the channel's clearing account from captures, refunds and suspense (a
+    capture of 100 is -100: the channel owes us 100)."""
+    settled_minor: int = 0
+    """Legs on the clearing account from settlements (the channel paid: +100)."""
+    fee_minor: int = 0
+    """Legs on our fee account: the fee the channel should charge."""
+    postings: tuple[str, ...] = ()
+    """Posting ids seen: a leg delivered twice counts once."""
+    entries: dict[str, tuple[int, int]] = Field(default_factory=dict)
+    """entry id -> (legs seen, legs in the entry): an entry is posted when all are seen."""
+
+    def incomplete(self) -> list[str]:
+        return [e for e, (seen, size) in self.entries.items() if seen < size]
+
+
+class LineSeen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    line: SettlementReported
+    arrived_ms: int
+    state: Literal["waiting", "booked", "part", "held"] = "waiting"
+    """``part``: matched as one of several lines for the payment, booked with the last."""
+
+
+class ReconException(Message):
+    """One discrepancy, with every record involved, for ops (``pay.recon.exceptions``)."""
+
+    exception_id: str
+    payment_id: str
+    channel: str
+    kind: ExceptionKind
+    reason: str
+    detected_at_ms: int
+    line_id: str = ""
+    expected_minor: int | None = None
+    reported_minor: int | None = None
+    resolution: str = ""
+    """What reconciliation did about it ('' : it waits for ops)."""
+    order: OrderView | None = None
+    callbacks: tuple[CallbackSeen, ...] = ()
+    ledger: LedgerSeen = LedgerSeen()
+    lines: tuple[SettlementReported, ...] = ()
+
+
+class ReconItem(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    payment_id: str
+    first_ms: int
+    changed_ms: int
+    order: OrderView | None = None
+    callbacks: tuple[CallbackSeen, ...] = ()
+    ledger: LedgerSeen = LedgerSeen()
+    lines: tuple[LineSeen, ...] = ()
+    raised: tuple[str, ...] = ()
+    """Keys of the discrepancies raised (each once)."""
+    kinds: tuple[ExceptionKind, ...] = ()
+    """The kind of each raised discrepancy, in order, waiting for ops or resolved."""
+    asked: tuple[str, ...] = ()
+    """Automatic resolutions sent to the order stage (each once)."""
+    missing_through: str = ""
+    """The period a missing-at-channel was raised for."""
+    closed_ms: int = 0
+    """When everything matched (0: open). Kept ``retention_days``, then removed."""
+    matched_ms: int = 0
+    """When everything first matched (counted once even if a later record reopens it)."""
+
+    @property
+    def channel(self) -> str:
+        if self.order is not None and self.order.channel:
+            return self.order.channel
+        for seen in self.lines:
+            return seen.line.channel
+        for cb in self.callbacks:
+            return cb.channel
+        return ""
+
+    @property
+    def currency(self) -> str:
+        if self.order is not None:
+            return self.order.currency
+        for seen in self.lines:
+            return seen.line.currency
+        return next((cb.currency for cb in self.callbacks), "")
+
+
+class Step(NamedTuple):
+    item: ReconItem | None
+    """None: remove the row."""
+    exceptions: tuple[ReconException, ...] = ()
+    to_orders: tuple[Message, ...] = ()
+    """Lines to book, confirmations: the order stage acts on them."""
+    wake_ms: int = 0
+    """Look at the item again then (0: only when something arrives)."""
+    due: tuple[str, str] | None = None
+    """(channel, YYYY-MM-DD): the item waits for that channel's report of that day."""
+    matched: bool = False
+    """Closed by this step: all records agree."""
+
+
+# ---------------------------------------------------------------- reading the sides
+
+
+FINAL = frozenset({"succeeded", "partially_refunded", "refunded", "failed", "canceled",
+                   "amount_mismatch", "timed_out"})
+"""Order statuses the live sides are compared at (the rest are still in flight)."""
+SETTLEABLE = frozenset({"succeeded", "partially_refunded", "refunded"})
+UNPAID = frozenset({"failed", "timed_out"})
+"""Statuses a channel success can resolve (``AutoResolve.success_for_failed``)."""
+DECIDED_UNPAID = frozenset({"failed", "canceled", "amount_mismatch"})
+"""Statuses no late answer changes: a line for them is a mismatch at once."""
+_PAY_IN = {"sale": 1, "capture": 1, "refund": -1}
+
+
+def day_of(at_ms: int) -> str:
+    return datetime.fromtimestamp(at_ms / 1000, tz=timezone.utc).date().isoformat()
+
+
+def _order_view(before: OrderView | None, event: PaymentStatusChanged) -> OrderView:
+    captured_on = before.captured_on if before is not None else ""
+    if not captured_on and event.captured_minor > 0:
+        captured_on = day_of(event.at_ms)
+    return OrderView(status=event.status, amount_minor=event.amount_minor,
+                     currency=event.currency, channel=event.channel or
+                     (before.channel if before is not None else ""),
+                     channel_serial=event.channel_serial, captured_minor=event.captured_minor,
+                     refunded_minor=event.refunded_minor, at_ms=event.at_ms,
+                     captured_on=captured_on)
+
+
+def _is_payout(item: ReconItem) -> bool:
+    return any(cb.operation == "payout" for cb in item.callbacks)
+
+
+def channel_net(item: ReconItem) -> int:
+    """What the channel says it took for us, net of its refunds: the latest answer per
+    request (a contradicting second answer replaces the first)."""
+    return sum(_PAY_IN.get(cb.operation, 0) * cb.amount_minor for cb in item.callbacks
+               if cb.outcome == "succeeded")
+
+
+def _channel_refunds(item: ReconItem) -> int:
+    return sum(cb.amount_minor for cb in item.callbacks
+               if cb.outcome == "succeeded" and cb.operation == "refund")
+
+
+def observe(item: ReconItem | None, body: Message, at_ms: int, rules: ReconRules) -> Step:
+    """Take one record (a status event, a callback, a posted leg, a settlement line, a
+    wake-up) and evaluate the payment again."""
+    payment_id = body.payment_id
+    if item is None:
+        if isinstance(body, ReconWake):
+            return Step(None)  # removed meanwhile: nothing to look at
+        item = ReconItem(payment_id=payment_id, first_ms=at_ms, changed_ms=at_ms)
+    changed = _taken(item, body, at_ms)
+    if changed is None:
+        if isinstance(body, ReconWake):
+            if item.closed_ms and at_ms >= item.closed_ms + rules.retention_days * DAY_MS:
+                return Step(None)
+            return evaluate(item, at_ms, rules)
+        return Step(item)  # a copy: nothing new
+    return evaluate(changed.model_copy(update={"changed_ms": at_ms}), at_ms, rules)
+
+
+def _taken(item: ReconItem, body: Message, at_ms: int) -> ReconItem | None:
+    """The item with ``body`` recorded, or None when it adds nothing."""
+    if isinstance(body, PaymentStatusChanged):
+        view = _order_view(item.order, body)
+        return None if view == item.order else item.model_copy(update={"order": view})
+    if isinstance(body, ChannelResponded):
+        if body.outcome.value == "pending" or body.operation.value in ("ack", "query"):
+            return None
+        seen = CallbackSeen(request_id=body.request_id, operation=body.operation.value,
+                            outcome=body.outcome.value, amount_minor=body.amount_minor,
+                            currency=body.currency, channel=body.channel,
+                            channel_serial=body.channel_serial)
+        if seen in item.callbacks:
+            return None
+        kept = tuple(cb for cb in item.callbacks if cb.request_id != body.request_id)
+        return item.model_copy(update={"callbacks": kept + (seen,)})
+    if isinstance(body, LegApplied):
+        if body.posting_id in item.ledger.postings:
+            return None
+        ledger = item.ledger
+        kind = body.account_id.split(":", 1)[0]
+        seen, _ = ledger.entries.get(body.entry_id, (0, body.entry_legs))
+        update = {"postings": ledger.postings + (body.posting_id,),
+                  "entries": {**ledger.entries, body.entry_id: (seen + 1, body.entry_legs)}}
+        if kind == "clearing" and body.reason == "settlement_clearing":
+            update["settled_minor"] = ledger.settled_minor + body.amount_minor
+        elif kind == "clearing":
+            update["clearing_minor"] = ledger.clearing_minor + body.amount_minor
+        elif kind == "fees" and body.reason != "settlement_clearing":
+            update["fee_minor"] = ledger.fee_minor + body.amount_minor
+        return item.model_copy(update={"ledger": ledger.model_copy(update=update)})
+    if isinstance(body, SettlementReported):
+        if any(s.line.line_id == body.line_id and s.line.channel == body.channel
+               for s in item.lines):
+            return None  # the same line again (a file sent twice): one line
+        return item.model_copy(update={"lines": item.lines + (
+            LineSeen(line=body, arrived_ms=at_ms),)})
+    if isinstance(body, ReconWake):
+        return None
+    raise TypeError(f"reconciliation does not take {type(body).__name__}")
+
+
+# ---------------------------------------------------------------- evaluating
+
+
+class _Finding(NamedTuple):
+    key: str
+    kind: ExceptionKind
+    reason: str
+    expected: int | None = None
+    reported: int | None = None
+    line_id: str = ""
+    fix: Message | None = None
+    resolution: str = ""
+
+
+class _Eval:
+    """One evaluation's working state: the item as it changes, what it raises and asks."""
+
+    def __init__(self, item: ReconItem, at_ms: int, rule: Matching) -> None:
+        self.item, self.at, self.rule = item, at_ms, rule
+        self.exceptions: list[ReconException] = []
+        self.to_orders: list[Message] = []
+        self.wakes: list[int] = []
+
+    def wake(self, at_ms: int) -> None:
+        self.wakes.append(at_ms)
+
+    def raise_(self, f: _Finding) -> None:
+        if f.key in self.item.raised:
+            return
+        resolution = ""
+        if f.fix is not None and f.key not in self.item.asked:
+            self.to_orders.append(f.fix)
+            resolution = f.resolution
+            self.item = self.item.model_copy(update={"asked": self.item.asked + (f.key,)})
+        it = self.item
+        self.item = it.model_copy(update={"raised": it.raised + (f.key,),
+                                          "kinds": it.kinds + (f.kind,)})
+        self.exceptions.append(ReconException(
+            exception_id=derive_id("rx", it.payment_id, f.key), payment_id=it.payment_id,
+            channel=it.channel, kind=f.kind, reason=f.reason, detected_at_ms=self.at,
+            line_id=f.line_id, expected_minor=f.expected, reported_minor=f.reported,
+            resolution=resolution, order=it.order, callbacks=it.callbacks, ledger=it.ledger,
+            lines=tuple(s.line for s in it.lines)))
+
+    def set_line(self, index: int, state: str) -> None:
+        lines = list(self.item.lines)
+        lines[index] = lines[index].model_copy(update={"state": state})
+        self.item = self.item.model_copy(update={"lines": tuple(lines)})
+
+
+def evaluate(item: ReconItem, at_ms: int, rules: ReconRules) -> Step:
+    rule = rules.for_channel(item.channel)
+    ev = _Eval(item, at_ms, rule)
+    live_agree = _live_sides(ev)
+    for index in range(len(ev.item.lines)):
+        if ev.item.lines[index].state == "waiting":
+            _line(ev, index, live_agree)
+    _orphan_callbacks(ev)
+    item = ev.item
+    due = _due(item, rule)
+    matched = False
+    done = _settled_through(item, live_agree)
+    if done and not item.closed_ms:
+        matched = not item.matched_ms
+        item = item.model_copy(update={"closed_ms": at_ms,
+                                       "matched_ms": item.matched_ms or at_ms})
+        due = None
+    elif not done and item.closed_ms:  # a later record reopened it
+        item = item.model_copy(update={"closed_ms": 0})
+    if item.closed_ms:
+        ev.wake(item.closed_ms + rules.retention_days * DAY_MS)
+    future = [w for w in ev.wakes if w > at_ms]
+    return Step(item, tuple(ev.exceptions), tuple(ev.to_orders),
+                min(future) if future else 0, due, matched)
+
+
+def _live_sides(ev: _Eval) -> bool:
+    """Order, channel and ledger agree (True), or the differences are raised once the
+    item has been quiet for ``grace_ms`` (False either way while they differ)."""
+    item, order = ev.item, ev.item.order
+    if order is None or order.status not in FINAL:
+        return False
+    if not order.channel or order.channel == INTERNAL_CHANNEL or _is_payout(item):
+        return True  # nothing at a channel to compare (balance payments, payouts)
+    findings = _live_findings(item, order, ev.rule)
+    if not findings:
+        return True
+    if ev.at - item.changed_ms < ev.rule.grace_ms:
+        ev.wake(item.changed_ms + ev.rule.grace_ms)
+        return False
+    for f in findings:
+        ev.raise_(f)
+    return False
+
+
+def _live_findings(item: ReconItem, order: OrderView, rule: Matching) -> list[_Finding]:
+    out: list[_Finding] = []
+    other = [cb for cb in item.callbacks if cb.outcome == "succeeded"
+             and cb.currency != order.currency]
+    if other:
+        cb = other[0]
+        return [_Finding("currency:callback", K.currency_mismatch,
+                         f"{cb.channel} answered {cb.operation} in {cb.currency}, the order "
+                         f"is in {order.currency}", order.amount_minor, cb.amount_minor)]
+    half = item.ledger.incomplete()
+    if half:
+        seen, size = item.ledger.entries[half[0]]
+        return [_Finding("amount:ledger_entry", K.amount_mismatch,
+                         f"ledger entry {half[0]} applied on {seen} of its {size} legs",
+                         size, seen)]
+    said, ours = channel_net(item), order.net_minor
+    if said != ours:
+        out.append(_channel_vs_order(item, order, said, rule))
+    booked = -item.ledger.clearing_minor
+    if booked != ours:
+        out.append(_Finding("amount:ledger", K.amount_mismatch,
+                            f"the ledger's clearing for {order.channel} shows {booked}, the "
+                            f"order {ours} {order.currency}", ours, booked))
+    return out
+
+
+def _channel_vs_order(item: ReconItem, order: OrderView, said: int, rule: Matching
+                      ) -> _Finding:
+    ours, ccy = order.net_minor, order.currency
+    if order.status == "amount_mismatch":
+        return _Finding("amount:channel", K.amount_mismatch,
+                        f"{order.channel} took {said} {ccy}, we asked {order.amount_minor}",
+                        order.amount_minor, said)
+    if said > 0 and ours == 0:
+        fix, resolution = None, ""
+        serial = next((cb.channel_serial for cb in reversed(item.callbacks)
+                       if cb.outcome == "succeeded" and _PAY_IN.get(cb.operation) == 1), "")
+        if rule.auto_resolve.success_for_failed and order.status in UNPAID \
+                and said == order.amount_minor:
+            fix = ChannelSuccessConfirmed(
+                payment_id=item.payment_id, channel=order.channel, channel_serial=serial,
+                amount_minor=said, currency=ccy, evidence=f"{order.channel} answered success")
+            resolution = "the order succeeds and is posted (success_for_failed)"
+        return _Finding("status:channel", K.status_mismatch,
+                        f"{order.channel} says succeeded ({said} {ccy}), the order says "
+                        f"{order.status}", 0, said, fix=fix, resolution=resolution)
+    if said == 0 and ours > 0:
+        return _Finding("status:channel", K.status_mismatch,
+                        f"the order says {order.status} ({ours} {ccy}), {order.channel} "
+                        "reports no money taken", ours, 0)
+    extra_refund = _channel_refunds(item) - order.refunded_minor
+    if said < ours and extra_refund == ours - said:
+        fix, resolution = None, ""
+        if rule.auto_resolve.channel_refund:
+            fix = ChannelRefundConfirmed(payment_id=item.payment_id, channel=order.channel,
+                                         amount_minor=extra_refund, currency=ccy,
+                                         evidence=f"{order.channel} refunded by itself")
+            resolution = "the channel's refund is posted (channel_refund)"
+        return _Finding("amount:channel_refund", K.amount_mismatch,
+                        f"{order.channel} refunded {extra_refund} {ccy} we never asked for",
+                        ours, said, fix=fix, resolution=resolution)
+    return _Finding("amount:channel", K.amount_mismatch,
+                    f"{order.channel} took {said} {ccy} net, the order {ours}", ours, said)
+
+
+def _line(ev: _Eval, index: int, live_agree: bool) -> None:
+    seen = ev.item.lines[index]
+    line, order = seen.line, ev.item.order
+    waited = ev.at - seen.arrived_ms >= ev.rule.line_wait_ms
+    if order is None:
+        if not waited:
+            ev.wake(seen.arrived_ms + ev.rule.line_wait_ms)
+            return
+        ev.set_line(index, "held")
+        ev.raise_(_Finding(f"ours:{line.line_id}", K.missing_in_ours,
+                           f"{line.channel} settled {line.amount_minor} {line.currency} for a "
+                           "payment we have no record of", None, line.amount_minor,
+                           line.line_id))
+        return
+    if order.status not in SETTLEABLE:
+        if order.status in DECIDED_UNPAID or waited:
+            _line_for_unpaid(ev, index)
+        else:  # the success may be on its way (a late callback, a status query)
+            ev.wake(seen.arrived_ms + ev.rule.line_wait_ms)
+        return
+    if not live_agree and ev.at - ev.item.changed_ms < ev.rule.grace_ms:
+        ev.wake(ev.item.changed_ms + ev.rule.grace_ms)
+        return  # the live sides may still converge: compare with settled records
+    finding = _line_finding(ev.item, line, order, ev.rule)
+    if finding is not None:
+        ev.set_line(index, "held")
+        ev.raise_(finding)
+        return
+    _book(ev, index)
+
+
+def _line_for_unpaid(ev: _Eval, index: int) -> None:
+    """A line for an order that did not succeed: the channel says it was paid. With
+    ``success_for_failed`` (and the line for the order's full amount) the order is made to
+    succeed and the line waits to be booked; otherwise the line is held for ops."""
+    line, order = ev.item.lines[index].line, ev.item.order
+    assert order is not None
+    key = f"status:line:{line.line_id}"
+    if "status:channel" in ev.item.raised:
+        key = "status:channel"  # the callbacks told it already: one discrepancy
+    fix, resolution = None, ""
+    if ev.rule.auto_resolve.success_for_failed and order.status in UNPAID | {"processing"} \
+            and line.currency == order.currency and line.amount_minor == order.amount_minor:
+        fix = ChannelSuccessConfirmed(
+            payment_id=line.payment_id, channel=line.channel,
+            channel_serial=line.channel_serial, amount_minor=line.amount_minor,
+            currency=line.currency, evidence=f"settlement line {line.line_id}")
+        resolution = "the order succeeds and is posted (success_for_failed)"
+    if fix is None and key not in ev.item.asked:
+        ev.set_line(index, "held")
+    ev.raise_(_Finding(key, K.status_mismatch,
+                       f"{line.channel} settled {line.amount_minor} {line.currency}, the "
+                       f"order says {order.status}", 0, line.amount_minor, line.line_id,
+                       fix=fix, resolution=resolution))
+
+
+def _line_finding(item: ReconItem, line: SettlementReported, order: OrderView, rule: Matching
+                  ) -> _Finding | None:
+    taken = [s for s in item.lines if s.state in ("booked", "part")]
+    key = line.line_id
+    if rule.lines_per_payment == "one" and taken:
+        first = taken[0].line
+        return _Finding(f"duplicate:{key}", K.duplicate_settlement,
+                        f"{line.channel} settled the payment again (line {first.line_id} "
+                        "settled it first)", 0, line.amount_minor, key)
+    if line.currency != order.currency:
+        return _Finding(f"currency:{key}", K.currency_mismatch,
+                        f"line in {line.currency}, the order in {order.currency}",
+                        order.net_minor, line.amount_minor, key)
+    open_minor = order.net_minor - sum(s.line.amount_minor for s in taken)
+    if rule.lines_per_payment == "many" and line.amount_minor > open_minor and \
+            any(s.line.amount_minor == line.amount_minor for s in taken):
+        return _Finding(f"duplicate:{key}", K.duplicate_settlement,
+                        f"{line.channel} settled this part again", open_minor,
+                        line.amount_minor, key)
+    too_much = line.amount_minor > open_minor if rule.lines_per_payment == "many" \
+        else line.amount_minor != open_minor
+    if too_much:
+        return _Finding(f"amount:{key}", K.amount_mismatch,
+                        f"line gross {line.amount_minor} {line.currency}, ours {open_minor}",
+                        open_minor, line.amount_minor, key)
+    window = _date_problem(line, order, rule)
+    if window:
+        return _Finding(f"date:{key}", K.date_out_of_window, window, None, None, key)
+    return None
+
+
+def _date_problem(line: SettlementReported, order: OrderView, rule: Matching) -> str:
+    if line.period and line.settled_on != line.period:
+        return f"line dated {line.settled_on}, in the report for {line.period}"
+    if not order.captured_on:
+        return ""
+    first = date.fromisoformat(order.captured_on)
+    last = first + timedelta(days=rule.settle_days + rule.date_window_days)
+    settled = date.fromisoformat(line.settled_on)
+    if not first <= settled <= last:
+        return (f"line dated {line.settled_on}, captured {order.captured_on}: expected "
+                f"{first.isoformat()}..{last.isoformat()} (T+{rule.settle_days}"
+                f"{'+' + str(rule.date_window_days) if rule.date_window_days else ''})")
+    return ""
+
+
+def _book(ev: _Eval, index: int) -> None:
+    """The line matches: book it (``many``: once the parts add up to the order)."""
+    item, order = ev.item, ev.item.order
+    assert order is not None
+    line = item.lines[index].line
+    if ev.rule.lines_per_payment == "one":
+        ev.set_line(index, "booked")
+        _fee_check(ev, (line,), order)
+        ev.to_orders.append(line)
+        return
+    ev.set_line(index, "part")
+    parts = tuple(s.line for s in ev.item.lines if s.state == "part")
+    if sum(p.amount_minor for p in parts) < order.net_minor:
+        return
+    for i, s in enumerate(ev.item.lines):
+        if s.state == "part":
+            ev.set_line(i, "booked")
+    _fee_check(ev, parts, order)
+    ev.to_orders.append(SettlementReported(
+        line_id=derive_id("stl-many", *(p.line_id for p in parts)), channel=line.channel,
+        payment_id=line.payment_id, channel_serial=line.channel_serial,
+        amount_minor=order.net_minor, currency=line.currency,
+        settled_on=max(p.settled_on for p in parts), period=line.period,
+        fee_minor=sum(p.fee_minor for p in parts)))
+
+
+def _fee_check(ev: _Eval, parts: tuple[SettlementReported, ...], order: OrderView) -> None:
+    """A fee off by more than the tolerance is raised; the line is booked all the same:
+    the money arrived, and the ledger records the fee the channel took."""
+    ours, theirs = ev.item.ledger.fee_minor, sum(p.fee_minor for p in parts)
+    if abs(theirs - ours) > ev.rule.fee_allowance(ours):
+        key = parts[-1].line_id
+        ev.raise_(_Finding(f"fee:{key}", K.fee_mismatch,
+                           f"{parts[-1].channel} charged {theirs} {order.currency}, ours "
+                           f"{ours} (tolerance {ev.rule.fee_allowance(ours)})", ours, theirs,
+                           key))
+
+
+def _orphan_callbacks(ev: _Eval) -> None:
+    """A channel success for a payment we never had (its order never appeared)."""
+    item = ev.item
+    if item.order is not None or channel_net(item) <= 0 or item.lines:
+        return
+    last = max(item.first_ms, item.changed_ms)
+    if ev.at - last < ev.rule.line_wait_ms:
+        ev.wake(last + ev.rule.line_wait_ms)
+        return
+    ev.raise_(_Finding("ours:callback", K.missing_in_ours,
+                       f"{item.channel} reports taking {channel_net(item)} "
+                       f"{item.currency} for a payment we have no record of", None,
+                       channel_net(item)))
+
+
+def expects_line(item: ReconItem) -> bool:
+    """The channel owes us a settlement line for this payment."""
+    order = item.order
+    return (order is not None and order.status in SETTLEABLE and order.captured_minor > 0
+            and bool(order.channel) and order.channel != INTERNAL_CHANNEL
+            and not _is_payout(item))
+
+
+def _due(item: ReconItem, rule: Matching) -> tuple[str, str] | None:
+    if not expects_line(item) or item.lines or item.missing_through:
+        return None
+    assert item.order is not None
+    captured = date.fromisoformat(item.order.captured_on or day_of(item.order.at_ms))
+    return item.order.channel, (captured + timedelta(days=rule.settle_days)).isoformat()
+
+
+def _settled_through(item: ReconItem, live_agree: bool) -> bool:
+    """Everything agrees and nothing waits: the item can close."""
+    if not live_agree or any(s.state in ("waiting", "part", "held") for s in item.lines):
+        return False
+    if len(item.raised) and not _all_resolved(item):
+        return False
+    if expects_line(item):
+        return any(s.state == "booked" for s in item.lines)
+    return True
+
+
+def _all_resolved(item: ReconItem) -> bool:
+    """Raised discrepancies that an automatic resolution has since settled."""
+    return all(key in item.asked for key in item.raised)
+
+
+def period_closed(item: ReconItem, closed: SettlementClosed, at_ms: int, rules: ReconRules
+                  ) -> Step:
+    """The channel's report for ``closed.period`` is complete: a payment due by then that
+    no line settled is missing at the channel."""
+    rule = rules.for_channel(item.channel)
+    due = _due(item, rule)
+    if due is None or due[0] != closed.channel or due[1] > closed.period:
+        return Step(item, due=due)
+    ev = _Eval(item, at_ms, rule)
+    order = item.order
+    assert order is not None
+    ev.raise_(_Finding("missing", K.missing_at_channel,
+                       f"captured {order.captured_on} ({order.net_minor} {order.currency}), "
+                       f"not in {closed.channel}'s reports through {closed.period} "
+                       f"(T+{rule.settle_days})", order.net_minor, None))
+    flagged = ev.item.model_copy(update={"missing_through": closed.period})
+    return Step(flagged, tuple(ev.exceptions), due=None)
+
+
+# ---------------------------------------------------------------- totals for the report
+
+
+class Tally(BaseModel):
+    """What one partition's items add up to; the report sums the partitions.
+
+    Keys are ``|``-joined so the JSON stays flat: ``open``: channel|state|opened_on;
+    ``residual``: channel|currency|day (what the channel still owes us on its clearing
+    account for payments captured that day); ``matched``: channel."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    matched: dict[str, int] = Field(default_factory=dict)
+    matched_minor: dict[str, int] = Field(default_factory=dict)
+    """channel|currency -> gross matched."""
+    exceptions: dict[str, int] = Field(default_factory=dict)
+    """kind -> discrepancies raised (cumulative)."""
+    auto_resolved: dict[str, int] = Field(default_factory=dict)
+    open: dict[str, int] = Field(default_factory=dict)
+    residual: dict[str, int] = Field(default_factory=dict)
+    closed_periods: dict[str, str] = Field(default_factory=dict)
+    """channel -> latest period closed."""
+
+    def add(self, part: Tally, sign: int = 1) -> Tally:
+        def merged(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+            out = Counter(a)
+            for k, v in b.items():
+                out[k] += sign * v
+            return {k: v for k, v in sorted(out.items()) if v}
+        periods = dict(self.closed_periods)
+        for channel, period in part.closed_periods.items():
+            periods[channel] = max(period, periods.get(channel, ""))
+        return Tally(matched=merged(self.matched, part.matched),
+                     matched_minor=merged(self.matched_minor, part.matched_minor),
+                     exceptions=merged(self.exceptions, part.exceptions),
+                     auto_resolved=merged(self.auto_resolved, part.auto_resolved),
+                     open=merged(self.open, part.open),
+                     residual=merged(self.residual, part.residual),
+                     closed_periods=periods)
+
+
+def open_state(item: ReconItem) -> str:
+    """Why an open item is open, for the report's ageing."""
+    if item.order is None:
+        return "awaiting_order"
+    if any(key not in item.asked for key in item.raised):
+        return "exception"
+    if item.order.status not in FINAL:
+        return "in_flight"
+    if expects_line(item) and not any(s.state == "booked" for s in item.lines):
+        return "awaiting_line"
+    return "matching"
+
+
+def standing(item: ReconItem | None) -> Tally:
+    """The item's share of the open items, residuals and matches (its current state)."""
+    if item is None:
+        return Tally()
+    channel, ccy = item.channel or "?", item.currency or "?"
+    day = (item.order.captured_on if item.order and item.order.captured_on
+           else day_of(item.first_ms))
+    owed = -(item.ledger.clearing_minor + item.ledger.settled_minor)
+    tally = Tally(residual={f"{channel}|{ccy}|{day}": owed} if owed else {})
+    if item.closed_ms:
+        gross = sum(s.line.amount_minor for s in item.lines if s.state == "booked")
+        tally.matched = {channel: 1}
+        tally.matched_minor = {f"{channel}|{ccy}": gross} if gross else {}
+    else:
+        tally.open = {f"{channel}|{open_state(item)}|{day_of(item.first_ms)}": 1}
+    return tally
+
+
+class ReconStatus(Message):
+    """One recon partition's tally, published when it changes (``pay.recon.status``)."""
+
+    partition: int
+    at_ms: int
+    tally: Tally
+
+
+def raised_tally(step: Step) -> Tally:
+    """The discrepancies this step raised, by kind (cumulative counters)."""
+    kinds = Counter(e.kind.value for e in step.exceptions)
+    auto = Counter(e.kind.value for e in step.exceptions if e.resolution)
+    return Tally(exceptions=dict(kinds), auto_resolved=dict(auto))
