@@ -29,7 +29,7 @@ import time
 import urllib.request
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -38,10 +38,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from domain import accounts
 from domain.commands import FieldError
-from domain.events import PaymentStatusChanged, SettlementReported
+from domain.events import PaymentStatusChanged
 from domain.ids import payment_id_for
 from domain.money import fee_minor, is_known_currency
-from domain.order_state import TRANSITIONS, OrderStatus
+from domain.order_state import RECONCILED_EXITS, RECONCILIATION, TRANSITIONS, OrderStatus
+from domain.recon import ExceptionKind, ReconException
 from domain.routing import ChannelTerms, RoutingRules
 from paycore.demo import FINAL
 from simulators import settlement as stl
@@ -58,7 +59,7 @@ from simulators.faults import Fault, FaultKind, FaultPlan
 from streams import topics as t
 from streams.channels_config import load_simulators
 from streams.config import load_yaml
-from streams.rules_config import load_routing
+from streams.rules_config import load_recon, load_routing
 from streams.settings import Settings
 
 SCENARIOS_DIR = Path(__file__).resolve().parent.parent / "simulators" / "scenarios"
@@ -753,8 +754,12 @@ def moves_forward(history: list[PaymentStatusChanged]) -> str:
     for event in history:
         if event.status == event.previous_status or event.previous_status not in statuses:
             continue
-        if OrderStatus(event.status) not in TRANSITIONS[OrderStatus(event.previous_status)]:
-            return f"{event.previous_status} -> {event.status}"
+        before_status, after_status = OrderStatus(event.previous_status), OrderStatus(event.status)
+        if after_status in TRANSITIONS[before_status] or (
+                event.trigger == RECONCILIATION
+                and after_status in RECONCILED_EXITS.get(before_status, ())):
+            continue
+        return f"{event.previous_status} -> {event.status}"
     return ""
 
 
@@ -797,11 +802,15 @@ def invariants(rec: Recorded, terms: dict[str, ChannelTerms], report: dict) -> l
     if report["callbacks"]["copies_injected"]:
         checks.append(copies_check(report["callbacks"]))
     if rec.settlement is not None:
-        rows = rec.settlement["discrepancies"]
-        open_rows = [r["line_id"] for r in rows if not r["accounted"]]
-        checks.append(_check("every injected settlement discrepancy accounted for",
-                             not open_rows, f"{len(rows) - len(open_rows)}/{len(rows)}" +
-                             (f"; open: {', '.join(open_rows[:5])}" if open_rows else "")))
+        rows, alarms = rec.settlement["discrepancies"], rec.settlement["false_alarms"]
+        missed = [f"{r['kind']} {r['line_id']}" for r in rows if not r["flagged"]]
+        checks.append(_check("reconciliation: every discrepancy reported, right kind",
+                             not missed, f"recall {len(rows) - len(missed)}/{len(rows)}" +
+                             (f"; missed: {', '.join(missed[:5])}" if missed else "")))
+        checks.append(_check("reconciliation: nothing else reported", not alarms,
+                             f"{len(alarms)} false alarms" + (
+                                 f": {alarms[0]['kind']} {alarms[0]['reason']}"
+                                 if alarms else "")))
     return checks
 
 
@@ -869,82 +878,85 @@ def settled_inputs(rec: Recorded, terms: dict[str, ChannelTerms], period: date
     return dict(sorted(settled.items()))
 
 
-def _why_refused(line: stl.Line, history: list[PaymentStatusChanged]) -> str:
-    """Why the core refused a line, as far as the scenario can tell: the exception record
-    carries the line, not the reason, so this is inferred from our own records."""
-    if not history:
-        return "no such payment (inferred)"
-    last = history[-1]
-    ours = (last.captured_minor - last.refunded_minor, last.currency)
-    if (line.amount_minor, line.currency) != ours:
-        return f"amount {line.amount_minor} {line.currency}, ours {ours[0]} {ours[1]} (inferred)"
-    if last.status not in SETTLEABLE:
-        return f"payment is {last.status} (inferred)"
-    return "reason not in the record"
+INJECTED_AS: dict[stl.Discrepancy, ExceptionKind] = {
+    stl.Discrepancy.missing_line: ExceptionKind.missing_at_channel,
+    stl.Discrepancy.extra_line: ExceptionKind.missing_in_ours,
+    stl.Discrepancy.amount_drift: ExceptionKind.amount_mismatch,
+    stl.Discrepancy.fee_drift: ExceptionKind.fee_mismatch,
+    stl.Discrepancy.wrong_date: ExceptionKind.date_out_of_window,
+    stl.Discrepancy.duplicate_line: ExceptionKind.duplicate_settlement,
+}
+"""The exception reconciliation must raise for each discrepancy a report can carry."""
 
 
-def line_outcome(line: stl.Line, history: list[PaymentStatusChanged], refused: bool,
-                 repeat: bool) -> tuple[str, str]:
-    """(result, what the core did) for one line sent: refused, settled, absorbed (a
-    repeated line that changed nothing), not booked, or pending (nothing seen yet)."""
-    if refused:
-        return "refused", f"on pay.recon.exceptions: {_why_refused(line, history)}"
-    notes = [e for e in history if e.trigger == "settlement"]
-    booked = [e for e in notes if e.reason.startswith("settled on")]
-    if booked and repeat:
-        return "absorbed", "changed nothing: the order was settled once (by this line " \
-                           "or its twin)"
+def _finds(inj: stl.Injection, exc: ReconException) -> bool:
+    """Does this exception report this injected discrepancy (its kind, its line)?"""
+    if exc.kind is not INJECTED_AS[inj.kind] or exc.payment_id != inj.payment_id:
+        return False
+    return inj.kind is stl.Discrepancy.missing_line or exc.line_id == inj.line_id
+
+
+def line_outcome(line: stl.Line, history: list[PaymentStatusChanged],
+                 flagged: list[ReconException]) -> tuple[str, str]:
+    """(result, what the core did) for one line sent: flagged by reconciliation (held, or
+    booked with a flag, like a fee off), settled, or pending (nothing seen yet)."""
+    booked = [e for e in history if e.trigger == "settlement"
+              and e.reason.startswith(("settled by", "settled on"))]
+    if flagged:
+        kinds = ", ".join(sorted({e.kind.value for e in flagged}))
+        return "flagged", f"{kinds}: {flagged[0].reason}" + (
+            "; booked all the same" if booked and flagged[0].kind is
+            ExceptionKind.fee_mismatch else "")
     if booked:
-        return "settled", booked[0].reason
-    failed = [e for e in notes if e.reason.startswith("settlement not booked")]
-    if failed:
-        return "not booked", failed[0].reason
+        return "settled", booked[-1].reason
     return "pending", "no outcome seen"
 
 
 def settlement_section(reports: list[stl.Report], histories: dict[str, list],
-                       exception_line_ids: set[str], files: list[str]) -> dict:
-    """Each line sent and what the core did with it; each injected discrepancy and whether
-    the core flagged it (a recon exception) or what else became of it."""
-    repeats = {i.line_id for r in reports for i in r.injected
-               if i.kind is stl.Discrepancy.duplicate_line}
+                       exceptions: list[ReconException], files: list[str]) -> dict:
+    """Each line sent and what reconciliation made of it; each injected discrepancy and the
+    exception that reported it; and the exceptions no injection explains (false alarms).
+    Precision and recall are over the payments of these reports and of the run."""
+    by_line: dict[str, list[ReconException]] = defaultdict(list)
+    for exc in exceptions:
+        if exc.line_id:
+            by_line[exc.line_id].append(exc)
     lines, outcome_of = [], {}
     for report in reports:
         for line in report.lines:
             result, core = line_outcome(line, histories.get(line.payment_id, []),
-                                        line.line_id in exception_line_ids,
-                                        line.line_id in repeats)
+                                        by_line.get(line.line_id, []))
             outcome_of[line.line_id] = (result, core)
             lines.append({"channel": line.channel, "line_id": line.line_id,
                           "payment_id": line.payment_id, "amount_minor": line.amount_minor,
                           "fee_minor": line.fee_minor, "settled_on": line.settled_on,
                           "result": result, "core": core})
-    rows = [_discrepancy(report.channel, inj, outcome_of, histories)
-            for report in reports for inj in report.injected]
-    settled = {p for p, h in histories.items()
-               if any(e.trigger == "settlement" and e.reason.startswith("settled on")
-                      for e in h)}
+    injected = [(report.channel, inj) for report in reports for inj in report.injected]
+    rows, explained = [], set()
+    for channel, inj in injected:
+        found = [e for e in exceptions if _finds(inj, e)]
+        explained.update(e.exception_id for e in found)
+        rows.append({"channel": channel, "kind": inj.kind.value, "line_id": inj.line_id,
+                     "payment_id": inj.payment_id, "expected": inj.expected,
+                     "reported": inj.reported, "want": INJECTED_AS[inj.kind].value,
+                     "flagged": bool(found),
+                     "core": found[0].reason if found else "not reported"})
+    false_alarms = [{"kind": e.kind.value, "payment_id": e.payment_id, "line_id": e.line_id,
+                     "reason": e.reason} for e in exceptions if e.exception_id not in explained]
+    settled = {p for p, h in histories.items() if any(
+        e.trigger == "settlement" and e.reason.startswith(("settled by", "settled on"))
+        for e in h)}
+    true_found = sum(r["flagged"] for r in rows)
+    reported = true_found + len(false_alarms)
     return {"files": files, "lines_sent": len(lines),
             "by_result": dict(sorted(Counter(x["result"] for x in lines).items())),
-            "orders_settled": len(settled), "injected": len(rows),
-            "flagged": sum(r["flagged"] for r in rows),
-            "accounted": sum(r["accounted"] for r in rows),
-            "discrepancies": rows, "lines": lines}
-
-
-def _discrepancy(channel: str, inj: stl.Injection, outcome_of: dict,
-                 histories: dict[str, list]) -> dict:
-    row = {"channel": channel, "kind": inj.kind.value, "line_id": inj.line_id,
-           "payment_id": inj.payment_id, "expected": inj.expected, "reported": inj.reported}
-    if inj.kind is stl.Discrepancy.missing_line:
-        settled = any(e.trigger == "settlement" for e in histories.get(inj.payment_id, []))
-        core = "settled without a line?" if settled else \
-            "left unsettled (no line came); not flagged: reconciliation is not built yet"
-        return {**row, "result": "unsettled", "core": core, "flagged": False,
-                "accounted": not settled}
-    result, core = outcome_of.get(inj.line_id, ("pending", "line not sent"))
-    return {**row, "result": result, "core": core, "flagged": result == "refused",
-            "accounted": result != "pending"}
+            "orders_settled": len(settled), "injected": len(rows), "flagged": true_found,
+            "exceptions": len(exceptions),
+            "exceptions_by_kind": dict(sorted(Counter(e.kind.value for e in exceptions)
+                                              .items())),
+            "recall": true_found / len(rows) if rows else 1.0,
+            "precision": true_found / reported if reported else 1.0,
+            "false_alarms": false_alarms, "discrepancies": rows, "lines": lines}
 
 
 # ---------------------------------------------------------------- printing and plotting
@@ -992,13 +1004,17 @@ def _settlement_lines(report: dict) -> list[str]:
     if s is None:
         return []
     out = [f"  settlement: {s['lines_sent']} lines sent {s['by_result']}; "
-           f"{s['orders_settled']} orders settled; {s['injected']} discrepancies injected, "
-           f"{s['flagged']} flagged by the core, {s['accounted']} accounted for"]
-    kinds: dict[str, Counter] = defaultdict(Counter)
+           f"{s['orders_settled']} orders settled",
+           f"  reconciliation: {s['injected']} discrepancies injected, {s['flagged']} "
+           f"reported with the right kind; {s['exceptions']} exceptions "
+           f"{s['exceptions_by_kind']}; precision {s['precision']:.0%}, recall "
+           f"{s['recall']:.0%}",
+           f"    {'injected':<16} {'reported as':<22} {'channel':<14} {'line':<28} found"]
     for row in s["discrepancies"]:
-        kinds[row["kind"]][f"{row['result']}"] += 1
-    for kind, results in sorted(kinds.items()):
-        out.append(f"    {kind:<16} {dict(results)}")
+        out.append(f"    {row['kind']:<16} {row['want']:<22} {row['channel']:<14} "
+                   f"{row['line_id']:<28} {'yes' if row['flagged'] else 'NO'}")
+    for alarm in s["false_alarms"]:
+        out.append(f"    false alarm: {alarm['kind']} {alarm['payment_id']} {alarm['reason']}")
     return out
 
 
@@ -1175,9 +1191,11 @@ class Sidelines:
                 except (ValueError, KeyError, TypeError, UndecodableEnvelope):
                     continue
 
-    def settlement_line_ids(self) -> set[str]:
-        return {body.line_id for body in self.exceptions.values()
-                if isinstance(body, SettlementReported)}
+    def recon_exceptions(self, payment_ids: set[str]) -> list[ReconException]:
+        """Reconciliation's exceptions about these payments, each once (by its id)."""
+        found = {body.exception_id: body for body in self.exceptions.values()
+                 if isinstance(body, ReconException) and body.payment_id in payment_ids}
+        return list(found.values())
 
     def close(self) -> None:
         self.consumer.close()
@@ -1321,21 +1339,37 @@ class Live:
                    for channel in spec.channels or tuple(inputs)]
         folder.mkdir(parents=True, exist_ok=True)
         files = [str(stl.write_report(report, folder)) for report in reports]
+        recon = load_recon(self.settings.config_dir)
         for report in reports:
             source = f"scenario:{self.scenario.name}:{report.channel}"
-            for key, value in stl.to_records(report.lines, source, now_ms()):
+            for key, value in stl.to_records(report.lines, source, now_ms(), report.period):
                 self.producer.send(t.SETTLEMENTS, key=key, value=value)
+        self.producer.flush()
+        for report in reports:  # then the day's report and the next T+N ones are complete
+            source = f"scenario:{self.scenario.name}:{report.channel}:closed"
+            for day in range(recon.for_channel(report.channel).settle_days + 1):
+                period, lines = report.period + timedelta(days=day), len(report.lines)
+                for partition, key, value in stl.close_records(
+                        report.channel, period, lines if day == 0 else 0, source, now_ms(),
+                        self.settings.partitions):
+                    self.producer.send(t.SETTLEMENTS, key=key, value=value,
+                                       partition=partition)
         self.producer.flush()
         self.say(f"  settlement: {sum(len(r.lines) for r in reports)} lines from "
                  f"{len(reports)} channels, {sum(len(r.injected) for r in reports)} "
-                 "discrepancies injected")
+                 "discrepancies injected; reports closed through T+N")
+        scope = {p.payment_id for p in self.planned} | {
+            line.payment_id for r in reports for line in r.lines}
 
         def section() -> dict:
             return settlement_section(reports, self.observer.history,
-                                      self.side.settlement_line_ids(), files)
+                                      self.side.recon_exceptions(scope), files)
 
         deadline = time.monotonic() + spec.wait_s
-        while "pending" in section()["by_result"] and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            now = section()
+            if "pending" not in now["by_result"] and now["flagged"] == now["injected"]:
+                break
             self.poll(200)
         return section()
 

@@ -33,6 +33,7 @@ from lxml import etree
 from domain.events import SettlementReported
 from domain.ids import derive_id
 from domain.money import CURRENCY_EXPONENTS, fee_minor, is_known_currency
+from domain.recon import SettlementClosed
 from streams.envelope import child, encode
 
 ReportKind = Literal["card", "wallet", "bank"]
@@ -647,8 +648,23 @@ def to_events(lines: list[Line]) -> list[SettlementReported]:
     return list(lines)
 
 
-def to_records(lines: list[Line], source: str, at_ms: int) -> list[tuple[bytes, bytes]]:
+def to_records(lines: list[Line], source: str, at_ms: int, period: date | None = None
+               ) -> list[tuple[bytes, bytes]]:
     """(key, value) pairs for ``pay.channel.settlements``: keyed by payment id, each
-    envelope's id derived from (channel, line id), so a file sent twice is deduplicated."""
+    envelope's id derived from (channel, line id), so a file sent twice is deduplicated.
+    ``period``: the report's day, stamped on each line (reconciliation checks the line's
+    date against it)."""
+    if period is not None:
+        lines = [_with(line, period=period.isoformat()) for line in lines]
     return [(event.payment_id.encode(), encode(child(source, event, index, at_ms)))
             for index, event in enumerate(to_events(lines))]
+
+
+def close_records(channel: str, period: date, lines: int, source: str, at_ms: int,
+                  partitions: int) -> list[tuple[int, bytes, bytes]]:
+    """(partition, key, value) for every partition of ``pay.channel.settlements``: the
+    channel's report for ``period`` is complete. Reconciliation runs per partition, so each
+    one hears it; a payment due by then and in no report is missing at the channel."""
+    closed = SettlementClosed(channel=channel, period=period.isoformat(), lines=lines)
+    value = encode(child(source, closed, 0, at_ms))
+    return [(p, channel.encode(), value) for p in range(partitions)]

@@ -115,17 +115,20 @@ def test_bank_timeouts_resolved_by_query_and_late_success(tmp_path):
         rows[("online_bank", "late_callback")]["injected"] > 0
 
 
-def test_settlement_drift_every_discrepancy_accounted_for(tmp_path):
+def test_settlement_drift_every_discrepancy_reported_with_its_kind_and_nothing_else(tmp_path):
     report = _run("settlement-drift", tmp_path)
 
     settlement = report["settlement"]
     assert settlement["injected"] > 0
-    assert settlement["accounted"] == settlement["injected"]
     kinds = {row["kind"] for row in settlement["discrepancies"]}
     assert kinds == {"missing_line", "extra_line", "amount_drift", "fee_drift", "wrong_date",
                      "duplicate_line"}
-    flagged = [r for r in settlement["discrepancies"] if r["flagged"]]
-    assert flagged and {r["kind"] for r in flagged} <= {"extra_line", "amount_drift"}
+    missed = [r for r in settlement["discrepancies"] if not r["flagged"]]
+    assert missed == []  # recall 100%
+    assert settlement["false_alarms"] == []  # precision 100%
+    assert (settlement["recall"], settlement["precision"]) == (1.0, 1.0)
+    assert settlement["exceptions"] == settlement["injected"]
+    assert sum(settlement["exceptions_by_kind"].values()) == settlement["injected"]
     assert settlement["orders_settled"] > 0
     assert "pending" not in settlement["by_result"]
     suffixes = sorted(path.rsplit(".", 1)[1] for path in settlement["files"])
