@@ -404,6 +404,8 @@ class Recorded:
     ledger: LedgerFacts | None = None
     deadletters: int = 0
     settlement: dict | None = None
+    recon: list[dict] = field(default_factory=list)
+    """Reconciliation's exceptions about the run's payments (``ReconException`` dumps)."""
     stack: str = ""
     elapsed_s: float = 0.0
     short: bool = False
@@ -457,6 +459,7 @@ def build_report(rec: Recorded, terms: dict[str, ChannelTerms]) -> dict:
         "latency_ms": latency_section(rec),
         "timeline": timeline_section(rec),
         "settlement": rec.settlement,
+        "reconciliation": recon_section(rec),
     }
     assert report["payments"]["final"] <= report["payments"]["planned"]
     assert set(rec.sent_ms) <= {p.payment_id for p in rec.planned}, "sent what was planned"
@@ -779,6 +782,29 @@ def expected_merchant_minor(rec: Recorded, terms: dict[str, ChannelTerms]) -> di
     return dict(expected)
 
 
+CAUSES: dict[str, str] = {"amount_mismatch": "amount_mismatch",
+                          "partial_payment": "amount_mismatch"}
+"""Channel faults whose payments reconciliation must report, and as what."""
+
+
+def recon_section(rec: Recorded) -> dict:
+    """Reconciliation's exceptions about the run's payments (before any settlement report):
+    each either explained by a fault injected on that payment, or a false alarm."""
+    injected = {(d["payment_id"], CAUSES[d["kind"]]) for d in rec.injections
+                if d["kind"] in CAUSES}
+    exceptions = [e for e in rec.recon if not e.get("line_id") and e["kind"] !=
+                  "missing_at_channel"]
+    unexplained = [e for e in exceptions if (e["payment_id"], e["kind"]) not in injected]
+    missed = sorted(p for p, kind in injected
+                    if not any(e["payment_id"] == p and e["kind"] == kind for e in exceptions))
+    return {"exceptions": len(exceptions),
+            "by_kind": dict(sorted(Counter(e["kind"] for e in exceptions).items())),
+            "auto_resolved": sum(1 for e in exceptions if e.get("resolution")),
+            "expected": len(injected), "missed": missed,
+            "unexplained": [{"kind": e["kind"], "payment_id": e["payment_id"],
+                             "reason": e["reason"]} for e in unexplained]}
+
+
 def _check(name: str, ok: bool | None, detail: str) -> dict:
     return {"name": name, "ok": ok, "detail": detail}
 
@@ -801,6 +827,14 @@ def invariants(rec: Recorded, terms: dict[str, ChannelTerms], report: dict) -> l
     ]
     if report["callbacks"]["copies_injected"]:
         checks.append(copies_check(report["callbacks"]))
+    recon = report["reconciliation"]
+    checks.append(_check(
+        "reconciliation: live records agree (or the fault is reported)",
+        not recon["unexplained"] and not recon["missed"],
+        f"{recon['exceptions']} exceptions {recon['by_kind']}, {recon['expected']} expected" +
+        (f"; unexplained: {recon['unexplained'][0]['kind']} {recon['unexplained'][0]['reason']}"
+         if recon["unexplained"] else "") +
+        (f"; missed: {', '.join(recon['missed'][:3])}" if recon["missed"] else "")))
     if rec.settlement is not None:
         rows, alarms = rec.settlement["discrepancies"], rec.settlement["false_alarms"]
         missed = [f"{r['kind']} {r['line_id']}" for r in rows if not r["flagged"]]
@@ -1034,6 +1068,10 @@ def render_text(report: dict) -> str:
               f"  callbacks: {cb['by_channel'] if cb['measured'] else 'not measured'}; "
               f"copies injected {cb['copies_injected']}, replayed {cb['replayed']}", ""]
     lines += _faults_lines(report) + [""] + _latency_lines(report)
+    recon = report["reconciliation"]
+    lines += ["", f"  reconciliation (live records): {recon['exceptions']} exceptions "
+                  f"{recon['by_kind']}, {recon['auto_resolved']} resolved by rule; "
+                  f"{recon['expected']} expected from injected faults"]
     lines += _settlement_lines(report) + ["", "  invariants:"]
     for check in report["invariants"]:
         mark = {True: "OK", False: "FAIL", None: "N/A"}[check["ok"]]
@@ -1287,6 +1325,7 @@ class Live:
                        if p in self.observer.history},
             injections=[d for d in self.side.injections.values() if d["payment_id"] in ours],
             ledger=self.ledger_facts(), deadletters=len(self.observer.deadletters),
+            recon=[e.model_dump(mode="json") for e in self.side.recon_exceptions(ours)],
             stack=stack)
 
     def ledger_facts(self) -> LedgerFacts:

@@ -10,6 +10,7 @@ from datetime import date
 import pytest
 
 from domain.events import PaymentStatusChanged
+from domain.recon import ExceptionKind, ReconException
 from paycore import cli
 from paycore import scenario as sc
 from paycore.backtest import InputTally, read_input, replay_risk
@@ -384,38 +385,66 @@ class TestSettlementDrift:
         assert inputs == {"card_acquirer": [stl.Settled("p1", "sn-p1", 1_000, "USD", 38,
                                                          date(2026, 1, 2))]}
 
-    def test_every_injected_discrepancy_accounted_for(self):
+    @staticmethod
+    def _exception(kind: str, payment_id: str, line_id: str = "") -> ReconException:
+        return ReconException(exception_id=f"rx-{kind}-{payment_id}-{line_id}",
+                              payment_id=payment_id, channel="card_acquirer",
+                              kind=ExceptionKind(kind), reason=f"{kind} here",
+                              detected_at_ms=START_MS, line_id=line_id)
+
+    def _reported(self, report) -> list[ReconException]:
+        """What a perfect reconciliation raises: one exception per injection, its kind."""
+        return [self._exception(sc.INJECTED_AS[i.kind].value, i.payment_id,
+                                "" if i.kind is stl.Discrepancy.missing_line else i.line_id)
+                for i in report.injected]
+
+    def test_each_injection_found_by_its_kind_gives_full_precision_and_recall(self):
         drift = stl.Drift(missing_lines=1, extra_lines=1, amount_drifts=1, fee_drifts=1,
                           wrong_dates=1, duplicate_lines=1)
         histories, report = self._run(drift)
-        refused = {i.line_id for i in report.injected
-                   if i.kind in (stl.Discrepancy.extra_line, stl.Discrepancy.amount_drift)}
-        for line in report.lines:  # what the core would do: settle the rest once
-            if line.line_id not in refused and histories[line.payment_id][-1].trigger != \
-                    "settlement":
-                histories[line.payment_id].append(_event(
-                    line.payment_id, "succeeded", "succeeded", START_MS + 5_000,
-                    f"settled on {line.settled_on}", captured_minor=1_000,
-                    trigger="settlement"))
 
-        section = sc.settlement_section([report], histories, refused, ["f.csv"])
+        section = sc.settlement_section([report], histories, self._reported(report),
+                                        ["f.csv"])
 
-        kinds = {r["kind"]: r for r in section["discrepancies"]}
-        assert section["injected"] == section["accounted"] == 6
-        assert kinds["amount_drift"]["flagged"] and kinds["extra_line"]["flagged"]
-        assert "no such payment" in kinds["extra_line"]["core"]
-        assert kinds["fee_drift"]["result"] == "settled"
-        assert kinds["duplicate_line"]["result"] == "absorbed"
-        assert kinds["missing_line"]["result"] == "unsettled"
-        assert section["orders_settled"] == 12 - 1 - 1  # less the missing and drifted ones
+        assert section["injected"] == section["flagged"] == 6
+        assert (section["precision"], section["recall"]) == (1.0, 1.0)
+        assert section["false_alarms"] == []
+        assert {r["kind"]: r["want"] for r in section["discrepancies"]} == {
+            "missing_line": "missing_at_channel", "extra_line": "missing_in_ours",
+            "amount_drift": "amount_mismatch", "fee_drift": "fee_mismatch",
+            "wrong_date": "date_out_of_window", "duplicate_line": "duplicate_settlement"}
+
+    def test_wrong_kind_is_a_miss_and_a_false_alarm(self):
+        histories, report = self._run(stl.Drift(fee_drifts=1))
+        [injection] = report.injected
+        wrong = self._exception("amount_mismatch", injection.payment_id, injection.line_id)
+
+        section = sc.settlement_section([report], histories, [wrong], [])
+
+        assert section["flagged"] == 0 and section["recall"] == 0.0
+        assert section["precision"] == 0.0
+        assert [a["kind"] for a in section["false_alarms"]] == ["amount_mismatch"]
+
+    def test_exception_on_an_undrifted_line_is_a_false_alarm(self):
+        histories, report = self._run(stl.NO_DRIFT)
+        line = report.lines[0]
+
+        section = sc.settlement_section(
+            [report], histories, [self._exception("fee_mismatch", line.payment_id,
+                                                  line.line_id)], [])
+
+        assert section["injected"] == 0 and section["recall"] == 1.0
+        assert section["precision"] == 0.0
+        assert next(x for x in section["lines"] if x["line_id"] == line.line_id)[
+            "result"] == "flagged"
 
     def test_line_without_outcome_stays_pending(self):
         histories, report = self._run(stl.Drift(fee_drifts=1))
 
-        section = sc.settlement_section([report], histories, set(), [])
+        section = sc.settlement_section([report], histories, [], [])
 
         assert section["by_result"] == {"pending": 12}
-        assert section["accounted"] == 0
+        assert section["flagged"] == 0
 
 
 class TestCli:
