@@ -123,8 +123,11 @@ class ReconRules(BaseModel):
     def model_post_init(self, _context) -> None:
         base = self.defaults.model_dump()
         for c in self.channels:  # what the entry sets, the defaults for the rest
-            self._merged[c.channel] = Matching.model_validate(
-                {**base, **c.model_dump(exclude_unset=True)})
+            given = c.model_dump(exclude_unset=True)
+            if "auto_resolve" in given:
+                given["auto_resolve"] = {**base["auto_resolve"], **c.auto_resolve.model_dump(
+                    exclude_unset=True)}
+            self._merged[c.channel] = Matching.model_validate({**base, **given})
 
     @model_validator(mode="after")
     def _unique(self) -> ReconRules:
@@ -201,6 +204,9 @@ class OrderView(BaseModel):
 
     @property
     def net_minor(self) -> int:
+        """What the order kept: nothing once revoked (canceled after a capture: reversed)."""
+        if self.status == "canceled":
+            return 0
         return self.captured_minor - self.refunded_minor
 
 
@@ -282,6 +288,9 @@ class ReconItem(BaseModel):
     """The kind of each raised discrepancy, in order, waiting for ops or resolved."""
     asked: tuple[str, ...] = ()
     """Automatic resolutions sent to the order stage (each once)."""
+    confirmed_minor: int = 0
+    """Money a settlement line proved the channel took when no callback said so (sent to
+    the order stage as a confirmation): it counts as the channel's word."""
     missing_through: str = ""
     """The period a missing-at-channel was raised for."""
     closed_ms: int = 0
@@ -333,7 +342,7 @@ UNPAID = frozenset({"failed", "timed_out"})
 """Statuses a channel success can resolve (``AutoResolve.success_for_failed``)."""
 DECIDED_UNPAID = frozenset({"failed", "canceled", "amount_mismatch"})
 """Statuses no late answer changes: a line for them is a mismatch at once."""
-_PAY_IN = {"sale": 1, "capture": 1, "refund": -1}
+_PAY_IN = {"sale": 1, "capture": 1, "refund": -1, "reverse": -1}
 
 
 def day_of(at_ms: int) -> str:
@@ -538,7 +547,7 @@ def _live_findings(item: ReconItem, order: OrderView, rule: Matching) -> list[_F
         return [_Finding("amount:ledger_entry", K.amount_mismatch,
                          f"ledger entry {half[0]} applied on {seen} of its {size} legs",
                          size, seen)]
-    said, ours = channel_net(item), order.net_minor
+    said, ours = channel_net(item) or item.confirmed_minor, order.net_minor
     if said != ours:
         out.append(_channel_vs_order(item, order, said, rule))
     booked = -item.ledger.clearing_minor
@@ -569,10 +578,6 @@ def _channel_vs_order(item: ReconItem, order: OrderView, said: int, rule: Matchi
         return _Finding("status:channel", K.status_mismatch,
                         f"{order.channel} says succeeded ({said} {ccy}), the order says "
                         f"{order.status}", 0, said, fix=fix, resolution=resolution)
-    if said == 0 and ours > 0:
-        return _Finding("status:channel", K.status_mismatch,
-                        f"the order says {order.status} ({ours} {ccy}), {order.channel} "
-                        "reports no money taken", ours, 0)
     extra_refund = _channel_refunds(item) - order.refunded_minor
     if said < ours and extra_refund == ours - said:
         fix, resolution = None, ""
@@ -584,6 +589,10 @@ def _channel_vs_order(item: ReconItem, order: OrderView, said: int, rule: Matchi
         return _Finding("amount:channel_refund", K.amount_mismatch,
                         f"{order.channel} refunded {extra_refund} {ccy} we never asked for",
                         ours, said, fix=fix, resolution=resolution)
+    if said == 0 and ours > 0:
+        return _Finding("status:channel", K.status_mismatch,
+                        f"the order says {order.status} ({ours} {ccy}), {order.channel} "
+                        "reports no money taken", ours, 0)
     return _Finding("amount:channel", K.amount_mismatch,
                     f"{order.channel} took {said} {ccy} net, the order {ours}", ours, said)
 
@@ -638,10 +647,13 @@ def _line_for_unpaid(ev: _Eval, index: int) -> None:
         resolution = "the order succeeds and is posted (success_for_failed)"
     if fix is None and key not in ev.item.asked:
         ev.set_line(index, "held")
+    asked = key in ev.item.asked
     ev.raise_(_Finding(key, K.status_mismatch,
                        f"{line.channel} settled {line.amount_minor} {line.currency}, the "
                        f"order says {order.status}", 0, line.amount_minor, line.line_id,
                        fix=fix, resolution=resolution))
+    if fix is not None and not asked and key in ev.item.asked and not channel_net(ev.item):
+        ev.item = ev.item.model_copy(update={"confirmed_minor": line.amount_minor})
 
 
 def _line_finding(item: ReconItem, line: SettlementReported, order: OrderView, rule: Matching

@@ -1,0 +1,1243 @@
+"""Reconciliation's pure matcher (``domain/recon.py``) and the order stage's side of its
+automatic resolutions (``decide_channel_success`` / ``decide_channel_refund``).
+
+One payment's records (its status events, the channel's callbacks, its ledger legs and the
+channel's settlement lines) are fed to ``observe`` one at a time through ``Run``, which keeps
+every step; time is fixed epoch milliseconds, moved on by the test (``ReconWake`` stands in
+for the sweeper). Each discrepancy kind is pinned with its expected/reported values and
+checked to be raised once and alone. Arrival order is checked over every permutation of a
+payment's records, and a property adds redeliveries.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from decisions import of_type, only
+from unit import test_settlement as flows
+
+from domain.events import (
+    ChannelRequested,
+    ChannelResponded,
+    HoldRequested,
+    JournalEntryDecided,
+    LegApplied,
+    PaymentStatusChanged,
+    SettlementReported,
+)
+from domain.order_answers import decide_channel_refund, decide_channel_success
+from domain.order_state import CHANNEL_REFUND_PREFIX, hold_id_for
+from domain.orders import CommandStatus, OrderStatus
+from domain.recon import (
+    DAY_MS,
+    AutoResolve,
+    ChannelRefundConfirmed,
+    ChannelSuccessConfirmed,
+    ExceptionKind,
+    Matching,
+    ReconException,
+    ReconItem,
+    ReconRules,
+    ReconWake,
+    SettlementClosed,
+    Step,
+    Tally,
+    day_of,
+    observe,
+    open_state,
+    period_closed,
+    raised_tally,
+    standing,
+)
+
+K = ExceptionKind
+S = OrderStatus
+C = CommandStatus
+
+# ---------------------------------------------------------------- terms of the tests
+
+T0 = 1_763_769_600_000
+"""2025-11-22T00:00:00Z."""
+DAY, NEXT_DAY, DAY_AFTER, DAY_BEFORE = "2025-11-22", "2025-11-23", "2025-11-24", "2025-11-21"
+CH, CCY, PID, SERIAL = "acq", "EUR", "pay-1", "ch-1"
+AMOUNT, FEE = 10_000, 180
+NET = AMOUNT - FEE
+CLEARING = f"clearing:{CH}:{CCY}"
+PENDING = f"merchant:m:pending:{CCY}"
+FEES = f"fees:{CCY}"
+GRACE_MS, LINE_WAIT_MS = Matching().grace_ms, Matching().line_wait_ms  # 5 s, 10 s
+LATER = T0 + 60_000
+"""Well past every grace and line wait of the default rules."""
+RULES = ReconRules()
+
+
+def rules(**matching) -> ReconRules:
+    """Default rules for every channel, with ``matching`` changed."""
+    return ReconRules(defaults=Matching(**matching))
+
+
+def success_for_failed(on: bool = True) -> ReconRules:
+    return rules(auto_resolve=AutoResolve(success_for_failed=on))
+
+
+# ---------------------------------------------------------------- records
+
+
+def psc(status: str, at_ms: int = T0 + 1_000, captured: int = 0, refunded: int = 0,
+        previous: str = "processing", trigger: str = "sale", currency: str = CCY
+        ) -> PaymentStatusChanged:
+    return PaymentStatusChanged(
+        payment_id=PID, merchant_id="m", merchant_order_no="o-1", status=status,
+        previous_status=previous, reason="", channel=CH, channel_serial=SERIAL,
+        amount_minor=AMOUNT, currency=currency, captured_minor=captured,
+        refunded_minor=refunded, at_ms=at_ms, trigger=trigger)
+
+
+PROCESSING = psc("processing", at_ms=T0, previous="created")
+SUCCEEDED = psc("succeeded", captured=AMOUNT)
+FAILED = psc("failed")
+
+
+def callback(operation: str = "sale", outcome: str = "succeeded", amount: int = AMOUNT,
+             request_id: str = "req-sale", currency: str = CCY) -> ChannelResponded:
+    return ChannelResponded(request_id=request_id, payment_id=PID, channel=CH,
+                            operation=operation, outcome=outcome, amount_minor=amount,
+                            currency=currency, channel_serial=SERIAL)
+
+
+def leg(entry_id: str, n: int, account_id: str, amount: int, reason: str, legs: int = 3
+        ) -> LegApplied:
+    return LegApplied(posting_id=f"{entry_id}/{n}", entry_id=entry_id, payment_id=PID,
+                      account_id=account_id, currency=CCY, amount_minor=amount, sequence=n + 1,
+                      total_minor=0, available_minor=0, frozen_minor=0, entry_legs=legs,
+                      version=n + 1, reason=reason)
+
+
+def capture_legs(amount: int = AMOUNT, fee: int = FEE, entry_id: str = "je-capture"
+                 ) -> tuple[LegApplied, ...]:
+    """The capture entry: the channel owes us the gross, the merchant the net, we the fee."""
+    return (leg(entry_id, 0, CLEARING, -amount, "capture"),
+            leg(entry_id, 1, PENDING, amount - fee, "capture"),
+            leg(entry_id, 2, FEES, fee, "capture"))
+
+
+def clearing_legs(settled: SettlementReported) -> tuple[LegApplied, ...]:
+    """The order stage's settlement_clearing entry for a booked line."""
+    gross, fee, entry_id = settled.amount_minor, settled.fee_minor, f"je-clr-{settled.line_id}"
+    return (leg(entry_id, 0, CLEARING, gross, "settlement_clearing"),
+            leg(entry_id, 1, f"cash:{CH}:{CCY}", -(gross - fee), "settlement_clearing"),
+            leg(entry_id, 2, f"chfees:{CH}:{CCY}", -fee, "settlement_clearing"))
+
+
+def line(line_id: str = "line-1", amount: int = AMOUNT, fee: int = FEE, settled_on: str = DAY,
+         period: str | None = None, currency: str = CCY) -> SettlementReported:
+    """The channel's line; its report's period is the line's date unless told."""
+    return SettlementReported(line_id=line_id, channel=CH, payment_id=PID,
+                              channel_serial=SERIAL, amount_minor=amount, currency=currency,
+                              settled_on=settled_on, fee_minor=fee,
+                              period=settled_on if period is None else period)
+
+
+LINE = line()
+
+
+def live() -> tuple:
+    """Order, callback and ledger of a sale that succeeded: the three live sides agree."""
+    return (PROCESSING, SUCCEEDED, callback(), *capture_legs())
+
+
+def wake(at_ms: int) -> ReconWake:
+    return ReconWake(payment_id=PID, wake_ms=at_ms)
+
+
+def closed(period: str, channel: str = CH) -> SettlementClosed:
+    return SettlementClosed(channel=channel, period=period)
+
+
+def pinned(e: ReconException) -> tuple:
+    return (e.kind, e.expected_minor, e.reported_minor, e.line_id, e.payment_id, e.channel)
+
+
+# ---------------------------------------------------------------- one payment's run
+
+
+class Run:
+    """One payment's records fed to ``observe`` in turn, one ms apart unless told when;
+    every step is kept."""
+
+    def __init__(self, recon_rules: ReconRules = RULES, start_ms: int = T0 + 2_000) -> None:
+        self.rules = recon_rules
+        self.now = start_ms
+        self.item: ReconItem | None = None
+        self.steps: list[Step] = []
+
+    def feed(self, *records, at: int | None = None) -> Step:
+        step = Step(self.item)
+        for n, record in enumerate(records):
+            self.now = at if at is not None and n == 0 else self.now + 1
+            step = observe(self.item, record, self.now, self.rules)
+            self.item = step.item
+            self.steps.append(step)
+        return step
+
+    def wake(self, at_ms: int) -> Step:
+        return self.feed(wake(at_ms), at=at_ms)
+
+    def close(self, period: str, channel: str = CH) -> Step:
+        self.now += 1
+        step = period_closed(self.item, closed(period, channel), self.now, self.rules)
+        self.item = step.item
+        self.steps.append(step)
+        return step
+
+    @property
+    def exceptions(self) -> list[ReconException]:
+        return [e for s in self.steps for e in s.exceptions]
+
+    @property
+    def to_orders(self) -> list:
+        return [m for s in self.steps for m in s.to_orders]
+
+    @property
+    def matched(self) -> int:
+        return sum(s.matched for s in self.steps)
+
+    def states(self) -> list[str]:
+        return [s.state for s in self.item.lines]
+
+
+def matched_run(recon_rules: ReconRules = RULES) -> Run:
+    """Live sides agree and the line is booked."""
+    run = Run(recon_rules)
+    run.feed(*live(), LINE)
+    return run
+
+
+# ---------------------------------------------------------------- the three-way match
+
+
+class TestThreeWayMatch:
+    def test_live_sides_agreeing_wait_for_the_line_due_t_plus_settle_days(self):
+        run = Run()
+
+        step = run.feed(*live())
+
+        assert (step.exceptions, step.to_orders, step.matched) == ((), (), False)
+        assert step.due == (CH, NEXT_DAY)
+        assert run.item.order.captured_on == day_of(SUCCEEDED.at_ms) == LINE.settled_on == DAY
+        assert open_state(run.item) == "awaiting_line"
+
+    def test_matching_line_is_booked_and_sent_to_orders_once(self):
+        run = Run()
+        run.feed(*live())
+
+        step = run.feed(LINE)
+
+        assert step.to_orders == (LINE,)
+        assert (step.exceptions, run.exceptions) == ((), [])
+        assert run.states() == ["booked"]
+        assert (step.matched, step.due) == (True, None)
+        assert run.item.closed_ms == run.item.matched_ms == run.now
+
+    def test_settlement_clearing_legs_keep_item_closed_and_matched_once(self):
+        run = matched_run()
+
+        step = run.feed(*clearing_legs(LINE))
+
+        assert (step.exceptions, step.to_orders) == ((), ())
+        assert run.item.closed_ms == run.now
+        assert run.matched == 1
+        assert [type(m) for m in run.to_orders] == [SettlementReported]
+        assert (run.item.ledger.clearing_minor, run.item.ledger.settled_minor,
+                run.item.ledger.fee_minor) == (-AMOUNT, AMOUNT, FEE)
+
+    def test_half_applied_settlement_entry_reopens_item_without_counting_a_second_match(self):
+        run = matched_run()
+
+        step = run.feed(clearing_legs(LINE)[0])
+
+        assert (step.item.closed_ms, step.matched, step.exceptions) == (0, False, ())
+        assert step.wake_ms == run.now + GRACE_MS
+
+    def test_standing_of_matched_item_counts_one_match_and_no_residual(self):
+        run = matched_run()
+        run.feed(*clearing_legs(LINE))
+
+        tally = standing(run.item)
+
+        assert tally == Tally(matched={CH: 1}, matched_minor={f"{CH}|{CCY}": AMOUNT})
+
+    def test_matched_item_without_settlement_clearing_still_owes_the_gross(self):
+        run = matched_run()
+
+        tally = standing(run.item)
+
+        assert tally.residual == {f"{CH}|{CCY}|{DAY}": AMOUNT}
+        assert tally.open == {}
+
+    def test_closed_item_asks_to_be_woken_after_retention_then_is_removed(self):
+        run = matched_run()
+        closed_ms = run.item.closed_ms
+        removal = closed_ms + RULES.retention_days * DAY_MS
+
+        kept, removed = run.wake(removal - 1), run.wake(removal)
+
+        assert (kept.item is not None, kept.wake_ms) == (True, removal)
+        assert removed == Step(None)
+
+    def test_wake_for_removed_item_is_nothing(self):
+        step = observe(None, wake(LATER), LATER, RULES)
+
+        assert step == Step(None)
+
+    def test_redelivered_records_change_nothing(self):
+        run = matched_run()
+        before = run.item
+        latest = (SUCCEEDED, callback(), *capture_legs(), LINE)  # not the older PROCESSING
+
+        steps = [observe(before, r, run.now + 1, RULES) for r in latest]
+
+        assert all(s == Step(before) for s in steps)
+
+
+# ---------------------------------------------------------------- arrival order
+
+
+RECORDS = (PROCESSING, SUCCEEDED, callback(), *capture_legs(), LINE)
+
+
+def in_order_events(records) -> list:
+    """pay.events is ordered per payment: the order's own events keep their order (the
+    other records may come in any order, around them)."""
+    events = iter(sorted((r for r in records if isinstance(r, PaymentStatusChanged)),
+                         key=lambda e: e.at_ms))
+    return [next(events) if isinstance(r, PaymentStatusChanged) else r for r in records]
+
+
+def delivered(records) -> Run:
+    run = Run()
+    run.feed(*records)
+    run.wake(run.now + max(GRACE_MS, LINE_WAIT_MS))
+    return run
+
+
+class TestArrivalOrder:
+    def test_line_before_callbacks_is_booked_once_order_succeeds(self):
+        run = Run()
+
+        run.feed(PROCESSING, SUCCEEDED, LINE, *capture_legs())
+        waiting = run.states()
+        run.feed(callback())
+
+        assert waiting == ["waiting"]
+        assert run.states() == ["booked"]
+        assert (run.to_orders, run.exceptions, run.matched) == ([LINE], [], 1)
+
+    def test_line_before_order_event_waits_line_wait_then_is_booked_once_order_succeeds(self):
+        run = Run()
+        first = run.feed(LINE)
+        arrived = run.now
+
+        run.feed(*live())
+
+        assert (first.wake_ms, first.exceptions) == (arrived + LINE_WAIT_MS, ())
+        assert run.states() == ["booked"]
+        assert (run.to_orders, run.exceptions, run.matched) == ([LINE], [], 1)
+
+    def test_line_while_order_processing_waits_for_its_success(self):
+        run = Run()
+
+        step = run.feed(PROCESSING, LINE)
+
+        assert (step.exceptions, step.to_orders, step.wake_ms) == (
+            (), (), run.now + LINE_WAIT_MS)
+        assert run.states() == ["waiting"]
+
+    def test_every_arrival_order_books_the_line_once_without_exceptions(self):
+        outcomes, runs = set(), 0
+        for order in itertools.permutations(RECORDS):
+            if list(order) != in_order_events(order):
+                continue
+            runs += 1
+            run = delivered(order)
+            outcomes.add((len(run.exceptions), tuple(run.to_orders), tuple(run.states()),
+                          bool(run.item.closed_ms), run.matched))
+
+        assert runs == 5_040 // 2  # 7 records, processing before succeeded
+        assert outcomes == {(0, (LINE,), ("booked",), True, 1)}
+
+    @settings(max_examples=200, deadline=None, database=None)
+    @given(order=st.permutations(RECORDS),
+           again=st.lists(st.tuples(st.sampled_from(RECORDS), st.integers(0, 20)),
+                          max_size=6))
+    def test_any_arrival_order_with_redeliveries_books_once_and_closes(self, order, again):
+        records = list(order)
+        for record, where in again:  # the same record delivered a second time
+            records.insert(where % (len(records) + 1), record)
+
+        run = delivered(in_order_events(records))
+
+        assert run.exceptions == []
+        assert [m for m in run.to_orders if isinstance(m, SettlementReported)] == [LINE]
+        assert run.item.closed_ms > 0
+        assert run.matched == 1
+
+
+# ---------------------------------------------------------------- each exception kind
+
+
+class TestAmountMismatch:
+    @pytest.mark.parametrize("gross", [AMOUNT - 3, AMOUNT + 3])
+    def test_line_gross_off_is_amount_mismatch_and_line_is_held(self, gross):
+        run = Run()
+
+        run.feed(*live(), line(amount=gross))
+
+        assert [pinned(e) for e in run.exceptions] == [
+            (K.amount_mismatch, AMOUNT, gross, "line-1", PID, CH)]
+        assert (run.to_orders, run.states(), run.item.closed_ms) == ([], ["held"], 0)
+        assert open_state(run.item) == "exception"
+
+    def test_held_line_is_not_raised_again_on_later_wakes(self):
+        run = Run()
+        run.feed(*live(), line(amount=AMOUNT - 3))
+
+        step = run.wake(LATER)
+
+        assert (step.exceptions, step.to_orders) == ((), ())
+        assert len(run.exceptions) == 1
+
+    def test_corrected_line_after_held_one_is_booked(self):
+        run = Run()
+        run.feed(*live(), line(amount=AMOUNT - 3))
+        fixed = line("line-2")
+
+        step = run.feed(fixed)
+
+        assert (step.to_orders, step.exceptions) == ((fixed,), ())
+        assert run.states() == ["held", "booked"]
+
+    def test_half_applied_ledger_entry_is_amount_mismatch_after_grace(self):
+        run = Run()
+        run.feed(PROCESSING, SUCCEEDED, callback(), *capture_legs()[:2])
+
+        step = run.wake(run.now + GRACE_MS)
+
+        assert [(e.kind, e.expected_minor, e.reported_minor) for e in step.exceptions] == [
+            (K.amount_mismatch, 3, 2)]
+
+
+class TestFeeMismatch:
+    def test_fee_beyond_tolerance_is_raised_and_line_still_booked(self):
+        run = Run()
+        costly = line(fee=FEE + 1)
+
+        step = run.feed(*live(), costly)
+
+        assert [pinned(e) for e in run.exceptions] == [
+            (K.fee_mismatch, FEE, FEE + 1, "line-1", PID, CH)]
+        assert (step.to_orders, run.states()) == ((costly,), ["booked"])
+        assert run.item.closed_ms == 0  # booked, but the fee waits for ops
+
+    @pytest.mark.parametrize("fee,raised", [
+        (FEE - 5, []), (FEE + 5, []), (FEE + 6, [K.fee_mismatch]), (FEE - 6, [K.fee_mismatch]),
+    ])
+    def test_fee_within_minor_tolerance_is_not_raised(self, fee, raised):
+        run = Run(rules(fee_tolerance_minor=5))
+
+        run.feed(*live(), line(fee=fee))
+
+        assert [e.kind for e in run.exceptions] == raised
+        assert run.states() == ["booked"]
+
+    @pytest.mark.parametrize("fee,raised", [(FEE + 5, []), (FEE + 6, [K.fee_mismatch])])
+    def test_fee_within_bps_tolerance_of_ours_is_not_raised(self, fee, raised):
+        run = Run(rules(fee_tolerance_bps=300))  # 3 % of 180 = 5.4, floored to 5
+
+        run.feed(*live(), line(fee=fee))
+
+        assert [e.kind for e in run.exceptions] == raised
+
+    def test_fee_allowance_adds_minor_units_and_basis_points_of_ours(self):
+        rule = Matching(fee_tolerance_minor=2, fee_tolerance_bps=300)
+
+        allowance = (rule.fee_allowance(FEE), rule.fee_allowance(-FEE), rule.fee_allowance(0))
+
+        assert allowance == (7, 7, 2)
+
+
+class TestDuplicateSettlement:
+    def test_second_line_with_another_id_after_booking_is_duplicate_settlement(self):
+        run = matched_run()
+
+        step = run.feed(line("line-2"))
+
+        assert [pinned(e) for e in step.exceptions] == [
+            (K.duplicate_settlement, 0, AMOUNT, "line-2", PID, CH)]
+        assert (step.to_orders, run.states()) == ((), ["booked", "held"])
+        assert run.item.closed_ms == 0
+
+    def test_same_line_id_twice_is_ignored_not_a_duplicate(self):
+        run = matched_run()
+        before = run.item
+
+        step = run.feed(LINE)
+
+        assert step == Step(before)
+
+    def test_two_lines_waiting_for_the_order_book_the_first_and_flag_the_second(self):
+        run = Run()
+
+        run.feed(LINE, line("line-2"), *live())
+
+        assert [(e.kind, e.line_id) for e in run.exceptions] == [
+            (K.duplicate_settlement, "line-2")]
+        assert (run.to_orders, run.states()) == ([LINE], ["booked", "held"])
+
+
+class TestCurrencyMismatch:
+    def test_line_in_another_currency_is_currency_mismatch_and_held(self):
+        run = Run()
+
+        run.feed(*live(), line(currency="USD"))
+
+        assert [pinned(e) for e in run.exceptions] == [
+            (K.currency_mismatch, AMOUNT, AMOUNT, "line-1", PID, CH)]
+        assert (run.to_orders, run.states()) == ([], ["held"])
+
+    def test_channel_success_in_another_currency_is_currency_mismatch_after_grace(self):
+        run = Run()
+        run.feed(PROCESSING, SUCCEEDED, callback(currency="USD"), *capture_legs())
+
+        step = run.wake(run.now + GRACE_MS)
+
+        assert [(e.kind, e.expected_minor, e.reported_minor) for e in step.exceptions] == [
+            (K.currency_mismatch, AMOUNT, AMOUNT)]
+
+
+class TestDateWindow:
+    def test_line_dated_outside_its_period_is_date_out_of_window(self):
+        run = Run()
+
+        run.feed(*live(), line(settled_on=DAY, period=NEXT_DAY))
+
+        assert [pinned(e) for e in run.exceptions] == [
+            (K.date_out_of_window, None, None, "line-1", PID, CH)]
+        assert (run.to_orders, run.states()) == ([], ["held"])
+
+    @pytest.mark.parametrize("settle_days,window,settled_on", [
+        (1, 0, DAY_AFTER), (0, 0, NEXT_DAY), (0, 1, DAY_AFTER), (1, 0, DAY_BEFORE)])
+    def test_line_without_period_outside_t_to_t_plus_n_plus_window_is_out_of_window(
+            self, settle_days, window, settled_on):
+        run = Run(rules(settle_days=settle_days, date_window_days=window))
+
+        run.feed(*live(), line(settled_on=settled_on, period=""))
+
+        assert [(e.kind, e.line_id) for e in run.exceptions] == [
+            (K.date_out_of_window, "line-1")]
+        assert run.states() == ["held"]
+
+    @pytest.mark.parametrize("settle_days,window,settled_on", [
+        (1, 0, DAY), (1, 0, NEXT_DAY), (0, 0, DAY), (0, 1, NEXT_DAY), (1, 1, DAY_AFTER)])
+    def test_line_without_period_on_any_day_of_its_window_is_booked(
+            self, settle_days, window, settled_on):
+        run = Run(rules(settle_days=settle_days, date_window_days=window))
+        dated = line(settled_on=settled_on, period="")
+
+        run.feed(*live(), dated)
+
+        assert (run.exceptions, run.to_orders, run.states()) == ([], [dated], ["booked"])
+
+
+class TestMissingInOurs:
+    def test_line_for_unknown_payment_waits_line_wait_then_is_missing_in_ours(self):
+        run = Run()
+        first = run.feed(LINE)
+        arrived = run.now
+
+        early = run.wake(first.wake_ms - 1)
+        step = run.wake(first.wake_ms)
+
+        assert first.wake_ms == arrived + LINE_WAIT_MS
+        assert (first.exceptions, early.exceptions) == ((), ())
+        assert [pinned(e) for e in step.exceptions] == [
+            (K.missing_in_ours, None, AMOUNT, "line-1", PID, CH)]
+        assert (run.to_orders, run.states()) == ([], ["held"])
+        assert open_state(run.item) == "awaiting_order"
+
+    def test_channel_success_for_unknown_payment_is_missing_in_ours_after_line_wait(self):
+        run = Run()
+        first = run.feed(callback())
+        arrived = run.now
+
+        early = run.wake(first.wake_ms - 1)
+        run.wake(first.wake_ms)
+
+        assert (first.wake_ms, early.exceptions) == (arrived + LINE_WAIT_MS, ())
+        assert [pinned(e) for e in run.exceptions] == [
+            (K.missing_in_ours, None, AMOUNT, "", PID, CH)]
+        assert run.to_orders == []
+
+
+class TestMissingAtChannel:
+    @pytest.mark.parametrize("period", [NEXT_DAY, DAY_AFTER])
+    def test_period_closed_on_or_after_due_day_without_line_is_missing_at_channel(
+            self, period):
+        run = Run()
+        run.feed(*live())
+
+        step = run.close(period)
+
+        assert [pinned(e) for e in run.exceptions] == [
+            (K.missing_at_channel, AMOUNT, None, "", PID, CH)]
+        assert step.exceptions[0].order == run.item.order
+        assert (step.to_orders, step.due, run.item.missing_through) == ((), None, period)
+
+    def test_period_closed_before_due_day_raises_nothing_and_keeps_waiting(self):
+        run = Run()
+        run.feed(*live())
+
+        step = run.close(DAY)
+
+        assert (step.exceptions, step.due, step.item) == ((), (CH, NEXT_DAY), run.item)
+        assert run.item.missing_through == ""
+
+    def test_period_closed_raises_nothing_when_a_held_line_exists(self):
+        run = Run()
+        run.feed(*live(), line(amount=AMOUNT - 3))
+
+        step = run.close(NEXT_DAY)
+
+        assert (step.exceptions, step.due) == ((), None)
+
+    def test_period_closed_raises_nothing_for_another_channel(self):
+        run = Run()
+        run.feed(*live())
+
+        step = run.close(NEXT_DAY, channel="other")
+
+        assert (step.exceptions, step.due) == ((), (CH, NEXT_DAY))
+
+    def test_missing_at_channel_is_raised_once_over_later_periods(self):
+        run = Run()
+        run.feed(*live())
+
+        run.close(NEXT_DAY)
+        again = run.close(DAY_AFTER)
+
+        assert (again.exceptions, len(run.exceptions)) == ((), 1)
+
+    def test_period_closed_raises_nothing_for_a_failed_order(self):
+        run = Run()
+        run.feed(PROCESSING, FAILED)
+
+        step = run.close(DAY_AFTER)
+
+        assert (step.exceptions, step.due) == ((), None)
+
+
+class TestStatusMismatch:
+    @pytest.mark.parametrize("unpaid", ["failed", "timed_out"])
+    def test_unpaid_order_with_channel_success_is_status_mismatch_after_grace(self, unpaid):
+        run = Run()
+        first = run.feed(PROCESSING, psc(unpaid), callback())
+
+        step = run.wake(first.wake_ms)
+
+        assert [pinned(e) for e in step.exceptions] == [
+            (K.status_mismatch, 0, AMOUNT, "", PID, CH)]
+        assert (len(run.exceptions), run.to_orders, run.item.closed_ms) == (1, [], 0)
+
+    def test_succeeded_order_with_channel_latest_answer_declined_is_status_mismatch(self):
+        run = Run()
+        first = run.feed(*live(), callback(outcome="declined"))
+
+        step = run.wake(first.wake_ms)
+
+        assert [pinned(e) for e in step.exceptions] == [
+            (K.status_mismatch, AMOUNT, 0, "", PID, CH)]
+        assert len(run.exceptions) == 1
+
+    def test_failed_order_with_declined_callback_is_matched_without_line(self):
+        run = Run()
+
+        step = run.feed(PROCESSING, callback(outcome="declined"), FAILED)
+
+        assert (step.exceptions, step.to_orders, step.matched, step.due) == (
+            (), (), True, None)
+
+    def test_line_for_failed_order_is_status_mismatch_and_held_at_once_when_rule_off(self):
+        run = Run(success_for_failed(False))
+
+        step = run.feed(PROCESSING, callback(outcome="declined"), FAILED, LINE)
+
+        assert [pinned(e) for e in step.exceptions] == [
+            (K.status_mismatch, 0, AMOUNT, "line-1", PID, CH)]
+        assert (run.to_orders, run.states(), step.exceptions[0].resolution) == (
+            [], ["held"], "")
+
+    def test_line_after_callback_success_was_raised_is_the_same_discrepancy(self):
+        run = Run(success_for_failed(False))
+        first = run.feed(PROCESSING, FAILED, callback())
+        run.wake(first.wake_ms)
+
+        step = run.feed(LINE)
+
+        assert step.exceptions == ()
+        assert [e.kind for e in run.exceptions] == [K.status_mismatch]
+        assert run.states() == ["held"]
+
+
+class TestRevocation:
+    REVOKED = psc("canceled", at_ms=T0 + 3_000, captured=AMOUNT, previous="succeeded",
+                  trigger="revoke")
+    """What the order stage publishes when a reversal succeeds (captured stays)."""
+    REVERSAL = (leg("je-revoke", 0, PENDING, -NET, "revoke"),
+                leg("je-revoke", 1, CLEARING, AMOUNT, "revoke"),
+                leg("je-revoke", 2, FEES, -FEE, "revoke"))
+
+    def test_revoked_order_with_reversal_posted_raises_nothing_and_closes(self):
+        run = Run()
+
+        run.feed(*live(), self.REVOKED,
+                 callback("reverse", request_id="req-reverse"), *self.REVERSAL)
+        run.wake(LATER)
+
+        assert run.exceptions == []
+        assert (run.item.closed_ms > 0, run.item.ledger.clearing_minor) == (True, 0)
+
+
+class TestGrace:
+    def test_differences_within_grace_raise_nothing_and_wake_at_changed_plus_grace(self):
+        run = Run()
+
+        step = run.feed(PROCESSING, SUCCEEDED)
+
+        assert (step.exceptions, step.to_orders) == ((), ())
+        assert step.wake_ms == step.item.changed_ms + GRACE_MS == run.now + GRACE_MS
+
+    def test_wake_one_ms_before_grace_raises_nothing(self):
+        run = Run()
+        first = run.feed(PROCESSING, SUCCEEDED)
+
+        step = run.wake(first.wake_ms - 1)
+
+        assert (step.exceptions, step.wake_ms) == ((), first.wake_ms)
+
+    def test_wake_when_grace_ran_out_raises_each_difference_once(self):
+        run = Run()
+        first = run.feed(PROCESSING, SUCCEEDED)
+
+        step = run.wake(first.wake_ms)
+        again = run.wake(first.wake_ms + GRACE_MS)
+
+        assert sorted((e.kind, e.expected_minor, e.reported_minor) for e in step.exceptions) \
+            == [(K.amount_mismatch, AMOUNT, 0), (K.status_mismatch, AMOUNT, 0)]
+        assert again.exceptions == ()
+
+    def test_each_new_record_restarts_grace(self):
+        run = Run()
+        first = run.feed(PROCESSING, SUCCEEDED)
+
+        later = run.feed(callback(), at=first.wake_ms - 1)
+
+        assert later.exceptions == ()
+        assert later.wake_ms == first.wake_ms - 1 + GRACE_MS
+
+    def test_grace_of_the_channel_rule_is_used(self):
+        run = Run(rules(grace_ms=100))
+
+        step = run.feed(PROCESSING, SUCCEEDED)
+
+        assert step.wake_ms == run.now + 100
+
+
+# ---------------------------------------------------------------- automatic resolution
+
+
+def confirmation(**changes) -> ChannelSuccessConfirmed:
+    fields = dict(payment_id=PID, channel=CH, channel_serial=SERIAL, amount_minor=AMOUNT,
+                  currency=CCY, evidence=f"{CH} answered success")
+    return ChannelSuccessConfirmed(**{**fields, **changes})
+
+
+class TestAutoResolveChannelSuccess:
+    @pytest.mark.parametrize("unpaid", ["failed", "timed_out"])
+    def test_channel_success_for_unpaid_order_sends_one_confirmation_when_rule_on(
+            self, unpaid):
+        run = Run(success_for_failed())
+        first = run.feed(PROCESSING, psc(unpaid), callback())
+
+        step = run.wake(first.wake_ms)
+        run.wake(LATER)
+
+        assert step.to_orders == (confirmation(),)
+        assert run.to_orders == [confirmation()]
+        assert [e.kind for e in run.exceptions] == [K.status_mismatch]
+        assert run.exceptions[0].resolution != ""
+        assert raised_tally(step) == Tally(exceptions={"status_mismatch": 1},
+                                           auto_resolved={"status_mismatch": 1})
+
+    def test_channel_success_for_failed_order_sends_nothing_when_rule_off(self):
+        run = Run(success_for_failed(False))
+        first = run.feed(PROCESSING, FAILED, callback())
+
+        step = run.wake(first.wake_ms)
+
+        assert (step.to_orders, [e.resolution for e in step.exceptions]) == ((), [""])
+
+    @pytest.mark.parametrize("amount", [AMOUNT - 1, AMOUNT + 1])
+    def test_channel_success_for_other_amount_never_auto_resolves(self, amount):
+        run = Run(success_for_failed())
+        first = run.feed(PROCESSING, FAILED, callback(amount=amount))
+
+        step = run.wake(first.wake_ms)
+
+        assert [pinned(e) for e in step.exceptions] == [
+            (K.status_mismatch, 0, amount, "", PID, CH)]
+        assert (run.to_orders, step.exceptions[0].resolution) == ([], "")
+
+    def test_confirmed_order_that_succeeds_closes_once_its_line_is_booked(self):
+        run = Run(success_for_failed())
+        first = run.feed(PROCESSING, FAILED, callback())
+        run.wake(first.wake_ms)
+
+        run.feed(psc("succeeded", captured=AMOUNT, previous="failed",
+                     trigger="reconciliation"), *capture_legs(), LINE)
+
+        assert [e.kind for e in run.exceptions] == [K.status_mismatch]
+        assert run.to_orders == [confirmation(), LINE]
+        assert (run.states(), run.item.closed_ms > 0) == (["booked"], True)
+        assert standing(run.item).matched == {CH: 1}
+
+    def test_line_for_failed_order_sends_confirmation_and_waits_when_rule_on(self):
+        run = Run(success_for_failed())
+
+        step = run.feed(PROCESSING, callback(outcome="declined"), FAILED, LINE)
+
+        assert step.to_orders == (confirmation(evidence="settlement line line-1"),)
+        assert [pinned(e) for e in step.exceptions] == [
+            (K.status_mismatch, 0, AMOUNT, "line-1", PID, CH)]
+        assert step.exceptions[0].resolution != ""
+        assert run.states() == ["waiting"]
+
+    def test_line_for_timed_out_order_waits_line_wait_before_confirming(self):
+        run = Run(success_for_failed())
+        run.feed(PROCESSING, psc("timed_out"))
+        first = run.feed(LINE)
+
+        early = run.wake(first.wake_ms - 1)
+        step = run.wake(first.wake_ms)
+
+        assert (first.to_orders, first.exceptions, early.to_orders) == ((), (), ())
+        assert step.to_orders == (confirmation(evidence="settlement line line-1"),)
+        assert [(e.kind, e.line_id) for e in run.exceptions] == [
+            (K.status_mismatch, "line-1")]
+        assert run.states() == ["waiting"]
+
+    def test_line_for_failed_order_of_other_amount_is_held_when_rule_on(self):
+        run = Run(success_for_failed())
+
+        run.feed(PROCESSING, callback(outcome="declined"), FAILED, line(amount=AMOUNT - 1))
+
+        assert (run.to_orders, run.states()) == ([], ["held"])
+        assert [(e.kind, e.resolution) for e in run.exceptions] == [(K.status_mismatch, "")]
+
+    def test_line_for_failed_order_is_booked_after_order_succeeds_by_reconciliation(self):
+        run = Run(success_for_failed())
+        run.feed(PROCESSING, callback(outcome="declined"), FAILED, LINE)
+
+        run.feed(psc("succeeded", captured=AMOUNT, previous="failed",
+                     trigger="reconciliation"), *capture_legs())
+        run.wake(LATER)
+
+        assert run.states() == ["booked"]
+        assert [m for m in run.to_orders if isinstance(m, SettlementReported)] == [LINE]
+
+    def test_line_for_failed_order_closes_without_new_exception_after_reconciliation(self):
+        run = Run(success_for_failed())
+        run.feed(PROCESSING, callback(outcome="declined"), FAILED, LINE)
+        resolved = len(run.exceptions)
+
+        posted = run.feed(psc("succeeded", captured=AMOUNT, previous="failed",
+                              trigger="reconciliation"), *capture_legs())
+        run.wake(LATER)
+
+        assert posted.to_orders == (LINE,)  # booked as soon as the order is posted
+        assert run.exceptions[resolved:] == []
+        assert (run.states(), run.item.closed_ms > 0) == (["booked"], True)
+
+
+class TestAutoResolveChannelRefund:
+    def refunded_by_channel(self, recon_rules: ReconRules, amount: int = 3_000) -> Run:
+        """A sale that matched, then a refund callback for a request the order never sent."""
+        run = Run(recon_rules)
+        first = run.feed(*live(), callback("refund", amount=amount, request_id="req-unknown"))
+        run.wake(first.wake_ms)
+        return run
+
+    @pytest.mark.parametrize("amount", [3_000, AMOUNT])
+    def test_channel_refund_never_asked_is_amount_mismatch_with_refund_confirmation(
+            self, amount):
+        run = self.refunded_by_channel(rules(auto_resolve=AutoResolve(channel_refund=True)),
+                                       amount)
+
+        assert [pinned(e) for e in run.exceptions] == [
+            (K.amount_mismatch, AMOUNT, AMOUNT - amount, "", PID, CH)]
+        assert run.exceptions[0].resolution != ""
+        assert run.to_orders == [ChannelRefundConfirmed(
+            payment_id=PID, channel=CH, amount_minor=amount, currency=CCY,
+            evidence=f"{CH} refunded by itself")]
+
+    def test_channel_refund_posted_by_the_order_closes_once_the_line_is_booked(self):
+        run = self.refunded_by_channel(rules(auto_resolve=AutoResolve(channel_refund=True)))
+        posted = (leg("je-chrefund", 0, PENDING, -3_000, "refund", legs=2),
+                  leg("je-chrefund", 1, CLEARING, 3_000, "refund", legs=2))
+        net_line = line(amount=AMOUNT - 3_000)
+
+        run.feed(psc("partially_refunded", at_ms=T0 + 5_000, captured=AMOUNT, refunded=3_000,
+                     previous="succeeded", trigger="refund"), *posted, net_line)
+
+        assert len(run.exceptions) == 1
+        assert run.to_orders[-1] == net_line
+        assert (run.states(), run.item.closed_ms > 0) == (["booked"], True)
+
+    def test_channel_refund_never_asked_waits_for_ops_when_rule_off(self):
+        run = self.refunded_by_channel(RULES)
+
+        assert [(e.kind, e.resolution) for e in run.exceptions] == [(K.amount_mismatch, "")]
+        assert run.to_orders == []
+
+    def test_channel_success_rule_alone_does_not_post_a_channel_refund(self):
+        run = self.refunded_by_channel(success_for_failed())
+
+        assert run.to_orders == []
+
+
+# ---------------------------------------------------------------- rules
+
+
+class TestRules:
+    def test_channel_entry_takes_unset_fields_from_defaults(self):
+        recon_rules = ReconRules.model_validate({
+            "defaults": {"grace_ms": 1_000, "settle_days": 2, "fee_tolerance_minor": 3},
+            "channels": [{"channel": "wallet", "settle_days": 4}]})
+
+        rule = recon_rules.for_channel("wallet")
+
+        assert (rule.channel, rule.settle_days, rule.grace_ms, rule.fee_tolerance_minor) == (
+            "wallet", 4, 1_000, 3)
+
+    def test_channel_entry_without_auto_resolve_takes_the_defaults_one(self):
+        recon_rules = ReconRules.model_validate({
+            "defaults": {"auto_resolve": {"success_for_failed": True}},
+            "channels": [{"channel": "wallet", "settle_days": 4}]})
+
+        rule = recon_rules.for_channel("wallet")
+
+        assert rule.auto_resolve == AutoResolve(success_for_failed=True)
+
+    def test_channel_entry_takes_unset_auto_resolve_fields_from_defaults(self):
+        recon_rules = ReconRules.model_validate({
+            "defaults": {"auto_resolve": {"success_for_failed": True}},
+            "channels": [{"channel": "wallet", "auto_resolve": {"channel_refund": True}}]})
+
+        rule = recon_rules.for_channel("wallet")
+
+        assert rule.auto_resolve == AutoResolve(success_for_failed=True, channel_refund=True)
+
+    def test_unknown_channel_gets_the_defaults_under_its_name(self):
+        recon_rules = ReconRules(defaults=Matching(settle_days=3, grace_ms=7),
+                                 channels=(Matching(channel="wallet", settle_days=5),))
+
+        rule = recon_rules.for_channel("nowhere")
+
+        assert rule == Matching(channel="nowhere", settle_days=3, grace_ms=7)
+
+    def test_channel_listed_twice_is_refused(self):
+        with pytest.raises(ValidationError, match="wallet listed twice"):
+            ReconRules.model_validate({"channels": [{"channel": "wallet"},
+                                                    {"channel": "wallet"}]})
+
+    def test_channel_without_name_is_refused(self):
+        with pytest.raises(ValidationError, match="needs a name"):
+            ReconRules.model_validate({"channels": [{"settle_days": 2}]})
+
+    def test_unknown_field_is_refused(self):
+        with pytest.raises(ValidationError):
+            ReconRules.model_validate({"defaults": {"settle_day": 2}})
+
+    def test_channel_rule_decides_how_its_payments_are_matched(self):
+        recon_rules = ReconRules(channels=(Matching(channel=CH, fee_tolerance_minor=1),))
+        run = Run(recon_rules)
+
+        run.feed(*live(), line(fee=FEE + 1))
+
+        assert run.exceptions == []
+
+
+class TestManyLines:
+    MANY = rules(lines_per_payment="many")
+    FIRST = line("part-a", amount=6_000, fee=100, settled_on=DAY)
+    SECOND = line("part-b", amount=4_000, fee=80, settled_on=NEXT_DAY)
+
+    def test_first_part_alone_sends_nothing_and_keeps_item_open(self):
+        run = Run(self.MANY)
+
+        step = run.feed(*live(), self.FIRST)
+
+        assert (step.exceptions, step.to_orders, step.matched) == ((), (), False)
+        assert run.states() == ["part"]
+        assert open_state(run.item) == "awaiting_line"
+
+    def test_two_parts_adding_up_are_booked_as_one_settlement_of_the_order_net(self):
+        run = Run(self.MANY)
+
+        step = run.feed(*live(), self.FIRST, self.SECOND)
+
+        combined = only_settlement(step)
+        assert (combined.amount_minor, combined.fee_minor, combined.settled_on,
+                combined.currency, combined.payment_id) == (AMOUNT, FEE, NEXT_DAY, CCY, PID)
+        assert combined.line_id not in ("part-a", "part-b")
+        assert (run.exceptions, run.states(), step.matched) == ([], ["booked", "booked"], True)
+        assert len(run.to_orders) == 1
+
+    def test_parts_settle_the_order_net_of_its_refunds(self):
+        run = Run(self.MANY)
+        refunded = psc("partially_refunded", at_ms=T0 + 5_000, captured=AMOUNT,
+                       refunded=1_000, previous="succeeded", trigger="refund")
+        refund = (leg("je-refund", 0, PENDING, -1_000, "refund", legs=2),
+                  leg("je-refund", 1, CLEARING, 1_000, "refund", legs=2))
+
+        step = run.feed(*live(), refunded, callback("refund", amount=1_000, request_id="rf"),
+                        *refund, self.FIRST, line("part-b", amount=3_000, fee=80))
+
+        assert only_settlement(step).amount_minor == AMOUNT - 1_000
+        assert run.exceptions == []
+
+    @pytest.mark.parametrize("repeat_after", [1, 2])
+    def test_repeat_of_a_part_is_duplicate_settlement(self, repeat_after):
+        run = Run(self.MANY)
+        run.feed(*live(), *(self.FIRST, self.SECOND)[:repeat_after])
+        repeat = line("part-c", amount=6_000, fee=100)
+
+        step = run.feed(repeat)
+
+        assert [(e.kind, e.reported_minor, e.line_id) for e in step.exceptions] == [
+            (K.duplicate_settlement, 6_000, "part-c")]
+        assert step.to_orders == ()
+        assert run.states()[-1] == "held"
+
+    def test_equal_parts_are_not_duplicates_until_they_exceed_the_order(self):
+        run = Run(self.MANY)
+        half = [line(f"half-{n}", amount=AMOUNT // 2, fee=FEE // 2) for n in range(3)]
+
+        run.feed(*live(), *half)
+
+        assert [(e.kind, e.line_id) for e in run.exceptions] == [
+            (K.duplicate_settlement, "half-2")]
+        assert run.states() == ["booked", "booked", "held"]
+
+    def test_part_beyond_what_is_open_is_amount_mismatch(self):
+        run = Run(self.MANY)
+
+        run.feed(*live(), self.FIRST, line("part-b", amount=4_001))
+
+        assert [(e.kind, e.expected_minor, e.reported_minor) for e in run.exceptions] == [
+            (K.amount_mismatch, 4_000, 4_001)]
+        assert run.states() == ["part", "held"]
+
+
+def only_settlement(step: Step) -> SettlementReported:
+    found = [m for m in step.to_orders if isinstance(m, SettlementReported)]
+    assert len(found) == 1, step.to_orders
+    return found[0]
+
+
+# ---------------------------------------------------------------- tallies
+
+
+class TestTally:
+    def test_add_with_sign_minus_one_undoes_an_add(self):
+        base = Tally(matched={CH: 2}, open={f"{CH}|in_flight|{DAY}": 1},
+                     residual={f"{CH}|{CCY}|{DAY}": 500}, exceptions={"fee_mismatch": 1})
+        part = Tally(matched={CH: 1, "other": 1}, open={f"{CH}|in_flight|{DAY}": 1},
+                     residual={f"{CH}|{CCY}|{DAY}": -500}, auto_resolved={"x": 1})
+
+        undone = base.add(part).add(part, -1)
+
+        assert undone == base
+
+    def test_add_drops_counters_that_reach_zero(self):
+        one = Tally(open={"k": 1})
+
+        assert one.add(one, -1) == Tally()
+
+    def test_add_keeps_the_latest_closed_period_per_channel(self):
+        a = Tally(closed_periods={CH: NEXT_DAY})
+
+        merged = a.add(Tally(closed_periods={CH: DAY, "w": DAY}))
+
+        assert merged.closed_periods == {CH: NEXT_DAY, "w": DAY}
+
+    def test_raised_tally_counts_kinds_and_the_auto_resolved_ones(self):
+        def raised(kind, resolution=""):
+            return ReconException(exception_id=f"rx-{kind.value}", payment_id=PID, channel=CH,
+                                  kind=kind, reason="", detected_at_ms=T0,
+                                  resolution=resolution)
+        step = Step(None, (raised(K.status_mismatch, "fixed"), raised(K.status_mismatch),
+                           raised(K.fee_mismatch)))
+
+        tally = raised_tally(step)
+
+        assert tally == Tally(exceptions={"status_mismatch": 2, "fee_mismatch": 1},
+                              auto_resolved={"status_mismatch": 1})
+
+    def test_standing_of_open_item_has_one_open_entry_keyed_channel_state_day(self):
+        run = Run(start_ms=T0 - 2)  # first record at T0 - 1: the day before its capture
+
+        run.feed(*live())
+
+        assert standing(run.item) == Tally(open={f"{CH}|awaiting_line|{DAY_BEFORE}": 1},
+                                           residual={f"{CH}|{CCY}|{DAY}": AMOUNT})
+
+    def test_standing_of_no_item_is_empty(self):
+        assert standing(None) == Tally()
+
+    def test_standing_moves_from_open_to_matched_when_the_line_is_booked(self):
+        run = Run()
+        run.feed(*live())
+        before = standing(run.item)
+
+        run.feed(LINE, *clearing_legs(LINE))
+        delta = standing(run.item).add(before, -1)
+
+        assert delta == Tally(matched={CH: 1}, matched_minor={f"{CH}|{CCY}": AMOUNT},
+                              open={f"{CH}|awaiting_line|{DAY}": -1},
+                              residual={f"{CH}|{CCY}|{DAY}": -AMOUNT})
+
+
+# ---------------------------------------------------------------- the order stage's side
+
+
+def confirm(flow, decide, confirmed):
+    """Drive one reconciliation confirmation through the flow (entries posted, checked)."""
+    return flow._step(lambda order, now: decide(order, confirmed, now))
+
+
+def declined_sale() -> flows.Flow:
+    flow = flows.Flow()
+    request = only(flow.command(flows.pay(), flows.CARD), ChannelRequested)
+    flow.answer(request, flows.DECLINED)
+    assert flow.order.status is S.failed
+    return flow
+
+
+def order_success(amount: int = flows.AMOUNT, channel: str = flows.CARD.channel):
+    return ChannelSuccessConfirmed(payment_id=flows.PID, channel=channel,
+                                   channel_serial="ch-9", amount_minor=amount,
+                                   currency=flows.CCY, evidence="settlement line l-1")
+
+
+def order_refund(amount: int):
+    return ChannelRefundConfirmed(payment_id=flows.PID, channel=flows.CARD.channel,
+                                  amount_minor=amount, currency=flows.CCY,
+                                  evidence="acq refunded by itself")
+
+
+class TestOrderChannelSuccess:
+    def test_failed_order_succeeds_by_reconciliation_and_posts_one_capture(self):
+        flow = declined_sale()
+
+        d = confirm(flow, decide_channel_success, order_success())
+
+        assert d.status is C.accepted
+        told = only(d, PaymentStatusChanged)
+        assert (told.status, told.previous_status, told.trigger, told.captured_minor) == (
+            "succeeded", "failed", "reconciliation", flows.AMOUNT)
+        entry = only(d, JournalEntryDecided)
+        assert entry.reason == "capture"
+        assert {leg.account_id: leg.amount_minor for leg in entry.legs} == {
+            flows.CLEARING: -flows.AMOUNT, flows.pending(): flows.NET,
+            f"fees:{flows.CCY}": flows.FEE}
+        assert (d.order.status, d.order.channel_serial) == (S.succeeded, "ch-9")
+        assert of_type(d, ChannelRequested) == []
+
+    def test_second_confirmation_is_duplicate_and_does_nothing(self):
+        flow = declined_sale()
+        confirm(flow, decide_channel_success, order_success())
+
+        d = confirm(flow, decide_channel_success, order_success())
+
+        assert (d.status, d.outputs, d.order) == (C.duplicate, (), flow.order)
+        assert len(flow.entries) == 1
+
+    @pytest.mark.parametrize("amount,channel", [
+        (flows.AMOUNT - 1, flows.CARD.channel), (flows.AMOUNT + 1, flows.CARD.channel),
+        (flows.AMOUNT, "other")])
+    def test_confirmation_of_other_money_or_channel_is_not_applicable(self, amount, channel):
+        flow = declined_sale()
+        before = flow.order
+
+        d = confirm(flow, decide_channel_success, order_success(amount, channel))
+
+        assert (d.status, d.outputs, d.order) == (C.confirmation_not_applicable, (), before)
+
+    def test_confirmation_for_unknown_order_is_order_not_found(self):
+        d = decide_channel_success(None, order_success(), flows.NOW)
+
+        assert (d.status, d.outputs, d.order) == (C.order_not_found, (), None)
+
+
+class TestOrderChannelRefund:
+    @pytest.mark.parametrize("amount,status", [
+        (3_000, S.partially_refunded), (flows.AMOUNT, S.refunded)])
+    def test_channel_refund_is_held_on_pending_then_posted_without_channel_request(
+            self, amount, status):
+        flow = flows.sold()
+        flow.books.fund(flows.pending(), flows.FEE)  # the fee is not returned: cover it
+
+        asked = confirm(flow, decide_channel_refund, order_refund(amount))
+        held = only(asked, HoldRequested)
+        d = flow.hold(held)
+
+        assert asked.status is C.accepted
+        assert (held.account_id, held.amount_minor, held.currency) == (
+            flows.pending(), amount, flows.CCY)
+        refund_id = asked.order.refunds[-1].refund_id
+        assert refund_id.startswith(CHANNEL_REFUND_PREFIX)
+        assert held.hold_id == hold_id_for(flows.PID, refund_id)
+        assert d.status is C.accepted
+        assert (d.order.status, d.order.refunded_minor) == (status, amount)
+        entry = only(d, JournalEntryDecided)
+        assert (entry.reason, {leg.account_id: leg.amount_minor for leg in entry.legs}[
+            flows.pending()]) == ("refund", -amount)
+        assert of_type(d, ChannelRequested) == []
+        assert [r.status for r in d.order.refunds] == ["succeeded"]
+
+    def test_same_channel_refund_confirmed_twice_is_duplicate(self):
+        flow = flows.sold()
+        confirm(flow, decide_channel_refund, order_refund(3_000))
+
+        d = confirm(flow, decide_channel_refund, order_refund(3_000))
+
+        assert (d.status, d.outputs) == (C.duplicate, ())
+
+    def test_channel_refund_beyond_captured_is_not_applicable(self):
+        flow = flows.sold()
+
+        d = confirm(flow, decide_channel_refund, order_refund(flows.AMOUNT + 1))
+
+        assert (d.status, d.outputs) == (C.confirmation_not_applicable, ())
+
+    def test_channel_refund_for_failed_order_is_not_applicable(self):
+        flow = declined_sale()
+
+        d = confirm(flow, decide_channel_refund, order_refund(1_000))
+
+        assert (d.status, d.outputs) == (C.confirmation_not_applicable, ())
