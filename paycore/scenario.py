@@ -687,6 +687,12 @@ def _sign(kind: FaultKind, channel: str, history: list[PaymentStatusChanged],
     if kind in (FaultKind.amount_mismatch, FaultKind.partial_payment) and any(
             e.status == "amount_mismatch" for e in history):
         return "amount mismatch"
+    if kind is FaultKind.success_after_decline and any(
+            e.trigger == RECONCILIATION and e.status == "succeeded" for e in history):
+        return "made to succeed by reconciliation"
+    if kind is FaultKind.channel_refund and any(
+            "refunded by the channel itself" in e.reason for e in history):
+        return "channel's refund posted by reconciliation"
     return ""
 
 
@@ -783,7 +789,9 @@ def expected_merchant_minor(rec: Recorded, terms: dict[str, ChannelTerms]) -> di
 
 
 CAUSES: dict[str, str] = {"amount_mismatch": "amount_mismatch",
-                          "partial_payment": "amount_mismatch"}
+                          "partial_payment": "amount_mismatch",
+                          "success_after_decline": "status_mismatch",
+                          "channel_refund": "amount_mismatch"}
 """Channel faults whose payments reconciliation must report, and as what."""
 
 
@@ -1401,8 +1409,9 @@ class Live:
             line.payment_id for r in reports for line in r.lines}
 
         def section() -> dict:
-            return settlement_section(reports, self.observer.history,
-                                      self.side.recon_exceptions(scope), files)
+            found = [e for e in self.side.recon_exceptions(scope)
+                     if e.line_id or e.kind is ExceptionKind.missing_at_channel]
+            return settlement_section(reports, self.observer.history, found, files)
 
         deadline = time.monotonic() + spec.wait_s
         while time.monotonic() < deadline:

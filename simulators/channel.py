@@ -53,6 +53,9 @@ class Answer(NamedTuple):
     """A bank's first answer (pending: the payer is on the bank's page), sent at once."""
     until_ack: bool = False
     """A wallet: after the last delivery, re-send until acknowledged."""
+    afterwards: tuple[tuple[int, ChannelResponded], ...] = ()
+    """Messages the channel sends later of its own accord (ms after the request): a
+    success it first declined, a refund nobody asked for."""
 
 
 def latency_ms(rng: random.Random, profile: SimulatorProfile) -> int:
@@ -127,6 +130,10 @@ def query_answer(query: ChannelRequested, known: Answer | None, requested_at_ms:
     return known.response.model_copy(update={"via_query": True, "responded_at_ms": now_ms})
 
 
+AFTERTHOUGHT_MS = 1_500
+"""How long after its answer a channel changes its mind (success after decline) or
+refunds by itself."""
+
 _MAGIC = frozenset({MAGIC_DECLINE_MINOR, MAGIC_SILENT_MINOR, MAGIC_LATE_MINOR,
                     MAGIC_TWICE_MINOR, MAGIC_SHORT_MINOR, MAGIC_UNAVAILABLE_MINOR,
                     MAGIC_BLACK_HOLE_MINOR})
@@ -170,6 +177,23 @@ def with_faults(reply: Answer, request: ChannelRequested, drawn: list[Drawn],
         elif kind is FaultKind.partial_payment:
             response = response.model_copy(
                 update={"amount_minor": max(request.amount_minor // 2, 1)})
+        elif kind is FaultKind.success_after_decline and \
+                response.outcome is ChannelOutcome.succeeded:
+            took = response.model_copy(update={
+                "responded_at_ms": response.responded_at_ms + AFTERTHOUGHT_MS})
+            response = response.model_copy(update={
+                "outcome": ChannelOutcome.declined, "decline_code": profile.decline_codes[0]})
+            reply = reply._replace(afterwards=reply.afterwards + (
+                (max(deliveries, default=delay) + AFTERTHOUGHT_MS, took),))
+        elif kind is FaultKind.channel_refund and \
+                response.outcome is ChannelOutcome.succeeded:
+            refund_id = derive_id("chrefund", request.request_id)
+            back = response.model_copy(update={
+                "request_id": refund_id, "operation": ChannelOperation.refund,
+                "channel_serial": derive_id("sn", request.channel, refund_id),
+                "responded_at_ms": response.responded_at_ms + AFTERTHOUGHT_MS})
+            reply = reply._replace(afterwards=reply.afterwards + (
+                (max(deliveries, default=delay) + AFTERTHOUGHT_MS, back),))
     at = response.responded_at_ms - reply.latency_ms
     response = response.model_copy(update={"responded_at_ms": at + delay})
     return reply._replace(response=response, latency_ms=delay, deliveries_ms=deliveries)

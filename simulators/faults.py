@@ -38,6 +38,12 @@ class FaultKind(str, Enum):
     """The channel reports one minor unit less than asked."""
     partial_payment = "partial_payment"
     """The channel reports half the amount paid."""
+    success_after_decline = "success_after_decline"
+    """The channel declines, then 1.5 s later says the same request succeeded after all
+    (it took the money): the order has failed; reconciliation finds it."""
+    channel_refund = "channel_refund"
+    """The payment succeeds; 1.5 s later the channel refunds it by itself (a refund answer
+    for a request we never sent): reconciliation finds it."""
 
 
 class Fault(BaseModel):

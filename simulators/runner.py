@@ -164,6 +164,11 @@ def _schedule(record, state: _State) -> asyncio.Task | None:
             await asyncio.sleep((due_ms - waited_ms) / 1000)
             waited_ms = due_ms
             await send_once(out)
+        for index, (due_ms, message) in enumerate(sorted(reply.afterwards,
+                                                         key=lambda a: a[0])):
+            await asyncio.sleep(max(0, due_ms - waited_ms) / 1000)
+            waited_ms = max(waited_ms, due_ms)
+            await send_once(child(env, message, 2 + index, message.responded_at_ms))
         if reply.until_ack:  # a wallet notifies again until acknowledged
             for wait_ms in WALLET_RESEND_MS:
                 await asyncio.sleep(wait_ms / 1000)

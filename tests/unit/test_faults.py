@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from domain.events import ChannelOperation, ChannelOutcome, ChannelRequested
-from simulators.channel import LATE_BY_MS, answer, with_faults
+from simulators.channel import AFTERTHOUGHT_MS, LATE_BY_MS, answer, with_faults
 from simulators.faults import Drawn, Fault, FaultKind, FaultPlan, draw
 from streams.channels_config import SimulatorProfile
 
@@ -96,6 +96,32 @@ class TestWithFaults:
                                                (FaultKind.partial_payment, 500)])
     def test_money_faults(self, kind, reported):
         assert hit(kind)[1].response.amount_minor == reported
+
+    def test_success_after_decline_declines_then_says_it_took_the_money(self):
+        plain, faulty = hit(FaultKind.success_after_decline)
+
+        assert faulty.response.outcome is ChannelOutcome.declined
+        [(due_ms, took)] = faulty.afterwards
+        assert due_ms == max(faulty.deliveries_ms) + AFTERTHOUGHT_MS
+        assert (took.request_id, took.outcome, took.amount_minor) == (
+            plain.response.request_id, ChannelOutcome.succeeded, 1_000)
+
+    def test_channel_refund_answers_a_refund_nobody_asked_for(self):
+        plain, faulty = hit(FaultKind.channel_refund)
+
+        assert faulty.response == plain.response
+        [(due_ms, back)] = faulty.afterwards
+        assert due_ms == max(faulty.deliveries_ms) + AFTERTHOUGHT_MS
+        assert back.operation is ChannelOperation.refund
+        assert back.request_id != plain.response.request_id
+        assert (back.outcome, back.amount_minor) == (ChannelOutcome.succeeded, 1_000)
+
+    def test_afterthoughts_only_change_a_success(self):
+        req = request(amount_minor=1_013)  # the magic decline amount
+        reply = answer(req, PROFILE, 7, T0)
+        for kind in (FaultKind.success_after_decline, FaultKind.channel_refund):
+            drawn = [Drawn(Fault(channel="card", kind=kind, from_s=0, to_s=10), 0.5)]
+            assert with_faults(reply, req, drawn, PROFILE, 3_000, 7).afterwards == ()
 
     def test_follow_ups_take_only_outages_and_repeats(self):
         plain, faulty = hit(FaultKind.decline_spike, op=ChannelOperation.refund)
