@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from datetime import datetime, timezone
 from typing import Annotated
 
 from aiokafka import AIOKafkaProducer
@@ -91,6 +92,7 @@ def create_api(settings: Settings) -> FastAPI:
     _payment_routes(app, view, publish)
     _follow_up_routes(app, view, publish)
     _account_routes(app, view)
+    _recon_routes(app, view)
     _health_routes(app, view, state)
     app.state.view = view
     return app
@@ -204,6 +206,14 @@ def _account_routes(app: FastAPI, view: PaymentsView) -> None:
              "payment_id": leg.payment_id, "amount_minor": leg.amount_minor,
              "currency": leg.currency, "row": leg.account_id,
              "row_total_minor": leg.total_minor} for leg in reversed(legs)]}
+
+
+def _recon_routes(app: FastAPI, view: PaymentsView) -> None:
+    @app.get("/v1/recon/report")
+    async def recon_report():
+        """The recon partitions' latest tallies summed, and the exceptions kept in memory
+        (``paycore.recon_report.build``); open items age against today's UTC day."""
+        return view.recon.report(datetime.now(timezone.utc).date())
 
 
 def _health_routes(app: FastAPI, view: PaymentsView, state: dict) -> None:

@@ -1,9 +1,14 @@
-"""A read model of payments fed by ``pay.events``: every API replica keeps its own copy."""
+"""A read model of payments fed by ``pay.events``: every API replica keeps its own copy.
+
+It also follows ``pay.ledger.entries`` (balances, journals) and the reconciliation topics
+(``pay.recon.status``, ``pay.recon.exceptions``) for the recon report."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
+from datetime import date
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -17,12 +22,42 @@ from domain.events import (
     MandateStatusChanged,
     PaymentStatusChanged,
 )
+from domain.recon import ReconException, ReconStatus
+from paycore import recon_report
 from streams import topics as t
 from streams.envelope import UndecodableEnvelope, decode
 from streams.tansu import true_end_offsets
 
 log = logging.getLogger(__name__)
 JOURNAL_KEPT = 1_000
+RECON_EXCEPTIONS_KEPT = 10_000
+FOLLOWED = (t.EVENTS, t.LEDGER_ENTRIES, t.RECON_STATUS, t.RECON_EXCEPTIONS)
+
+
+class ReconView:
+    """Each recon partition's latest status and the most recent exceptions (bounded),
+    deduplicated by ``exception_id``: the inputs of ``paycore.recon_report.build``."""
+
+    def __init__(self, exceptions_max: int = RECON_EXCEPTIONS_KEPT) -> None:
+        assert exceptions_max > 0
+        self.statuses: dict[int, ReconStatus] = {}
+        self.exceptions: OrderedDict[str, ReconException] = OrderedDict()
+        """exception id -> the exception, oldest received first."""
+        self.exceptions_max = exceptions_max
+
+    def apply(self, body: ReconStatus | ReconException) -> None:
+        if isinstance(body, ReconStatus):
+            kept = self.statuses.get(body.partition)
+            if kept is None or body.at_ms >= kept.at_ms:
+                self.statuses[body.partition] = body
+        elif body.exception_id not in self.exceptions:
+            self.exceptions[body.exception_id] = body
+            while len(self.exceptions) > self.exceptions_max:
+                self.exceptions.popitem(last=False)
+
+    def report(self, today: date) -> dict:
+        return recon_report.build(list(self.statuses.values()),
+                                  list(self.exceptions.values()), today)
 
 
 class PaymentsView:
@@ -40,6 +75,7 @@ class PaymentsView:
         """Per account: its most recent legs, newest last (bounded)."""
         self.changed = asyncio.Condition()
         self.caught_up = asyncio.Event()
+        self.recon = ReconView()
         self._seen_ids: set[str] = set()
 
     def apply(self, body) -> None:
@@ -83,8 +119,7 @@ class PaymentsView:
                                     auto_offset_reset="earliest")
         await consumer.start()
         try:
-            tps = [TopicPartition(topic, p) for topic in (t.EVENTS, t.LEDGER_ENTRIES)
-                   for p in range(partitions)]
+            tps = [TopicPartition(topic, p) for topic in FOLLOWED for p in range(partitions)]
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
             ends = await true_end_offsets(consumer, bootstrap, tps)
@@ -108,6 +143,9 @@ class PaymentsView:
             env = decode(raw)
         except UndecodableEnvelope as exc:
             log.warning("read model skipped an undecodable event: %s", exc)
+            return
+        if isinstance(env.body, (ReconStatus, ReconException)):
+            self.recon.apply(env.body)  # idempotent as it is: no message id kept
             return
         if env.message_id in self._seen_ids:
             return  # a redelivered copy: same deterministic id

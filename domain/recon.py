@@ -819,6 +819,9 @@ class Tally(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     matched: dict[str, int] = Field(default_factory=dict)
+    """Payments settled by a line that matched order, callbacks and ledger."""
+    agreed: dict[str, int] = Field(default_factory=dict)
+    """Payments closed with nothing to settle (declined, failed, balance): all sides agree."""
     matched_minor: dict[str, int] = Field(default_factory=dict)
     """channel|currency -> gross matched."""
     exceptions: dict[str, int] = Field(default_factory=dict)
@@ -839,6 +842,7 @@ class Tally(BaseModel):
         for channel, period in part.closed_periods.items():
             periods[channel] = max(period, periods.get(channel, ""))
         return Tally(matched=merged(self.matched, part.matched),
+                     agreed=merged(self.agreed, part.agreed),
                      matched_minor=merged(self.matched_minor, part.matched_minor),
                      exceptions=merged(self.exceptions, part.exceptions),
                      auto_resolved=merged(self.auto_resolved, part.auto_resolved),
@@ -869,10 +873,12 @@ def standing(item: ReconItem | None) -> Tally:
            else day_of(item.first_ms))
     owed = -(item.ledger.clearing_minor + item.ledger.settled_minor)
     tally = Tally(residual={f"{channel}|{ccy}|{day}": owed} if owed else {})
-    if item.closed_ms:
+    if item.closed_ms and any(s.state == "booked" for s in item.lines):
         gross = sum(s.line.amount_minor for s in item.lines if s.state == "booked")
         tally.matched = {channel: 1}
         tally.matched_minor = {f"{channel}|{ccy}": gross} if gross else {}
+    elif item.closed_ms:
+        tally.agreed = {channel: 1}
     else:
         tally.open = {f"{channel}|{open_state(item)}|{day_of(item.first_ms)}": 1}
     return tally

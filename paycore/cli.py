@@ -1,5 +1,5 @@
 """``paycore``: up, worker, api, simulate (the simulator, or a scenario file), audit, demo,
-risk and routing backtests."""
+risk and routing backtests, the reconciliation report."""
 
 from __future__ import annotations
 
@@ -143,6 +143,45 @@ def _add_rules_commands(sub) -> None:
             record.set_defaults(run=cmd_risk_record)
 
 
+def cmd_recon_report(args: argparse.Namespace) -> int:
+    from paycore.recon_report import run_report
+
+    settings = Settings()
+    return run_report(args.bootstrap or settings.kafka_bootstrap,
+                      args.partitions or settings.partitions,
+                      args.out or settings.data_dir / "recon", timeout_s=args.timeout)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
+    return value
+
+
+def _add_recon(sub) -> None:
+    """``paycore recon report``: the partitions' latest tallies summed, and the exceptions."""
+    from pathlib import Path
+
+    recon = sub.add_parser("recon", help="reconciliation: the report")
+    verbs = recon.add_subparsers(dest="verb", required=True)
+    report = verbs.add_parser(
+        "report", help="read pay.recon.status and pay.recon.exceptions, print and write "
+        "the report",
+        description="Sums each recon partition's latest tally (pay.recon.status) and lists "
+        "the exceptions (pay.recon.exceptions); prints tables and writes recon-report.json "
+        "and recon-exceptions.csv.")
+    report.add_argument("--out", type=Path, default=None,
+                        help="output folder (default: <data dir>/recon)")
+    report.add_argument("--bootstrap", default="", metavar="HOST:PORT",
+                        help="the broker (default: PAYCORE_KAFKA_BOOTSTRAP)")
+    report.add_argument("--partitions", type=_positive, default=None,
+                        help="partitions per topic (default: PAYCORE_PARTITIONS)")
+    report.add_argument("--timeout", type=float, default=30.0,
+                        help="seconds to read the topics to their end")
+    report.set_defaults(run=cmd_recon_report)
+
+
 def _add_simulate(sub) -> None:
     """``paycore simulate``: the simulator process; ``paycore simulate FILE.yaml``: a
     scenario (the flags apply to scenarios only)."""
@@ -190,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--timeout", type=float, default=120.0)
     demo.set_defaults(run=cmd_demo)
     _add_rules_commands(sub)
+    _add_recon(sub)
     args = parser.parse_args(argv)
     if args.command == "simulate" and args.scenario is None and (
             args.short or args.seed is not None or args.out or args.attach or args.start_stack):
