@@ -24,6 +24,9 @@ from agents._stage import consume, table
 from domain.events import ChannelResponded, LegApplied, PaymentStatusChanged, SettlementReported
 from domain.recon import (
     ReconItem,
+    SerialRow,
+    SerialSeen,
+    by_serial,
     ReconStatus,
     ReconWake,
     SettlementClosed,
@@ -59,6 +62,13 @@ class ReconRow(BaseModel):
     outbox: tuple[OutboxEntry, ...] = ()
 
 
+class SerialEntry(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    row: SerialRow = SerialRow()
+    outbox: tuple[OutboxEntry, ...] = ()
+
+
 def partition_of(key: bytes, partitions: int) -> int:
     """The partition the producers' default partitioner gives ``key`` (murmur2)."""
     return (murmur2(key) & 0x7FFFFFFF) % partitions
@@ -69,6 +79,7 @@ def register(wire: Wire) -> None:
     wakes = table(wire, "recon_wakes", "payment id -> ms to look at the item again")
     dues = table(wire, "recon_due", "payment id -> channel|day whose report must settle it")
     tallies = table(wire, "recon_tallies", "tally:<partition> -> that partition's Tally")
+    serials = table(wire, "recon_serials", "channel serial -> its payment, lines waiting")
     rules = watch_recon(wire.settings.config_dir)
     partitions = wire.settings.partitions
     dirty: set[int] = set(range(partitions))
@@ -121,18 +132,25 @@ def register(wire: Wire) -> None:
         if isinstance(body, SettlementClosed):
             await close_period(env, body, partition, at)
             return
+        key = event.message.key
+        source = f"{event.message.topic}:{partition}:{event.message.offset}"
+        if isinstance(body, SerialSeen) or (
+                isinstance(body, SettlementReported) and not body.payment_id) or (
+                isinstance(body, ReconWake) and serials.get(key) is not None
+                and rows.get(key) is None):
+            await by_channel_serial(env, key, body, at, source, partition)
+            return
         if not isinstance(body, _TAKEN):
             return  # other events on pay.events (a command refused): nothing to match
-        key = event.message.key
         raw = rows.get(key)
         row = ReconRow.model_validate_json(raw) if raw else ReconRow()
-        source = f"{event.message.topic}:{partition}:{event.message.offset}"
         again = recall(row.outbox, env.message_id, source)
         if again is not None:
             await wire.send_all(again)
             return
         step = observe(row.item, body, at, rules.current)
-        outgoing = outgoing_of(env, step, key.decode(), at)
+        outgoing = outgoing_of(env, step, key.decode(), at) + serials_seen(
+            env, row.item, step.item, at)
         if step.item is None:
             if raw:
                 del rows[key]
@@ -141,6 +159,49 @@ def register(wire: Wire) -> None:
                 row.outbox, env.message_id, outgoing, source)).model_dump_json().encode()
         apply(key, partition, row.item, step)
         await wire.send_all(outgoing)
+
+    def serials_seen(env, before: ReconItem | None, after: ReconItem | None, at: int
+                     ) -> list[Outgoing]:
+        """A success with a serial not seen before: index it, keyed by the serial, for lines
+        that name only the serial."""
+        if after is None:
+            return []
+        known = {cb.channel_serial for cb in (before.callbacks if before else ())}
+        fresh = {(cb.channel_serial, cb.channel) for cb in after.callbacks
+                 if cb.outcome == "succeeded" and cb.channel_serial
+                 and cb.channel_serial not in known}
+        return [Outgoing(topic=t.RECON, key=serial, value=encode(child(env, SerialSeen(
+            serial=serial, payment_id=after.payment_id, channel=channel), i, at)).decode())
+            for i, (serial, channel) in enumerate(sorted(fresh))]
+
+    async def by_channel_serial(env, key: bytes, body, at: int, source: str, partition: int
+                                ) -> None:
+        """Lines that name only the channel's serial, and the serials of our payments."""
+        raw = serials.get(key)
+        entry = SerialEntry.model_validate_json(raw) if raw else SerialEntry()
+        again = recall(entry.outbox, env.message_id, source)
+        if again is not None:
+            await wire.send_all(again)
+            return
+        step = by_serial(entry.row if raw else None, body, at, rules.current)
+        out = [Outgoing(topic=t.RECON, key=line.payment_id,
+                        value=encode(child(env, line, i, at)).decode())
+               for i, line in enumerate(step.forward)]
+        out += [Outgoing(topic=t.RECON_EXCEPTIONS, key=key.decode(),
+                         value=encode(child(env, e, i, at)).decode())
+                for i, e in enumerate(step.exceptions)]
+        if step.row != entry.row or out or not raw:
+            serials[key] = SerialEntry(row=step.row, outbox=remember(
+                entry.outbox, env.message_id, out, source)).model_dump_json().encode()
+        if step.wake_ms:
+            wakes[key] = str(step.wake_ms).encode()
+        elif wakes.get(key) is not None:
+            del wakes[key]
+        for e in step.exceptions:
+            RECON_EXCEPTIONS.labels(kind=e.kind.value, channel=e.channel or "?").inc()
+        if step.exceptions:
+            bump(partition, raised_tally(Step(None, step.exceptions)))
+        await wire.send_all(out)
 
     async def close_period(env, closed: SettlementClosed, partition: int, at: int) -> None:
         """The channel's report for a day is complete: this partition's items due by then
@@ -160,7 +221,8 @@ def register(wire: Wire) -> None:
             rows[key] = ReconRow(item=step.item, outbox=remember(
                 row.outbox, env.message_id, outgoing, f"close:{closed.channel}:"
                 f"{closed.period}")).model_dump_json().encode()
-            apply(key, partition, row.item, step._replace(wake_ms=int(wakes.get(key) or 0)))
+            apply(key, partition, row.item,
+                  step._replace(wake_ms=step.wake_ms or int(wakes.get(key) or 0)))
             await wire.send_all(outgoing)
         bump(partition, Tally(closed_periods={closed.channel: closed.period}))
 

@@ -292,7 +292,9 @@ class ReconItem(BaseModel):
     """Money a settlement line proved the channel took when no callback said so (sent to
     the order stage as a confirmation): it counts as the channel's word."""
     missing_through: str = ""
-    """The period a missing-at-channel was raised for."""
+    """The channel closed its reports through this day while the item had no line."""
+    missing_at_ms: int = 0
+    """When the missing line is raised, unless a line arrives first."""
     closed_ms: int = 0
     """When everything matched (0: open). Kept ``retention_days``, then removed."""
     matched_ms: int = 0
@@ -495,6 +497,7 @@ def evaluate(item: ReconItem, at_ms: int, rules: ReconRules) -> Step:
         if ev.item.lines[index].state == "waiting":
             _line(ev, index, live_agree)
     _orphan_callbacks(ev)
+    _missing(ev)
     item = ev.item
     due = _due(item, rule)
     matched = False
@@ -790,20 +793,104 @@ def _all_resolved(item: ReconItem) -> bool:
 def period_closed(item: ReconItem, closed: SettlementClosed, at_ms: int, rules: ReconRules
                   ) -> Step:
     """The channel's report for ``closed.period`` is complete: a payment due by then that
-    no line settled is missing at the channel."""
+    no line settled is missing at the channel, once ``grace_ms`` more has passed (a line
+    that named only the channel's serial takes one more hop to reach its payment)."""
     rule = rules.for_channel(item.channel)
     due = _due(item, rule)
     if due is None or due[0] != closed.channel or due[1] > closed.period:
         return Step(item, due=due)
-    ev = _Eval(item, at_ms, rule)
-    order = item.order
+    marked = item.model_copy(update={"missing_through": closed.period,
+                                     "missing_at_ms": at_ms + rule.grace_ms})
+    return evaluate(marked, at_ms, rules)
+
+
+def _missing(ev: _Eval) -> None:
+    item, order = ev.item, ev.item.order
+    if not item.missing_through or item.lines or not expects_line(item):
+        return
     assert order is not None
+    if ev.at < item.missing_at_ms:
+        ev.wake(item.missing_at_ms)
+        return
     ev.raise_(_Finding("missing", K.missing_at_channel,
                        f"captured {order.captured_on} ({order.net_minor} {order.currency}), "
-                       f"not in {closed.channel}'s reports through {closed.period} "
-                       f"(T+{rule.settle_days})", order.net_minor, None))
-    flagged = ev.item.model_copy(update={"missing_through": closed.period})
-    return Step(flagged, tuple(ev.exceptions), due=None)
+                       f"not in {item.channel}'s reports through {item.missing_through} "
+                       f"(T+{ev.rule.settle_days})", order.net_minor, None))
+
+
+# ---------------------------------------------------------------- lines by channel serial
+
+
+class SerialSeen(Message):
+    """Reconciliation to itself: the channel's serial for one of our payments, keyed by the
+    serial, so a settlement line that names only the serial finds its payment."""
+
+    serial: str
+    payment_id: str
+    channel: str
+
+
+class SerialRow(BaseModel):
+    """One channel serial: the payment it belongs to (once seen), and lines that named only
+    the serial and wait for it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    payment_id: str = ""
+    channel: str = ""
+    waiting: tuple[LineSeen, ...] = ()
+    raised: tuple[str, ...] = ()
+
+
+class SerialStep(NamedTuple):
+    row: SerialRow
+    forward: tuple[SettlementReported, ...] = ()
+    """Lines now known to be the payment's: on to its item (keyed by payment id)."""
+    exceptions: tuple[ReconException, ...] = ()
+    wake_ms: int = 0
+
+
+def by_serial(row: SerialRow | None, body: Message, at_ms: int, rules: ReconRules
+              ) -> SerialStep:
+    """A line without our payment id waits for the serial's payment (``SerialSeen``) up to
+    the channel's ``line_wait_ms``; then it is missing in our records."""
+    row = row or SerialRow()
+    if isinstance(body, SerialSeen):
+        if row.payment_id == body.payment_id:
+            return SerialStep(row)
+        known = row.model_copy(update={"payment_id": body.payment_id, "channel": body.channel,
+                                       "waiting": ()})
+        return SerialStep(known, tuple(s.line.model_copy(update={
+            "payment_id": body.payment_id}) for s in row.waiting))
+    if isinstance(body, SettlementReported):
+        if row.payment_id:
+            return SerialStep(row, (body.model_copy(update={"payment_id": row.payment_id}),))
+        if any(s.line.line_id == body.line_id for s in row.waiting):
+            return SerialStep(row, wake_ms=_serial_wake(row, rules))
+        row = row.model_copy(update={"waiting": row.waiting + (
+            LineSeen(line=body, arrived_ms=at_ms),)})
+    exceptions = []
+    for seen in row.waiting:
+        line = seen.line
+        wait = rules.for_channel(line.channel).line_wait_ms
+        key = f"ours:{line.line_id}"
+        if at_ms - seen.arrived_ms < wait or key in row.raised:
+            continue
+        row = row.model_copy(update={"raised": row.raised + (key,)})
+        exceptions.append(ReconException(
+            exception_id=derive_id("rx", line.channel, line.channel_serial, key),
+            payment_id="", channel=line.channel, kind=K.missing_in_ours,
+            reason=f"{line.channel} settled {line.amount_minor} {line.currency} under serial "
+                   f"{line.channel_serial}, which no payment of ours has",
+            detected_at_ms=at_ms, line_id=line.line_id, reported_minor=line.amount_minor,
+            lines=(line,)))
+    return SerialStep(row, (), tuple(exceptions), _serial_wake(row, rules))
+
+
+def _serial_wake(row: SerialRow, rules: ReconRules) -> int:
+    pending = [s.arrived_ms + rules.for_channel(s.line.channel).line_wait_ms
+               for s in row.waiting if f"ours:{s.line.line_id}" not in row.raised]
+    return min(pending, default=0)
 
 
 # ---------------------------------------------------------------- totals for the report

@@ -179,6 +179,8 @@ class DriftSpec(BaseModel):
     fee_drifts: int = Field(default=0, ge=0, le=1000)
     wrong_dates: int = Field(default=0, ge=0, le=1000)
     duplicate_lines: int = Field(default=0, ge=0, le=1000)
+    serial_only_lines: int = Field(default=0, ge=0, le=1000)
+    """Not a discrepancy: lines naming only the channel's serial (matched by it)."""
 
     def drift(self) -> stl.Drift:
         return stl.Drift(**self.model_dump())
@@ -963,10 +965,13 @@ def settlement_section(reports: list[stl.Report], histories: dict[str, list],
     for exc in exceptions:
         if exc.line_id:
             by_line[exc.line_id].append(exc)
+    by_serial = {e.channel_serial: p for p, h in histories.items() for e in h
+                 if e.channel_serial}
     lines, outcome_of = [], {}
     for report in reports:
         for line in report.lines:
-            result, core = line_outcome(line, histories.get(line.payment_id, []),
+            payment_id = line.payment_id or by_serial.get(line.channel_serial, "")
+            result, core = line_outcome(line, histories.get(payment_id, []),
                                         by_line.get(line.line_id, []))
             outcome_of[line.line_id] = (result, core)
             lines.append({"channel": line.channel, "line_id": line.line_id,

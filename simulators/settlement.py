@@ -43,6 +43,8 @@ CAMT053_NAMESPACE = "urn:iso:std:iso:20022:tech:xsd:camt.053.001.08"
 CAMT053_XSD = Path(__file__).resolve().parent / "schemas" / "camt.053.001.08.xsd"
 EMPTY_STATEMENT_CURRENCY = "EUR"
 """The account currency of a bank statement with no entries at all."""
+NOT_PROVIDED = "NOTPROVIDED"
+"""ISO 20022's EndToEndId when the payer gave none: the line names only the bank's serial."""
 MAX35_CHARS = 35
 """ISO 20022 ``Max35Text``: line id (NtryRef), payment id (EndToEndId), serial (AcctSvcrRef)."""
 
@@ -103,6 +105,9 @@ class Drift:
     """Largest amount of an extra line, in minor units."""
     extra_currency: str = "EUR"
     """Currency of an extra line when the period has no line to take one from."""
+    serial_only_lines: int = 0
+    """Lines (among those without a discrepancy) where the channel does not echo our payment
+    id, only its own serial: not a discrepancy, reconciliation matches them by serial."""
 
 
 NO_DRIFT = Drift()
@@ -176,6 +181,10 @@ def build_report(channel: str, kind: ReportKind, period: date, settled: list[Set
             line, injection = _DRIFTS[what](rng, line, period, drift)
             injected.append(injection)
         lines.append(line)
+    tainted = {base[i].line_id for i in chosen} | {inj.line_id for inj in injected}
+    plain = [i for i, line in enumerate(lines) if line.line_id not in tainted]
+    for index in sorted(rng.sample(plain, min(drift.serial_only_lines, len(plain)))):
+        lines[index] = _with(lines[index], payment_id="")
     for index in sorted(i for i, what in chosen.items() if what is Discrepancy.duplicate_line):
         copy = _with(base[index], line_id=line_id_for(channel, period,
                                                         base[index].channel_serial, "dup"))
@@ -364,7 +373,7 @@ def _line_of_row(path: Path, line_number: int, row: list[str]) -> Line:
         raise SettlementFileError(path, where,
                                   f"{len(row)} fields, expected {len(CSV_COLUMNS)}")
     cells = dict(zip(CSV_COLUMNS, row, strict=True))
-    for name in ("line_id", "channel", "payment_id", "channel_serial"):
+    for name in ("line_id", "channel", "channel_serial"):  # payment id: may be absent
         if not cells[name]:
             raise SettlementFileError(path, where, f"{name} is empty")
     currency = cells["currency"]
@@ -514,7 +523,7 @@ def _add_entry(stmt: etree._Element, line: Line) -> None:
     _sub(charge, "ChrgInclInd", "false")
     refs = _path(entry, "NtryDtls", "TxDtls", "Refs")
     _sub(refs, "AcctSvcrRef", line.channel_serial)
-    _sub(refs, "EndToEndId", line.payment_id)
+    _sub(refs, "EndToEndId", line.payment_id or NOT_PROVIDED)
 
 
 def write_camt053(report: Report, path: Path | str) -> Path:
@@ -597,7 +606,8 @@ def _line_of_entry(path: Path, where: str, channel: str, entry: dict) -> Line:
     except (ValueError, InvalidOperation) as error:
         raise fail(f"Amt: {error}") from error
     return Line(line_id=fields["NtryRef"], channel=channel,
-                payment_id=fields["TxDtls/Refs/EndToEndId"],
+                payment_id="" if fields["TxDtls/Refs/EndToEndId"] == NOT_PROVIDED
+                else fields["TxDtls/Refs/EndToEndId"],
                 channel_serial=fields["TxDtls/Refs/AcctSvcrRef"], amount_minor=amount_minor,
                 currency=currency, fee_minor=fee_total_minor, settled_on=fields["ValDt/Dt"])
 
@@ -650,13 +660,15 @@ def to_events(lines: list[Line]) -> list[SettlementReported]:
 
 def to_records(lines: list[Line], source: str, at_ms: int, period: date | None = None
                ) -> list[tuple[bytes, bytes]]:
-    """(key, value) pairs for ``pay.channel.settlements``: keyed by payment id, each
+    """(key, value) pairs for ``pay.channel.settlements``: keyed by payment id (by the
+    channel's serial when the line does not name our payment), each
     envelope's id derived from (channel, line id), so a file sent twice is deduplicated.
     ``period``: the report's day, stamped on each line (reconciliation checks the line's
     date against it)."""
     if period is not None:
         lines = [_with(line, period=period.isoformat()) for line in lines]
-    return [(event.payment_id.encode(), encode(child(source, event, index, at_ms)))
+    return [((event.payment_id or event.channel_serial).encode(),
+             encode(child(source, event, index, at_ms)))
             for index, event in enumerate(to_events(lines))]
 
 

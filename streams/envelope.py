@@ -27,6 +27,7 @@ KINDS: dict[str, type[Message]] = {
         events.MandateStatusChanged, events.HoldChanged, events.SettlementReported,
         recon.SettlementClosed, recon.ReconWake, recon.ChannelSuccessConfirmed,
         recon.ChannelRefundConfirmed, recon.ReconException, recon.ReconStatus,
+        recon.SerialSeen,
     )
 }
 
@@ -77,6 +78,7 @@ _NATURAL_ID = {
     "SettlementReported": ("channel", "line_id"),
     "SettlementClosed": ("channel", "period"),
     "ReconWake": ("payment_id", "wake_ms"),
+    "SerialSeen": ("serial", "payment_id"),
     "ReconException": ("exception_id",),
     "ChannelSuccessConfirmed": ("payment_id", "channel", "amount_minor"),
     "ChannelRefundConfirmed": ("payment_id", "channel", "amount_minor"),

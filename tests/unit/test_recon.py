@@ -44,9 +44,11 @@ from domain.recon import (
     ReconItem,
     ReconRules,
     ReconWake,
+    SerialSeen,
     SettlementClosed,
     Step,
     Tally,
+    by_serial,
     day_of,
     observe,
     open_state,
@@ -591,12 +593,28 @@ class TestMissingAtChannel:
         run = Run()
         run.feed(*live())
 
-        step = run.close(period)
+        closing = run.close(period)
+        early = run.wake(closing.wake_ms - 1)
+        step = run.wake(closing.wake_ms)
 
+        assert (closing.exceptions, early.exceptions) == ((), ())
+        assert closing.wake_ms == run.steps[-3].item.missing_at_ms
         assert [pinned(e) for e in run.exceptions] == [
             (K.missing_at_channel, AMOUNT, None, "", PID, CH)]
         assert step.exceptions[0].order == run.item.order
         assert (step.to_orders, step.due, run.item.missing_through) == ((), None, period)
+
+    def test_line_arriving_within_grace_after_the_close_is_booked_not_missing(self):
+        """A line that named only the serial comes one hop later than the close."""
+        run = Run()
+        run.feed(*live())
+
+        closing = run.close(NEXT_DAY)
+        run.feed(LINE)
+        run.wake(closing.wake_ms)
+
+        assert run.exceptions == []
+        assert [type(m).__name__ for m in run.to_orders] == ["SettlementReported"]
 
     def test_period_closed_before_due_day_raises_nothing_and_keeps_waiting(self):
         run = Run()
@@ -627,8 +645,10 @@ class TestMissingAtChannel:
         run = Run()
         run.feed(*live())
 
-        run.close(NEXT_DAY)
+        first = run.close(NEXT_DAY)
+        run.wake(first.wake_ms)
         again = run.close(DAY_AFTER)
+        run.wake(first.wake_ms + GRACE_MS)
 
         assert (again.exceptions, len(run.exceptions)) == ((), 1)
 
@@ -1241,3 +1261,51 @@ class TestOrderChannelRefund:
         d = confirm(flow, decide_channel_refund, order_refund(1_000))
 
         assert (d.status, d.outputs) == (C.confirmation_not_applicable, ())
+
+
+# ---------------------------------------------------------------- lines by channel serial
+
+
+class TestBySerial:
+    RULES = ReconRules()
+    SEEN = SerialSeen(serial=SERIAL, payment_id=PID, channel=CH)
+    BARE = LINE.model_copy(update={"payment_id": ""})
+
+    def test_line_after_the_serial_is_forwarded_with_our_payment_id(self):
+        known = by_serial(None, self.SEEN, T0, self.RULES)
+
+        step = by_serial(known.row, self.BARE, T0 + 1, self.RULES)
+
+        assert step.forward == (LINE,)
+        assert (step.exceptions, step.wake_ms) == ((), 0)
+
+    def test_line_before_the_serial_waits_then_goes_on_when_the_serial_comes(self):
+        waiting = by_serial(None, self.BARE, T0, self.RULES)
+
+        known = by_serial(waiting.row, self.SEEN, T0 + 5, self.RULES)
+
+        assert (waiting.forward, waiting.wake_ms) == ((), T0 + LINE_WAIT_MS)
+        assert known.forward == (LINE,)
+        assert known.row.waiting == ()
+
+    def test_same_line_twice_waits_once(self):
+        first = by_serial(None, self.BARE, T0, self.RULES)
+
+        again = by_serial(first.row, self.BARE, T0 + 3, self.RULES)
+
+        assert len(again.row.waiting) == 1 and again.wake_ms == T0 + LINE_WAIT_MS
+
+    def test_serial_nobody_has_is_missing_in_ours_after_line_wait_once(self):
+        waiting = by_serial(None, self.BARE, T0, self.RULES)
+
+        early = by_serial(waiting.row, wake(T0 + LINE_WAIT_MS - 1), T0 + LINE_WAIT_MS - 1,
+                          self.RULES)
+        late = by_serial(early.row, wake(T0 + LINE_WAIT_MS), T0 + LINE_WAIT_MS, self.RULES)
+        again = by_serial(late.row, wake(T0 + LINE_WAIT_MS + 9), T0 + LINE_WAIT_MS + 9,
+                          self.RULES)
+
+        assert early.exceptions == () and again.exceptions == ()
+        [exc] = late.exceptions
+        assert (exc.kind, exc.payment_id, exc.line_id, exc.reported_minor) == (
+            K.missing_in_ours, "", LINE.line_id, AMOUNT)
+        assert SERIAL in exc.reason and late.wake_ms == 0

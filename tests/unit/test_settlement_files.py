@@ -171,6 +171,24 @@ class TestBuildReport:
 
         assert file_diff("bank", ours, lines) == injected_set(report)
 
+    @pytest.mark.parametrize("kind,write,read", [("card", write_csv, read_csv),
+                                                 ("bank", write_camt053, read_camt053)])
+    def test_serial_only_lines_round_trip_without_our_payment_id(self, tmp_path, kind, write,
+                                                                 read):
+        ours = settled() if kind == "card" else mixed()
+        report = build_report("chan", kind, PERIOD, ours, SEED,
+                              Drift(missing_lines=1, amount_drifts=1, serial_only_lines=3))
+
+        lines = read(write(report, tmp_path / "report"))
+
+        bare = [line for line in lines if not line.payment_id]
+        assert lines == report.lines and len(bare) == 3
+        drifted = {i.line_id for i in report.injected}
+        assert not drifted & {line.line_id for line in bare}
+        assert {line.channel_serial for line in bare} <= {s.channel_serial for s in ours}
+        keys = dict(to_records(lines, "test", 0))
+        assert all(line.channel_serial.encode() in keys for line in bare)
+
     def test_drift_stays_small_and_dates_leave_the_period(self):
         report = build_report("chan", "card", PERIOD, settled(), SEED,
                               Drift(amount_drifts=10, fee_drifts=10, wrong_dates=10))
