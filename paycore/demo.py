@@ -8,9 +8,11 @@ its legs, and the merchant's balance equal to what the demo expects from the out
 
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 import time
+import urllib.request
 from collections import Counter, defaultdict
 
 from domain import accounts
@@ -174,6 +176,25 @@ def _summarize(settings: Settings, observer: Observer, started: float, ok: bool)
           f"{'OK' if balances.get(merchant, 0) == want else 'FAILED'}")
     print(f"  reported balances equal rebuild from journal: {'OK' if rebuilt_ok else 'FAILED'}")
     print(f"  dead letters: {len(observer.deadletters)}")
+    print(_reconciliation_line(settings))
     good = ok and zero_sum and rebuilt_ok and balances.get(merchant, 0) == want
     print(f"\nRESULT: {'OK' if good else 'FAILED'}", file=sys.stdout, flush=True)
     return good
+
+
+def _reconciliation_line(settings: Settings) -> str:
+    """What reconciliation made of the demo (no settlement reports here: the paid ones wait
+    for their lines), from the API's ``GET /v1/recon/report``."""
+    url = f"http://{settings.api_host}:{settings.api_port}/v1/recon/report"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            report = json.load(answer)
+    except OSError as exc:
+        return f"  reconciliation: report not read ({exc})"
+    raised = {k: v["raised"] for k, v in report["exceptions_by_kind"].items() if v["raised"]}
+    waiting = sum(sum(buckets.values()) for states in report["open_by_age"].values()
+                  for state, buckets in states.items() if state == "awaiting_line")
+    agreed = sum(c["nothing_to_settle"] for c in report["matched"].values())
+    return (f"  reconciliation: {waiting} paid, awaiting their settlement lines; {agreed} "
+            f"closed with nothing to settle; exceptions {raised or 'none'} "
+            f"(GET /v1/recon/report, `paycore recon report`)")
