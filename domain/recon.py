@@ -940,10 +940,10 @@ class Tally(BaseModel):
 
 def open_state(item: ReconItem) -> str:
     """Why an open item is open, for the report's ageing."""
-    if item.order is None:
-        return "awaiting_order"
     if any(key not in item.asked for key in item.raised):
         return "exception"
+    if item.order is None:
+        return "awaiting_order"
     if item.order.status not in FINAL:
         return "in_flight"
     if expects_line(item) and not any(s.state == "booked" for s in item.lines):

@@ -900,6 +900,10 @@ def _audit_check(audit: dict | None) -> dict:
 # ---------------------------------------------------------------- settlement drift (pure)
 
 
+RECON_PUBLISH_WAIT_S = 2.5
+"""Recon partitions publish their tallies every second: by then the latest are out."""
+
+
 def settled_inputs(rec: Recorded, terms: dict[str, ChannelTerms], period: date
                    ) -> dict[str, list[stl.Settled]]:
     """Per channel, the payments it settles: every kept capture, gross = captured less
@@ -1426,6 +1430,22 @@ class Live:
             self.poll(200)
         return section()
 
+    def recon_report(self, folder: Path) -> dict:
+        """``paycore recon report`` as the day ends: printed, and written to ``folder``
+        (the whole broker's: on an attached stack, other runs' payments count too)."""
+        from paycore import recon_report as rr
+
+        time.sleep(RECON_PUBLISH_WAIT_S)
+        statuses, exceptions = rr.read_topics(self.settings.kafka_bootstrap,
+                                              self.settings.partitions)
+        today = datetime.fromtimestamp(self.start_ms / 1000, tz=timezone.utc).date()
+        report = rr.build(statuses, exceptions, today)
+        files = [str(p) for p in rr.write(report, folder)]
+        self.say(rr.render(report))
+        return {"files": files, "matched": report["matched"],
+                "clearing_residual": report["clearing_residual"],
+                "open_by_age": report["open_by_age"]}
+
     def await_copies(self, rec: Recorded) -> None:
         """Callback copies the faults added may still be on their way (a reordered one comes
         up to 5 s late): wait (bounded) until the worker has seen as many replays."""
@@ -1469,6 +1489,8 @@ def drive(scenario: Scenario, settings: Settings, merchant_id: str, out_dir: Pat
         settlement = live.settle(terms, out_dir / "settlement") if scenario.settlement \
             else None
         live.converge(terms)
+        if settlement is not None:
+            settlement["recon_report"] = live.recon_report(out_dir / "recon")
         recorded = live.recorded(stack)
         live.await_copies(recorded)
         recorded = live.metrics(recorded)

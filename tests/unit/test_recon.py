@@ -570,7 +570,7 @@ class TestMissingInOurs:
         assert [pinned(e) for e in step.exceptions] == [
             (K.missing_in_ours, None, AMOUNT, "line-1", PID, CH)]
         assert (run.to_orders, run.states()) == ([], ["held"])
-        assert open_state(run.item) == "awaiting_order"
+        assert open_state(run.item) == "exception"  # raised: it waits for ops now
 
     def test_channel_success_for_unknown_payment_is_missing_in_ours_after_line_wait(self):
         run = Run()
