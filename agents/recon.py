@@ -190,7 +190,10 @@ def register(wire: Wire) -> None:
         out += [Outgoing(topic=t.RECON_EXCEPTIONS, key=key.decode(),
                          value=encode(child(env, e, i, at)).decode())
                 for i, e in enumerate(step.exceptions)]
-        if step.row != entry.row or out or not raw:
+        if step.row is None:
+            if raw:
+                del serials[key]
+        elif step.row != entry.row or out or not raw:
             serials[key] = SerialEntry(row=step.row, outbox=remember(
                 entry.outbox, env.message_id, out, source)).model_dump_json().encode()
         if step.wake_ms:

@@ -838,12 +838,15 @@ class SerialRow(BaseModel):
 
     payment_id: str = ""
     channel: str = ""
+    seen_ms: int = 0
+    """When the serial's payment was seen; the row goes ``retention_days`` later."""
     waiting: tuple[LineSeen, ...] = ()
     raised: tuple[str, ...] = ()
 
 
 class SerialStep(NamedTuple):
-    row: SerialRow
+    row: SerialRow | None
+    """None: remove the row (kept ``retention_days`` after its payment was seen)."""
     forward: tuple[SettlementReported, ...] = ()
     """Lines now known to be the payment's: on to its item (keyed by payment id)."""
     exceptions: tuple[ReconException, ...] = ()
@@ -855,16 +858,22 @@ def by_serial(row: SerialRow | None, body: Message, at_ms: int, rules: ReconRule
     """A line without our payment id waits for the serial's payment (``SerialSeen``) up to
     the channel's ``line_wait_ms``; then it is missing in our records."""
     row = row or SerialRow()
+    kept_ms = rules.retention_days * DAY_MS
     if isinstance(body, SerialSeen):
         if row.payment_id == body.payment_id:
-            return SerialStep(row)
+            return SerialStep(row, wake_ms=row.seen_ms + kept_ms)
         known = row.model_copy(update={"payment_id": body.payment_id, "channel": body.channel,
-                                       "waiting": ()})
+                                       "seen_ms": at_ms, "waiting": ()})
         return SerialStep(known, tuple(s.line.model_copy(update={
-            "payment_id": body.payment_id}) for s in row.waiting))
+            "payment_id": body.payment_id}) for s in row.waiting), wake_ms=at_ms + kept_ms)
+    if isinstance(body, ReconWake) and row.payment_id and not row.waiting:
+        if at_ms >= row.seen_ms + kept_ms:
+            return SerialStep(None)
+        return SerialStep(row, wake_ms=row.seen_ms + kept_ms)
     if isinstance(body, SettlementReported):
         if row.payment_id:
-            return SerialStep(row, (body.model_copy(update={"payment_id": row.payment_id}),))
+            return SerialStep(row, (body.model_copy(update={"payment_id": row.payment_id}),),
+                              wake_ms=row.seen_ms + kept_ms)
         if any(s.line.line_id == body.line_id for s in row.waiting):
             return SerialStep(row, wake_ms=_serial_wake(row, rules))
         row = row.model_copy(update={"waiting": row.waiting + (

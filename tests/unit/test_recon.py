@@ -1277,7 +1277,18 @@ class TestBySerial:
         step = by_serial(known.row, self.BARE, T0 + 1, self.RULES)
 
         assert step.forward == (LINE,)
-        assert (step.exceptions, step.wake_ms) == ((), 0)
+        assert step.exceptions == ()
+        assert known.wake_ms == T0 + self.RULES.retention_days * DAY_MS
+
+    def test_serial_row_goes_after_retention(self):
+        known = by_serial(None, self.SEEN, T0, self.RULES)
+        kept = known.wake_ms
+
+        early = by_serial(known.row, wake(kept - 1), kept - 1, self.RULES)
+        gone = by_serial(early.row, wake(kept), kept, self.RULES)
+
+        assert (early.row, early.wake_ms) == (known.row, kept)
+        assert gone.row is None
 
     def test_line_before_the_serial_waits_then_goes_on_when_the_serial_comes(self):
         waiting = by_serial(None, self.BARE, T0, self.RULES)
