@@ -52,6 +52,7 @@ from streams.rules_config import watch_recon
 log = logging.getLogger(__name__)
 _TAKEN = (PaymentStatusChanged, ChannelResponded, LegApplied, SettlementReported, ReconWake)
 RENUDGE_MS = 10_000
+EXPIRY_SWEEP_S = 60.0
 PUBLISH_EVERY_S = 1.0
 
 
@@ -80,6 +81,7 @@ def register(wire: Wire) -> None:
     dues = table(wire, "recon_due", "payment id -> channel|day whose report must settle it")
     tallies = table(wire, "recon_tallies", "tally:<partition> -> that partition's Tally")
     serials = table(wire, "recon_serials", "channel serial -> its payment, lines waiting")
+    expiries = table(wire, "recon_expiries", "payment id -> ms its matched item goes")
     rules = watch_recon(wire.settings.config_dir)
     partitions = wire.settings.partitions
     dirty: set[int] = set(range(partitions))
@@ -101,10 +103,16 @@ def register(wire: Wire) -> None:
         """Keep the indexes in step with the item, and move the partition's tally by the
         difference (the item's standing before and after, plus what it raised)."""
         bump(partition, standing(step.item).add(standing(before), -1).add(raised_tally(step)))
+        closed = step.item is not None and step.item.closed_ms > 0
+        # A matched item's only wake-up is its removal, days away: it waits in a table the
+        # expiry timer reads once a minute, so the sweeper's index stays the open items.
+        wake_in, other = (expiries, wakes) if closed else (wakes, expiries)
         if step.wake_ms:
-            wakes[key] = str(step.wake_ms).encode()
-        elif wakes.get(key) is not None:
-            del wakes[key]
+            wake_in[key] = str(step.wake_ms).encode()
+        elif wake_in.get(key) is not None:
+            del wake_in[key]
+        if other.get(key) is not None:
+            del other[key]
         if step.due is not None:
             dues[key] = "|".join(step.due).encode()
         elif dues.get(key) is not None:
@@ -196,10 +204,14 @@ def register(wire: Wire) -> None:
         elif step.row != entry.row or out or not raw:
             serials[key] = SerialEntry(row=step.row, outbox=remember(
                 entry.outbox, env.message_id, out, source)).model_dump_json().encode()
+        quiet = step.row is not None and step.row.payment_id and not step.row.waiting
+        wake_in, other = (expiries, wakes) if quiet else (wakes, expiries)
         if step.wake_ms:
-            wakes[key] = str(step.wake_ms).encode()
-        elif wakes.get(key) is not None:
-            del wakes[key]
+            wake_in[key] = str(step.wake_ms).encode()
+        elif wake_in.get(key) is not None:
+            del wake_in[key]
+        if other.get(key) is not None:
+            del other[key]
         for e in step.exceptions:
             RECON_EXCEPTIONS.labels(kind=e.kind.value, channel=e.channel or "?").inc()
         if step.exceptions:
@@ -251,8 +263,16 @@ def register(wire: Wire) -> None:
     @wire.app.timer(interval=wire.settings.deadline_sweep_ms / 1000, name="recon_sweeper")
     async def sweep() -> None:
         """Wake the items whose time came (a grace ran out, a line waited long enough)."""
+        await nudge(wakes)
+
+    @wire.app.timer(interval=EXPIRY_SWEEP_S, name="recon_expiry")
+    async def expire() -> None:
+        """Remove matched items kept ``retention_days`` (their wake-up removes them)."""
+        await nudge(expiries)
+
+    async def nudge(index) -> None:
         at = now_ms()
-        due = [(key, int(value)) for key, value in wakes.items() if int(value) <= at]
+        due = [(key, int(value)) for key, value in index.items() if int(value) <= at]
         for key, wake_ms in due:
             if at - nudged.get((key, wake_ms), -RENUDGE_MS) < RENUDGE_MS:
                 continue

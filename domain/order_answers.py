@@ -787,16 +787,23 @@ def decide_channel_success(order: Order | None, confirmed, now_ms: int) -> Decis
             or order.kind is not OrderKind.payment:
         return Decision(order, (), C.confirmation_not_applicable)
     request = attempts[-1]
-    resp = ChannelResponded(
-        request_id=request.request_id, payment_id=order.payment_id, channel=request.channel,
-        operation=request.operation, outcome=OK, amount_minor=confirmed.amount_minor,
-        currency=confirmed.currency, channel_serial=confirmed.channel_serial or
-        derive_id("recon", request.request_id), responded_at_ms=now_ms)
-    paid = {"channel_serial": resp.channel_serial, "paid_via": request.channel}
+    if any(r.reference == COMPENSATION_PREFIX + request.request_id for r in order.requests):
+        # Its money was parked and is on its way back to the payer: not the order's.
+        return Decision(order, (), C.confirmation_not_applicable)
+    serial = confirmed.channel_serial or derive_id("recon", request.request_id)
+    # The attempt's success is recorded as applied (replacing what the channel first said),
+    # so a later answer for it is a replay and settlement and revocation see the capture.
+    record = AppliedRequest(request_id=request.request_id, operation=request.operation,
+                            outcome=OK, amount_minor=confirmed.amount_minor,
+                            currency=confirmed.currency, reference=request.reference,
+                            applied_at_ms=now_ms)
+    applied = tuple(a for a in order.applied if a.request_id != request.request_id)
+    paid = {"channel_serial": serial, "paid_via": request.channel}
     moved, event = transition(order, S.succeeded, RECONCILIATION,
                               f"by reconciliation: {confirmed.evidence}; captured", now_ms,
-                              authorized_minor=resp.amount_minor, deadline_ms=0,
-                              captured_minor=resp.amount_minor, **paid)
+                              authorized_minor=confirmed.amount_minor, deadline_ms=0,
+                              captured_minor=confirmed.amount_minor,
+                              applied=applied + (record,), **paid)
     return Decision(moved, (event, capture_entry(moved, request, now_ms)), C.accepted)
 
 
@@ -806,12 +813,15 @@ def decide_channel_refund(order: Order | None, confirmed, now_ms: int) -> Decisi
     except that nothing is sent to the channel."""
     if order is None:
         return Decision(None, (), C.order_not_found)
-    refund_id = derive_id(CHANNEL_REFUND_PREFIX.rstrip("_"), confirmed.channel,
-                          str(confirmed.amount_minor), str(order.refunded_minor))
+    if any(r.request_id == confirmed.request_id for r in order.requests):
+        return Decision(order, (), C.duplicate)  # a refund we asked for: not the channel's own
+    refund_id = derive_id(CHANNEL_REFUND_PREFIX.rstrip("_"), confirmed.request_id)
     if any(r.refund_id == refund_id for r in order.refunds):
         return Decision(order, (), C.duplicate)
     committed = sum(r.amount_minor for r in order.refunds if r.status != "failed")
-    if order.status not in (S.succeeded, S.partially_refunded) \
+    busy = any(r.status in ("holding", "processing") for r in order.refunds) or \
+        order.revocation in ("holding", "processing")
+    if order.status not in (S.succeeded, S.partially_refunded) or busy \
             or confirmed.currency != order.currency or order.settlement == "holding" \
             or committed + confirmed.amount_minor > order.captured_minor:
         return Decision(order, (), C.confirmation_not_applicable)

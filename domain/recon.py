@@ -177,10 +177,12 @@ class ChannelSuccessConfirmed(Message):
 
 
 class ChannelRefundConfirmed(Message):
-    """Reconciliation to the order stage: the channel refunded this much by itself."""
+    """Reconciliation to the order stage: the channel answered a refund (``request_id``)
+    the order may never have asked for; if so, it is posted."""
 
     payment_id: str
     channel: str
+    request_id: str
     amount_minor: int
     currency: str
     evidence: str
@@ -201,6 +203,9 @@ class OrderView(BaseModel):
     at_ms: int
     captured_on: str = ""
     """The UTC day the order first captured money (T of T+N); '' if never."""
+    first_on: str = ""
+    """The UTC day of the first status event seen (a line may be dated from then: an
+    order resolved late captured later than the channel took the money)."""
 
     @property
     def net_minor(self) -> int:
@@ -250,6 +255,7 @@ class LineSeen(BaseModel):
     arrived_ms: int
     state: Literal["waiting", "booked", "part", "held"] = "waiting"
     """``part``: matched as one of several lines for the payment, booked with the last."""
+    booked_ms: int = 0
 
 
 class ReconException(Message):
@@ -288,6 +294,9 @@ class ReconItem(BaseModel):
     """The kind of each raised discrepancy, in order, waiting for ops or resolved."""
     asked: tuple[str, ...] = ()
     """Automatic resolutions sent to the order stage (each once)."""
+    asked_ms: dict[str, int] = Field(default_factory=dict)
+    """When each was sent: one that has not taken effect ``2 * grace_ms`` later is raised
+    again, for ops."""
     confirmed_minor: int = 0
     """Money a settlement line proved the channel took when no callback said so (sent to
     the order stage as a confirmation): it counts as the channel's word."""
@@ -355,7 +364,9 @@ def _order_view(before: OrderView | None, event: PaymentStatusChanged) -> OrderV
     captured_on = before.captured_on if before is not None else ""
     if not captured_on and event.captured_minor > 0:
         captured_on = day_of(event.at_ms)
-    return OrderView(status=event.status, amount_minor=event.amount_minor,
+    first_on = before.first_on if before is not None and before.first_on else \
+        day_of(event.at_ms)
+    return OrderView(status=event.status, amount_minor=event.amount_minor, first_on=first_on,
                      currency=event.currency, channel=event.channel or
                      (before.channel if before is not None else ""),
                      channel_serial=event.channel_serial, captured_minor=event.captured_minor,
@@ -388,12 +399,11 @@ def observe(item: ReconItem | None, body: Message, at_ms: int, rules: ReconRules
             return Step(None)  # removed meanwhile: nothing to look at
         item = ReconItem(payment_id=payment_id, first_ms=at_ms, changed_ms=at_ms)
     changed = _taken(item, body, at_ms)
-    if changed is None:
-        if isinstance(body, ReconWake):
-            if item.closed_ms and at_ms >= item.closed_ms + rules.retention_days * DAY_MS:
-                return Step(None)
-            return evaluate(item, at_ms, rules)
-        return Step(item)  # a copy: nothing new
+    if changed is None:  # a wake-up, or a copy: nothing new, but the clock moved
+        if isinstance(body, ReconWake) and item.closed_ms and \
+                at_ms >= item.closed_ms + rules.retention_days * DAY_MS:
+            return Step(None)
+        return evaluate(item, at_ms, rules)
     return evaluate(changed.model_copy(update={"changed_ms": at_ms}), at_ms, rules)
 
 
@@ -449,7 +459,7 @@ class _Finding(NamedTuple):
     expected: int | None = None
     reported: int | None = None
     line_id: str = ""
-    fix: Message | None = None
+    fixes: tuple[Message, ...] = ()
     resolution: str = ""
 
 
@@ -469,10 +479,12 @@ class _Eval:
         if f.key in self.item.raised:
             return
         resolution = ""
-        if f.fix is not None and f.key not in self.item.asked:
-            self.to_orders.append(f.fix)
+        if f.fixes and f.key not in self.item.asked:
+            self.to_orders.extend(f.fixes)
             resolution = f.resolution
-            self.item = self.item.model_copy(update={"asked": self.item.asked + (f.key,)})
+            self.item = self.item.model_copy(update={
+                "asked": self.item.asked + (f.key,),
+                "asked_ms": {**self.item.asked_ms, f.key: self.at}})
         it = self.item
         self.item = it.model_copy(update={"raised": it.raised + (f.key,),
                                           "kinds": it.kinds + (f.kind,)})
@@ -485,7 +497,8 @@ class _Eval:
 
     def set_line(self, index: int, state: str) -> None:
         lines = list(self.item.lines)
-        lines[index] = lines[index].model_copy(update={"state": state})
+        booked = {"booked_ms": self.at} if state == "booked" else {}
+        lines[index] = lines[index].model_copy(update={"state": state, **booked})
         self.item = self.item.model_copy(update={"lines": tuple(lines)})
 
 
@@ -498,6 +511,7 @@ def evaluate(item: ReconItem, at_ms: int, rules: ReconRules) -> Step:
             _line(ev, index, live_agree)
     _orphan_callbacks(ev)
     _missing(ev)
+    _unbooked(ev)
     item = ev.item
     due = _due(item, rule)
     matched = False
@@ -509,8 +523,8 @@ def evaluate(item: ReconItem, at_ms: int, rules: ReconRules) -> Step:
         due = None
     elif not done and item.closed_ms:  # a later record reopened it
         item = item.model_copy(update={"closed_ms": 0})
-    if item.closed_ms:
-        ev.wake(item.closed_ms + rules.retention_days * DAY_MS)
+    if item.closed_ms:  # removed at the end of its retention (at once if already past)
+        ev.wake(max(item.closed_ms + rules.retention_days * DAY_MS, at_ms + 1))
     future = [w for w in ev.wakes if w > at_ms]
     return Step(item, tuple(ev.exceptions), tuple(ev.to_orders),
                 min(future) if future else 0, due, matched)
@@ -532,6 +546,16 @@ def _live_sides(ev: _Eval) -> bool:
         return False
     for f in findings:
         ev.raise_(f)
+        asked_ms = ev.item.asked_ms.get(f.key)
+        if asked_ms is None:
+            continue
+        due = asked_ms + 2 * ev.rule.grace_ms
+        if ev.at < due:
+            ev.wake(due)
+            continue
+        ev.raise_(f._replace(key=f"{f.key}:unresolved", fixes=(), reason=(
+            f"still, {2 * ev.rule.grace_ms} ms after the automatic resolution was sent "
+            f"(refused by the order stage?): {f.reason}")))
     return False
 
 
@@ -550,12 +574,15 @@ def _live_findings(item: ReconItem, order: OrderView, rule: Matching) -> list[_F
         return [_Finding("amount:ledger_entry", K.amount_mismatch,
                          f"ledger entry {half[0]} applied on {seen} of its {size} legs",
                          size, seen)]
-    said, ours = channel_net(item) or item.confirmed_minor, order.net_minor
+    said, ours = channel_net(item), order.net_minor
+    if not any(cb.outcome == "succeeded" and _PAY_IN.get(cb.operation) == 1
+               for cb in item.callbacks):
+        said += item.confirmed_minor  # a line proved the sale no callback told of
     if said != ours:
         out.append(_channel_vs_order(item, order, said, rule))
     booked = -item.ledger.clearing_minor
     if booked != ours:
-        out.append(_Finding("amount:ledger", K.amount_mismatch,
+        out.append(_Finding(f"amount:ledger:{booked}:{ours}", K.amount_mismatch,
                             f"the ledger's clearing for {order.channel} shows {booked}, the "
                             f"order {ours} {order.currency}", ours, booked))
     return out
@@ -565,38 +592,44 @@ def _channel_vs_order(item: ReconItem, order: OrderView, said: int, rule: Matchi
                       ) -> _Finding:
     ours, ccy = order.net_minor, order.currency
     if order.status == "amount_mismatch":
-        return _Finding("amount:channel", K.amount_mismatch,
+        return _Finding(f"amount:channel:{said}:{ours}", K.amount_mismatch,
                         f"{order.channel} took {said} {ccy}, we asked {order.amount_minor}",
                         order.amount_minor, said)
     if said > 0 and ours == 0:
-        fix, resolution = None, ""
-        serial = next((cb.channel_serial for cb in reversed(item.callbacks)
-                       if cb.outcome == "succeeded" and _PAY_IN.get(cb.operation) == 1), "")
+        fixes, resolution = (), ""
+        took = next((cb for cb in reversed(item.callbacks)
+                     if cb.outcome == "succeeded" and _PAY_IN.get(cb.operation) == 1), None)
         if rule.auto_resolve.success_for_failed and order.status in UNPAID \
-                and said == order.amount_minor:
-            fix = ChannelSuccessConfirmed(
-                payment_id=item.payment_id, channel=order.channel, channel_serial=serial,
-                amount_minor=said, currency=ccy, evidence=f"{order.channel} answered success")
+                and said == order.amount_minor and took is not None:
+            fixes = (ChannelSuccessConfirmed(
+                payment_id=item.payment_id, channel=took.channel,
+                channel_serial=took.channel_serial, amount_minor=said, currency=ccy,
+                evidence=f"{took.channel} answered success"),)
             resolution = "the order succeeds and is posted (success_for_failed)"
+        where = took.channel if took is not None else order.channel
         return _Finding("status:channel", K.status_mismatch,
-                        f"{order.channel} says succeeded ({said} {ccy}), the order says "
-                        f"{order.status}", 0, said, fix=fix, resolution=resolution)
+                        f"{where} says succeeded ({said} {ccy}), the order says "
+                        f"{order.status}", 0, said, fixes=fixes, resolution=resolution)
     extra_refund = _channel_refunds(item) - order.refunded_minor
     if said < ours and extra_refund == ours - said:
-        fix, resolution = None, ""
-        if rule.auto_resolve.channel_refund:
-            fix = ChannelRefundConfirmed(payment_id=item.payment_id, channel=order.channel,
-                                         amount_minor=extra_refund, currency=ccy,
-                                         evidence=f"{order.channel} refunded by itself")
+        refunds = [cb for cb in item.callbacks
+                   if cb.outcome == "succeeded" and cb.operation == "refund"]
+        fixes, resolution = (), ""
+        if rule.auto_resolve.channel_refund:  # the order stage posts those it never asked for
+            fixes = tuple(ChannelRefundConfirmed(
+                payment_id=item.payment_id, channel=cb.channel, request_id=cb.request_id,
+                amount_minor=cb.amount_minor, currency=cb.currency,
+                evidence=f"{cb.channel} refunded by itself") for cb in refunds)
             resolution = "the channel's refund is posted (channel_refund)"
-        return _Finding("amount:channel_refund", K.amount_mismatch,
+        ids = ",".join(sorted(cb.request_id for cb in refunds))
+        return _Finding(f"amount:channel_refund:{ids}", K.amount_mismatch,
                         f"{order.channel} refunded {extra_refund} {ccy} we never asked for",
-                        ours, said, fix=fix, resolution=resolution)
+                        ours, said, fixes=fixes, resolution=resolution)
     if said == 0 and ours > 0:
         return _Finding("status:channel", K.status_mismatch,
                         f"the order says {order.status} ({ours} {ccy}), {order.channel} "
                         "reports no money taken", ours, 0)
-    return _Finding("amount:channel", K.amount_mismatch,
+    return _Finding(f"amount:channel:{said}:{ours}", K.amount_mismatch,
                     f"{order.channel} took {said} {ccy} net, the order {ours}", ours, said)
 
 
@@ -620,9 +653,11 @@ def _line(ev: _Eval, index: int, live_agree: bool) -> None:
         else:  # the success may be on its way (a late callback, a status query)
             ev.wake(seen.arrived_ms + ev.rule.line_wait_ms)
         return
-    if not live_agree and ev.at - ev.item.changed_ms < ev.rule.grace_ms:
-        ev.wake(ev.item.changed_ms + ev.rule.grace_ms)
-        return  # the live sides may still converge: compare with settled records
+    if not live_agree:
+        # Lines are compared with records that agree: while the live sides differ (money
+        # in flight, or a discrepancy raised and perhaps being resolved) the line waits;
+        # the next record re-evaluates it. One discrepancy, one exception.
+        return
     finding = _line_finding(ev.item, line, order, ev.rule)
     if finding is not None:
         ev.set_line(index, "held")
@@ -642,7 +677,8 @@ def _line_for_unpaid(ev: _Eval, index: int) -> None:
         key = "status:channel"  # the callbacks told it already: one discrepancy
     fix, resolution = None, ""
     if ev.rule.auto_resolve.success_for_failed and order.status in UNPAID | {"processing"} \
-            and line.currency == order.currency and line.amount_minor == order.amount_minor:
+            and line.currency == order.currency and line.amount_minor == order.amount_minor \
+            and line.channel == order.channel:
         fix = ChannelSuccessConfirmed(
             payment_id=line.payment_id, channel=line.channel,
             channel_serial=line.channel_serial, amount_minor=line.amount_minor,
@@ -654,9 +690,21 @@ def _line_for_unpaid(ev: _Eval, index: int) -> None:
     ev.raise_(_Finding(key, K.status_mismatch,
                        f"{line.channel} settled {line.amount_minor} {line.currency}, the "
                        f"order says {order.status}", 0, line.amount_minor, line.line_id,
-                       fix=fix, resolution=resolution))
+                       fixes=(fix,) if fix is not None else (), resolution=resolution))
     if fix is not None and not asked and key in ev.item.asked and not channel_net(ev.item):
         ev.item = ev.item.model_copy(update={"confirmed_minor": line.amount_minor})
+    asked_ms = ev.item.asked_ms.get(key)
+    if asked_ms is None or ev.item.lines[index].state != "waiting":
+        return
+    due = asked_ms + 2 * ev.rule.grace_ms
+    if ev.at < due:
+        ev.wake(due)
+        return
+    ev.set_line(index, "held")  # the order stage did not take it: ops decide
+    ev.raise_(_Finding(f"{key}:unresolved", K.status_mismatch,
+                       f"still, {2 * ev.rule.grace_ms} ms after the order was asked to "
+                       f"succeed on line {line.line_id} (refused by the order stage?): the "
+                       f"order says {order.status}", 0, line.amount_minor, line.line_id))
 
 
 def _line_finding(item: ReconItem, line: SettlementReported, order: OrderView, rule: Matching
@@ -668,6 +716,10 @@ def _line_finding(item: ReconItem, line: SettlementReported, order: OrderView, r
         return _Finding(f"duplicate:{key}", K.duplicate_settlement,
                         f"{line.channel} settled the payment again (line {first.line_id} "
                         "settled it first)", 0, line.amount_minor, key)
+    if line.channel != order.channel:
+        return _Finding(f"channel:{key}", K.status_mismatch,
+                        f"{line.channel} settled it, the order was paid via {order.channel}",
+                        0, line.amount_minor, key)
     if line.currency != order.currency:
         return _Finding(f"currency:{key}", K.currency_mismatch,
                         f"line in {line.currency}, the order in {order.currency}",
@@ -695,8 +747,9 @@ def _date_problem(line: SettlementReported, order: OrderView, rule: Matching) ->
         return f"line dated {line.settled_on}, in the report for {line.period}"
     if not order.captured_on:
         return ""
-    first = date.fromisoformat(order.captured_on)
-    last = first + timedelta(days=rule.settle_days + rule.date_window_days)
+    first = date.fromisoformat(min(order.first_on or order.captured_on, order.captured_on))
+    last = date.fromisoformat(order.captured_on) + timedelta(
+        days=rule.settle_days + rule.date_window_days)
     settled = date.fromisoformat(line.settled_on)
     if not first <= settled <= last:
         return (f"line dated {line.settled_on}, captured {order.captured_on}: expected "
@@ -761,13 +814,17 @@ def _orphan_callbacks(ev: _Eval) -> None:
 def expects_line(item: ReconItem) -> bool:
     """The channel owes us a settlement line for this payment."""
     order = item.order
-    return (order is not None and order.status in SETTLEABLE and order.captured_minor > 0
+    return (order is not None and order.status in SETTLEABLE and order.net_minor > 0
             and bool(order.channel) and order.channel != INTERNAL_CHANNEL
             and not _is_payout(item))
 
 
 def _due(item: ReconItem, rule: Matching) -> tuple[str, str] | None:
-    if not expects_line(item) or item.lines or item.missing_through:
+    """The channel and day whose report must settle the item: none once a line settled it
+    (or was held), or once the deadline was reached. Parts that do not add up yet (``many``)
+    are still due."""
+    if not expects_line(item) or item.missing_through or any(
+            s.state in ("booked", "held", "waiting") for s in item.lines):
         return None
     assert item.order is not None
     captured = date.fromisoformat(item.order.captured_on or day_of(item.order.at_ms))
@@ -775,14 +832,39 @@ def _due(item: ReconItem, rule: Matching) -> tuple[str, str] | None:
 
 
 def _settled_through(item: ReconItem, live_agree: bool) -> bool:
-    """Everything agrees and nothing waits: the item can close."""
+    """Everything agrees and nothing waits: the item can close. A booked line counts once
+    the order stage posted the channel's payment (its clearing legs are in)."""
     if not live_agree or any(s.state in ("waiting", "part", "held") for s in item.lines):
         return False
     if len(item.raised) and not _all_resolved(item):
         return False
+    if item.ledger.settled_minor != _booked_minor(item):
+        return False
     if expects_line(item):
         return any(s.state == "booked" for s in item.lines)
     return True
+
+
+def _booked_minor(item: ReconItem) -> int:
+    return sum(s.line.amount_minor for s in item.lines if s.state == "booked")
+
+
+def _unbooked(ev: _Eval) -> None:
+    """A line sent to the order stage whose payment was not posted within ``grace_ms``:
+    the order refused it (a refund in flight, a status that cannot settle)."""
+    item = ev.item
+    booked = [s for s in item.lines if s.state == "booked"]
+    if not booked or item.ledger.settled_minor == _booked_minor(item):
+        return
+    last = max(booked, key=lambda s: s.booked_ms)
+    if ev.at < last.booked_ms + ev.rule.grace_ms:
+        ev.wake(last.booked_ms + ev.rule.grace_ms)
+        return
+    order = item.order
+    ev.raise_(_Finding(f"unbooked:{last.line.line_id}", K.status_mismatch,
+                       f"line {last.line.line_id} matched, but the order "
+                       f"({order.status if order else 'unknown'}) did not book it",
+                       _booked_minor(item), item.ledger.settled_minor, last.line.line_id))
 
 
 def _all_resolved(item: ReconItem) -> bool:
@@ -805,12 +887,26 @@ def period_closed(item: ReconItem, closed: SettlementClosed, at_ms: int, rules: 
 
 
 def _missing(ev: _Eval) -> None:
+    """Past the channel's deadline (and its grace): no line at all is missing at the
+    channel; parts that do not add up to ours are an amount mismatch (held)."""
     item, order = ev.item, ev.item.order
-    if not item.missing_through or item.lines or not expects_line(item):
+    if not item.missing_through or not expects_line(item) or any(
+            s.state in ("booked", "held", "waiting") for s in item.lines):
         return
     assert order is not None
     if ev.at < item.missing_at_ms:
         ev.wake(item.missing_at_ms)
+        return
+    parts = [i for i, s in enumerate(item.lines) if s.state == "part"]
+    if parts:
+        got = sum(item.lines[i].line.amount_minor for i in parts)
+        for i in parts:
+            ev.set_line(i, "held")
+        last = item.lines[parts[-1]].line
+        ev.raise_(_Finding(f"amount:{last.line_id}", K.amount_mismatch,
+                           f"{last.channel}'s lines through {item.missing_through} add up to "
+                           f"{got} {order.currency}, ours {order.net_minor}", order.net_minor,
+                           got, last.line_id))
         return
     ev.raise_(_Finding("missing", K.missing_at_channel,
                        f"captured {order.captured_on} ({order.net_minor} {order.currency}), "

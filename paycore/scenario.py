@@ -797,6 +797,20 @@ CAUSES: dict[str, str] = {"amount_mismatch": "amount_mismatch",
 """Channel faults whose payments reconciliation must report, and as what."""
 
 
+RESOLVED_BY_RULE = {"success_after_decline": "made to succeed by reconciliation",
+                    "channel_refund": "channel's refund posted by reconciliation"}
+"""Live faults recon.yaml's rules resolve on the shipped channels, and how it shows."""
+
+
+def live_resolutions(injections: list[dict]) -> set[tuple[str, str]]:
+    """(payment id, fault kind) of the injected faults reconciliation should resolve."""
+    return {(d["payment_id"], d["kind"]) for d in injections if d["kind"] in RESOLVED_BY_RULE}
+
+
+def resolved(kind: str, history: list[PaymentStatusChanged]) -> bool:
+    return _sign(FaultKind(kind), "", history, 0) == RESOLVED_BY_RULE[kind]
+
+
 def recon_section(rec: Recorded) -> dict:
     """Reconciliation's exceptions about the run's payments (before any settlement report):
     each either explained by a fault injected on that payment, or a false alarm."""
@@ -807,7 +821,9 @@ def recon_section(rec: Recorded) -> dict:
     unexplained = [e for e in exceptions if (e["payment_id"], e["kind"]) not in injected]
     missed = sorted(p for p, kind in injected
                     if not any(e["payment_id"] == p and e["kind"] == kind for e in exceptions))
-    return {"exceptions": len(exceptions),
+    unresolved = sorted(payment_id for payment_id, kind in live_resolutions(rec.injections)
+                        if not resolved(kind, rec.histories.get(payment_id, [])))
+    return {"exceptions": len(exceptions), "unresolved": unresolved,
             "by_kind": dict(sorted(Counter(e["kind"] for e in exceptions).items())),
             "auto_resolved": sum(1 for e in exceptions if e.get("resolution")),
             "expected": len(injected), "missed": missed,
@@ -840,11 +856,13 @@ def invariants(rec: Recorded, terms: dict[str, ChannelTerms], report: dict) -> l
     recon = report["reconciliation"]
     checks.append(_check(
         "reconciliation: live records agree (or the fault is reported)",
-        not recon["unexplained"] and not recon["missed"],
+        not recon["unexplained"] and not recon["missed"] and not recon["unresolved"],
         f"{recon['exceptions']} exceptions {recon['by_kind']}, {recon['expected']} expected" +
         (f"; unexplained: {recon['unexplained'][0]['kind']} {recon['unexplained'][0]['reason']}"
          if recon["unexplained"] else "") +
-        (f"; missed: {', '.join(recon['missed'][:3])}" if recon["missed"] else "")))
+        (f"; missed: {', '.join(recon['missed'][:3])}" if recon["missed"] else "") +
+        (f"; not resolved: {', '.join(recon['unresolved'][:3])}" if recon["unresolved"]
+         else "")))
     if rec.settlement is not None:
         rows, alarms = rec.settlement["discrepancies"], rec.settlement["false_alarms"]
         missed = [f"{r['kind']} {r['line_id']}" for r in rows if not r["flagged"]]
@@ -1388,6 +1406,7 @@ class Live:
         spec = self.scenario.settlement
         assert spec is not None
         period = datetime.fromtimestamp(self.start_ms / 1000, tz=timezone.utc).date()
+        self.await_resolutions(spec.wait_s)
         inputs = settled_inputs(self.recorded(""), terms, period)
         reports = [stl.build_report(channel, terms[channel].kind, period,
                                     inputs.get(channel, []), self.scenario.seed,
@@ -1429,6 +1448,18 @@ class Live:
                 break
             self.poll(200)
         return section()
+
+    def await_resolutions(self, wait_s: float) -> None:
+        """The channels report the day once it is over: by then reconciliation has resolved
+        the day's live faults it may resolve (bounded by ``wait_s``)."""
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            self.poll(200)
+            ours = {p.payment_id for p in self.planned}
+            todo = [(p, k) for p, k in live_resolutions(list(self.side.injections.values()))
+                    if p in ours and not resolved(k, self.observer.history.get(p, []))]
+            if not todo:
+                return
 
     def recon_report(self, folder: Path) -> dict:
         """``paycore recon report`` as the day ends: printed, and written to ``folder``

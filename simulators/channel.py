@@ -177,16 +177,16 @@ def with_faults(reply: Answer, request: ChannelRequested, drawn: list[Drawn],
         elif kind is FaultKind.partial_payment:
             response = response.model_copy(
                 update={"amount_minor": max(request.amount_minor // 2, 1)})
-        elif kind is FaultKind.success_after_decline and \
-                response.outcome is ChannelOutcome.succeeded:
+        elif kind is FaultKind.success_after_decline and request.operation is \
+                ChannelOperation.sale and response.outcome is ChannelOutcome.succeeded:
             took = response.model_copy(update={
                 "responded_at_ms": response.responded_at_ms + AFTERTHOUGHT_MS})
             response = response.model_copy(update={
                 "outcome": ChannelOutcome.declined, "decline_code": profile.decline_codes[0]})
             reply = reply._replace(afterwards=reply.afterwards + (
                 (max(deliveries, default=delay) + AFTERTHOUGHT_MS, took),))
-        elif kind is FaultKind.channel_refund and \
-                response.outcome is ChannelOutcome.succeeded:
+        elif kind is FaultKind.channel_refund and request.operation is \
+                ChannelOperation.sale and response.outcome is ChannelOutcome.succeeded:
             refund_id = derive_id("chrefund", request.request_id)
             back = response.model_copy(update={
                 "request_id": refund_id, "operation": ChannelOperation.refund,

@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from aiokafka import TopicPartition
 
-from domain.events import ChannelOperation
+from domain.events import ChannelOperation, ChannelOutcome
 from simulators.channel import WALLET_RESEND_MS, Answer, answer, query_answer, with_faults
 from simulators.faults import Drawn, FaultKind, FaultPlan, draw
 from streams import topics as t
@@ -104,6 +104,7 @@ class _State:
                 value=json.dumps(doc, separators=(",", ":")).encode()))
 
 
+AFTERTHOUGHTS = frozenset({FaultKind.success_after_decline, FaultKind.channel_refund})
 SEEN_MAX = 500_000
 """Requests the simulated channels remember for status queries (oldest forgotten first)."""
 
@@ -143,8 +144,11 @@ def _schedule(record, state: _State) -> asyncio.Task | None:
     else:
         late_after_ms = timeouts.get(request.channel, 30_000)
         reply = answer(request, profile, seed, at, late_after_ms)
-        drawn = draw(state.plan, request.channel, request.request_id, at)
-        if drawn:
+        drawn = [d for d in draw(state.plan, request.channel, request.request_id, at)
+                 if d.fault.kind not in AFTERTHOUGHTS or (
+                     reply.response.outcome is ChannelOutcome.succeeded
+                     and request.operation is ChannelOperation.sale)]
+        if drawn:  # an afterthought hits only a sale the channel took
             state.report(request, drawn, at)
             reply = with_faults(reply, request, drawn, profile, late_after_ms, seed)
             if reply is None:  # lost in an outage: the channel never knew it

@@ -168,7 +168,9 @@ def build_report(channel: str, kind: ReportKind, period: date, settled: list[Set
     _check_settled(settled)
     rng = random.Random(f"settlement\x1f{seed}\x1f{channel}\x1f{period.isoformat()}")
     base = [_line_of(channel, period, s) for s in settled]
-    chosen = _choose(rng, len(base), drift)
+    # A line with nothing to settle (refunded in full) carries no discrepancy: a missing or
+    # drifted one would be no money at all.
+    chosen = _choose(rng, [i for i, line in enumerate(base) if line.amount_minor], drift)
     lines: list[Line] = []
     injected: list[Injection] = []
     for index, line in enumerate(base):
@@ -188,7 +190,9 @@ def build_report(channel: str, kind: ReportKind, period: date, settled: list[Set
     for index in sorted(i for i, what in chosen.items() if what is Discrepancy.duplicate_line):
         copy = _with(base[index], line_id=line_id_for(channel, period,
                                                         base[index].channel_serial, "dup"))
-        lines.insert(rng.randrange(len(lines) + 1), copy)
+        # The repeat comes after the line it repeats: that one settled the payment first.
+        after = next(i for i, line in enumerate(lines) if line.line_id == base[index].line_id)
+        lines.insert(rng.randrange(after + 1, len(lines) + 1), copy)
         injected.append(Injection(Discrepancy.duplicate_line, copy.line_id, copy.payment_id,
                                   None, copy.amount_minor))
     for number in range(drift.extra_lines):
@@ -218,9 +222,10 @@ def _line_of(channel: str, period: date, s: Settled) -> Line:
                 settled_on=s.booked_on.isoformat())
 
 
-def _choose(rng: random.Random, count: int, drift: Drift) -> dict[int, Discrepancy]:
-    """Which input line gets which discrepancy: disjoint, seeded, at most one per line."""
-    order = list(range(count))
+def _choose(rng: random.Random, eligible: list[int], drift: Drift) -> dict[int, Discrepancy]:
+    """Which input line gets which discrepancy: disjoint, seeded, at most one per line,
+    only among ``eligible`` lines."""
+    order = list(eligible)
     rng.shuffle(order)
     wanted = ((Discrepancy.missing_line, drift.missing_lines),
               (Discrepancy.amount_drift, drift.amount_drifts),

@@ -81,7 +81,7 @@ _NATURAL_ID = {
     "SerialSeen": ("serial", "payment_id"),
     "ReconException": ("exception_id",),
     "ChannelSuccessConfirmed": ("payment_id", "channel", "amount_minor"),
-    "ChannelRefundConfirmed": ("payment_id", "channel", "amount_minor"),
+    "ChannelRefundConfirmed": ("payment_id", "request_id"),
     "MandateCheckRequested": ("payment_id", "mandate_key"),
     "MandateChecked": ("payment_id", "mandate_key", "allowed", "code"),
 }

@@ -24,13 +24,18 @@ from unit import test_settlement as flows
 from domain.events import (
     ChannelRequested,
     ChannelResponded,
+    DeadlineReached,
     HoldRequested,
     JournalEntryDecided,
     LegApplied,
     PaymentStatusChanged,
     SettlementReported,
 )
-from domain.order_answers import decide_channel_refund, decide_channel_success
+from domain.order_answers import (
+    decide_channel_refund,
+    decide_channel_success,
+    decide_deadline,
+)
 from domain.order_state import CHANNEL_REFUND_PREFIX, hold_id_for
 from domain.orders import CommandStatus, OrderStatus
 from domain.recon import (
@@ -106,10 +111,11 @@ FAILED = psc("failed")
 
 
 def callback(operation: str = "sale", outcome: str = "succeeded", amount: int = AMOUNT,
-             request_id: str = "req-sale", currency: str = CCY) -> ChannelResponded:
-    return ChannelResponded(request_id=request_id, payment_id=PID, channel=CH,
+             request_id: str = "req-sale", currency: str = CCY, channel: str = CH,
+             serial: str = SERIAL) -> ChannelResponded:
+    return ChannelResponded(request_id=request_id, payment_id=PID, channel=channel,
                             operation=operation, outcome=outcome, amount_minor=amount,
-                            currency=currency, channel_serial=SERIAL)
+                            currency=currency, channel_serial=serial)
 
 
 def leg(entry_id: str, n: int, account_id: str, amount: int, reason: str, legs: int = 3
@@ -137,9 +143,10 @@ def clearing_legs(settled: SettlementReported) -> tuple[LegApplied, ...]:
 
 
 def line(line_id: str = "line-1", amount: int = AMOUNT, fee: int = FEE, settled_on: str = DAY,
-         period: str | None = None, currency: str = CCY) -> SettlementReported:
+         period: str | None = None, currency: str = CCY, channel: str = CH
+         ) -> SettlementReported:
     """The channel's line; its report's period is the line's date unless told."""
-    return SettlementReported(line_id=line_id, channel=CH, payment_id=PID,
+    return SettlementReported(line_id=line_id, channel=channel, payment_id=PID,
                               channel_serial=SERIAL, amount_minor=amount, currency=currency,
                               settled_on=settled_on, fee_minor=fee,
                               period=settled_on if period is None else period)
@@ -151,6 +158,16 @@ LINE = line()
 def live() -> tuple:
     """Order, callback and ledger of a sale that succeeded: the three live sides agree."""
     return (PROCESSING, SUCCEEDED, callback(), *capture_legs())
+
+
+def refunded_in_full() -> tuple:
+    """After ``live()``: the merchant's refund of the whole amount, answered and posted."""
+    return (psc("refunded", at_ms=T0 + 5_000, captured=AMOUNT, refunded=AMOUNT,
+                previous="succeeded", trigger="refund"),
+            callback("refund", request_id="req-refund"),
+            leg("je-refund", 0, PENDING, -NET, "refund"),
+            leg("je-refund", 1, CLEARING, AMOUNT, "refund"),
+            leg("je-refund", 2, FEES, -FEE, "refund"))
 
 
 def wake(at_ms: int) -> ReconWake:
@@ -177,6 +194,8 @@ class Run:
         self.now = start_ms
         self.item: ReconItem | None = None
         self.steps: list[Step] = []
+        self.posted_ms = 0
+        """When the order stage's settlement_clearing legs were all in (``delivered``)."""
 
     def feed(self, *records, at: int | None = None) -> Step:
         step = Step(self.item)
@@ -213,10 +232,20 @@ class Run:
         return [s.state for s in self.item.lines]
 
 
-def matched_run(recon_rules: ReconRules = RULES) -> Run:
-    """Live sides agree and the line is booked."""
+def booked_run(recon_rules: ReconRules = RULES) -> Run:
+    """Live sides agree and the line is booked (sent to the order stage), which has not
+    posted the channel's payment yet."""
     run = Run(recon_rules)
     run.feed(*live(), LINE)
+    return run
+
+
+def matched_run(recon_rules: ReconRules = RULES) -> Run:
+    """Live sides agree, the line is booked and the order stage posted the channel's payment
+    (the line's settlement_clearing legs): the item is closed."""
+    run = booked_run(recon_rules)
+    run.feed(*clearing_legs(LINE))
+    assert run.item.closed_ms == run.now
     return run
 
 
@@ -243,44 +272,109 @@ class TestThreeWayMatch:
         assert step.to_orders == (LINE,)
         assert (step.exceptions, run.exceptions) == ((), [])
         assert run.states() == ["booked"]
-        assert (step.matched, step.due) == (True, None)
+        assert run.item.lines[0].booked_ms == run.now
+        assert (step.matched, step.due, run.item.closed_ms) == (False, None, 0)
+        assert step.wake_ms == run.now + GRACE_MS  # the order stage has that long to post it
+        assert open_state(run.item) == "matching"
+
+    def test_booked_item_closes_once_the_order_stage_posts_the_channels_payment(self):
+        run = booked_run()
+
+        steps = [run.feed(leg) for leg in clearing_legs(LINE)]
+
+        assert [(s.matched, s.item.closed_ms) for s in steps[:-1]] == [(False, 0), (False, 0)]
+        assert all(s.exceptions == () and s.to_orders == () for s in steps)
+        assert steps[-1].matched is True
         assert run.item.closed_ms == run.item.matched_ms == run.now
-
-    def test_settlement_clearing_legs_keep_item_closed_and_matched_once(self):
-        run = matched_run()
-
-        step = run.feed(*clearing_legs(LINE))
-
-        assert (step.exceptions, step.to_orders) == ((), ())
-        assert run.item.closed_ms == run.now
         assert run.matched == 1
         assert [type(m) for m in run.to_orders] == [SettlementReported]
         assert (run.item.ledger.clearing_minor, run.item.ledger.settled_minor,
                 run.item.ledger.fee_minor) == (-AMOUNT, AMOUNT, FEE)
 
-    def test_half_applied_settlement_entry_reopens_item_without_counting_a_second_match(self):
-        run = matched_run()
+    def test_half_applied_settlement_entry_keeps_the_item_open_within_grace(self):
+        run = booked_run()
 
         step = run.feed(clearing_legs(LINE)[0])
 
         assert (step.item.closed_ms, step.matched, step.exceptions) == (0, False, ())
         assert step.wake_ms == run.now + GRACE_MS
 
+    def test_later_half_applied_entry_reopens_the_item_without_counting_a_second_match(self):
+        run = matched_run()
+        late = (leg("je-late", 0, PENDING, -1, "adjust", legs=2),
+                leg("je-late", 1, f"merchant:m:settled:{CCY}", 1, "adjust", legs=2))
+
+        reopened = run.feed(late[0])
+        closed_again = run.feed(late[1])
+
+        assert (reopened.item.closed_ms, reopened.matched, reopened.exceptions) == (0, False, ())
+        assert (closed_again.item.closed_ms, closed_again.matched) == (run.now, False)
+        assert run.matched == 1
+
+    def test_booked_line_not_posted_within_grace_is_status_mismatch_unbooked(self):
+        run = booked_run()
+        booked_ms = run.item.lines[0].booked_ms
+
+        early = run.wake(booked_ms + GRACE_MS - 1)
+        step = run.wake(booked_ms + GRACE_MS)
+        again = run.wake(LATER)
+
+        assert (early.exceptions, early.wake_ms) == ((), booked_ms + GRACE_MS)
+        assert [pinned(e) for e in step.exceptions] == [
+            (K.status_mismatch, AMOUNT, 0, "line-1", PID, CH)]
+        assert step.exceptions[0].reason == \
+            "line line-1 matched, but the order (succeeded) did not book it"
+        assert run.item.raised == ("unbooked:line-1",)
+        assert (again.exceptions, run.item.closed_ms, step.matched) == ((), 0, False)
+        assert open_state(run.item) == "exception"
+
+    def test_payment_refunded_in_full_before_settlement_closes_without_a_line(self):
+        run = Run()
+
+        step = run.feed(*live(), *refunded_in_full())
+        closed_ms = run.now
+        closing = run.close(DAY_AFTER)
+
+        assert (step.matched, step.due, run.item.closed_ms) == (True, None, closed_ms)
+        assert (closing.exceptions, closing.due, run.item.missing_through) == ((), None, "")
+        assert standing(run.item) == Tally(agreed={CH: 1})
+
+    def test_zero_gross_line_for_a_payment_refunded_in_full_is_matched_without_legs(self):
+        run = Run()
+        run.feed(*live(), *refunded_in_full())
+        closed_ms = run.item.closed_ms
+        nothing = line(amount=0, fee=0)
+
+        step = run.feed(nothing)
+
+        assert (step.to_orders, step.exceptions, run.exceptions) == ((nothing,), (), [])
+        assert (run.states(), run.item.ledger.settled_minor) == (["booked"], 0)
+        assert (run.item.closed_ms, run.matched) == (closed_ms, 1)
+
+    def test_closed_item_stays_closed_and_matched_once_on_later_wakes(self):
+        run = matched_run()
+        closed_ms = run.item.closed_ms
+
+        step = run.feed(wake(LATER), at=LATER)
+
+        assert (step.exceptions, step.to_orders, step.matched) == ((), (), False)
+        assert run.item.closed_ms == closed_ms
+        assert run.matched == 1
+
     def test_standing_of_matched_item_counts_one_match_and_no_residual(self):
         run = matched_run()
-        run.feed(*clearing_legs(LINE))
 
         tally = standing(run.item)
 
         assert tally == Tally(matched={CH: 1}, matched_minor={f"{CH}|{CCY}": AMOUNT})
 
-    def test_matched_item_without_settlement_clearing_still_owes_the_gross(self):
-        run = matched_run()
+    def test_booked_item_without_settlement_clearing_is_open_and_still_owes_the_gross(self):
+        run = booked_run()
 
         tally = standing(run.item)
 
-        assert tally.residual == {f"{CH}|{CCY}|{DAY}": AMOUNT}
-        assert tally.open == {}
+        assert tally == Tally(open={f"{CH}|matching|{DAY}": 1},
+                              residual={f"{CH}|{CCY}|{DAY}": AMOUNT})
 
     def test_closed_item_asks_to_be_woken_after_retention_then_is_removed(self):
         run = matched_run()
@@ -300,11 +394,38 @@ class TestThreeWayMatch:
     def test_redelivered_records_change_nothing(self):
         run = matched_run()
         before = run.item
-        latest = (SUCCEEDED, callback(), *capture_legs(), LINE)  # not the older PROCESSING
+        removal = before.closed_ms + RULES.retention_days * DAY_MS
+        latest = (SUCCEEDED, callback(), *capture_legs(), LINE, *clearing_legs(LINE))
 
         steps = [observe(before, r, run.now + 1, RULES) for r in latest]
 
-        assert all(s == Step(before) for s in steps)
+        assert all(s == Step(before, wake_ms=removal) for s in steps)
+
+    def test_copy_of_a_record_keeps_the_items_due_day(self):
+        run = Run()
+        first = run.feed(*live())
+
+        step = run.feed(callback())
+
+        assert step == first == Step(first.item, due=(CH, NEXT_DAY))
+
+    def test_copy_of_a_record_keeps_the_items_wake(self):
+        run = Run()
+        first = run.feed(PROCESSING, SUCCEEDED)
+
+        step = run.feed(SUCCEEDED, at=first.wake_ms - 1)
+
+        assert step == first == Step(first.item, wake_ms=first.wake_ms, due=(CH, NEXT_DAY))
+        assert step.item.changed_ms == first.item.changed_ms  # a copy does not restart grace
+
+    def test_copy_after_the_grace_ran_out_raises_what_a_wake_would(self):
+        run = Run()
+        first = run.feed(PROCESSING, SUCCEEDED)
+
+        step = run.feed(SUCCEEDED, at=first.wake_ms)
+
+        assert sorted((e.kind, e.expected_minor, e.reported_minor) for e in step.exceptions) \
+            == [(K.amount_mismatch, AMOUNT, 0), (K.status_mismatch, AMOUNT, 0)]
 
 
 # ---------------------------------------------------------------- arrival order
@@ -321,9 +442,20 @@ def in_order_events(records) -> list:
     return [next(events) if isinstance(r, PaymentStatusChanged) else r for r in records]
 
 
-def delivered(records) -> Run:
-    run = Run()
-    run.feed(*records)
+def delivered(records, lag: int = 0) -> Run:
+    """``records`` fed in turn; once reconciliation sends the line to the order stage, that
+    stage's settlement_clearing legs for it come ``lag`` records later (at the end if fewer
+    are left). Then a wake once every grace and line wait has run out."""
+    run, queue, legs = Run(), list(records), clearing_legs(LINE)
+    sent = False
+    while queue:
+        record = queue.pop(0)
+        run.feed(record)
+        if record == legs[-1]:
+            run.posted_ms = run.now
+        elif not sent and LINE in run.to_orders:
+            queue[lag:lag] = legs
+            sent = True
     run.wake(run.now + max(GRACE_MS, LINE_WAIT_MS))
     return run
 
@@ -334,9 +466,11 @@ class TestArrivalOrder:
 
         run.feed(PROCESSING, SUCCEEDED, LINE, *capture_legs())
         waiting = run.states()
-        run.feed(callback())
+        booked = run.feed(callback())
+        run.feed(*clearing_legs(LINE))
 
         assert waiting == ["waiting"]
+        assert (booked.to_orders, booked.matched) == ((LINE,), False)
         assert run.states() == ["booked"]
         assert (run.to_orders, run.exceptions, run.matched) == ([LINE], [], 1)
 
@@ -345,7 +479,7 @@ class TestArrivalOrder:
         first = run.feed(LINE)
         arrived = run.now
 
-        run.feed(*live())
+        run.feed(*live(), *clearing_legs(LINE))
 
         assert (first.wake_ms, first.exceptions) == (arrived + LINE_WAIT_MS, ())
         assert run.states() == ["booked"]
@@ -368,26 +502,30 @@ class TestArrivalOrder:
             runs += 1
             run = delivered(order)
             outcomes.add((len(run.exceptions), tuple(run.to_orders), tuple(run.states()),
-                          bool(run.item.closed_ms), run.matched))
+                          bool(run.item.closed_ms), run.matched,
+                          run.item.matched_ms == run.posted_ms))
 
         assert runs == 5_040 // 2  # 7 records, processing before succeeded
-        assert outcomes == {(0, (LINE,), ("booked",), True, 1)}
+        assert outcomes == {(0, (LINE,), ("booked",), True, 1, True)}
 
     @settings(max_examples=200, deadline=None, database=None)
     @given(order=st.permutations(RECORDS),
            again=st.lists(st.tuples(st.sampled_from(RECORDS), st.integers(0, 20)),
-                          max_size=6))
-    def test_any_arrival_order_with_redeliveries_books_once_and_closes(self, order, again):
+                          max_size=6),
+           lag=st.integers(0, 12))
+    def test_any_arrival_order_with_redeliveries_books_once_and_closes(self, order, again,
+                                                                        lag):
         records = list(order)
         for record, where in again:  # the same record delivered a second time
             records.insert(where % (len(records) + 1), record)
 
-        run = delivered(in_order_events(records))
+        run = delivered(in_order_events(records), lag)
 
         assert run.exceptions == []
         assert [m for m in run.to_orders if isinstance(m, SettlementReported)] == [LINE]
         assert run.item.closed_ms > 0
         assert run.matched == 1
+        assert run.item.matched_ms == run.posted_ms  # closed when the payment was posted
 
 
 # ---------------------------------------------------------------- each exception kind
@@ -432,6 +570,43 @@ class TestAmountMismatch:
 
         assert [(e.kind, e.expected_minor, e.reported_minor) for e in step.exceptions] == [
             (K.amount_mismatch, 3, 2)]
+
+    def test_a_second_different_ledger_discrepancy_is_raised_too(self):
+        run = Run()
+        first = run.feed(PROCESSING, SUCCEEDED, callback(), *capture_legs(AMOUNT - 3))
+        one = run.wake(first.wake_ms)
+        second = run.feed(*ledger_fix(+1))
+
+        two = run.wake(second.wake_ms)
+        again = run.wake(LATER)
+
+        assert [pinned(e) for e in one.exceptions + two.exceptions] == [
+            (K.amount_mismatch, AMOUNT, AMOUNT - 3, "", PID, CH),
+            (K.amount_mismatch, AMOUNT, AMOUNT - 4, "", PID, CH)]
+        assert run.item.raised == (f"amount:ledger:{AMOUNT - 3}:{AMOUNT}",
+                                   f"amount:ledger:{AMOUNT - 4}:{AMOUNT}")
+        assert again.exceptions == ()
+
+    def test_line_waits_without_an_exception_while_the_live_sides_disagree(self):
+        run = Run()
+        first = run.feed(PROCESSING, SUCCEEDED, callback(), *capture_legs(AMOUNT - 3))
+        run.wake(first.wake_ms)
+        raised = list(run.exceptions)
+
+        run.feed(LINE)
+        waited = run.wake(LATER)
+        fixed = run.feed(*ledger_fix(-3))
+
+        assert [(e.kind, e.line_id) for e in raised] == [(K.amount_mismatch, "")]
+        assert (waited.exceptions, waited.to_orders) == ((), ())
+        assert (run.exceptions, fixed.to_orders, run.states()) == (raised, (LINE,), ["booked"])
+
+
+def ledger_fix(amount: int) -> tuple[LegApplied, ...]:
+    """A later entry moving ``amount`` on the clearing account (ops' correction)."""
+    entry_id = f"je-fix{amount:+d}"
+    return (leg(entry_id, 0, CLEARING, amount, "adjust", legs=2),
+            leg(entry_id, 1, PENDING, -amount, "adjust", legs=2))
 
 
 class TestFeeMismatch:
@@ -490,7 +665,16 @@ class TestDuplicateSettlement:
 
         step = run.feed(LINE)
 
-        assert step == Step(before)
+        assert step == Step(before, wake_ms=before.closed_ms + RULES.retention_days * DAY_MS)
+
+    def test_same_line_id_twice_before_its_payment_is_posted_is_not_sent_again(self):
+        run = booked_run()
+        before = run.item
+
+        step = run.feed(LINE)
+
+        booked_ms = before.lines[0].booked_ms
+        assert step == Step(before, wake_ms=booked_ms + GRACE_MS)
 
     def test_two_lines_waiting_for_the_order_book_the_first_and_flag_the_second(self):
         run = Run()
@@ -554,6 +738,23 @@ class TestDateWindow:
         run.feed(*live(), dated)
 
         assert (run.exceptions, run.to_orders, run.states()) == ([], [dated], ["booked"])
+
+    @pytest.mark.parametrize("settled_on,booked", [(DAY_BEFORE, True), ("2025-11-20", False)])
+    def test_window_opens_on_the_day_of_the_first_status_event_when_earlier(
+            self, settled_on, booked):
+        """Resolved late: the channel took the money the day before the order captured it."""
+        run = Run()
+        dated = line(settled_on=settled_on, period="")
+
+        run.feed(psc("processing", at_ms=T0 - 60_000, previous="created"),
+                 psc("timed_out", at_ms=T0 - 30_000), SUCCEEDED, callback(), *capture_legs(),
+                 dated)
+
+        assert (run.item.order.first_on, run.item.order.captured_on) == (DAY_BEFORE, DAY)
+        assert (run.to_orders, run.states()) == (
+            ([dated], ["booked"]) if booked else ([], ["held"]))
+        assert [(e.kind, e.line_id) for e in run.exceptions] == (
+            [] if booked else [(K.date_out_of_window, "line-1")])
 
 
 class TestMissingInOurs:
@@ -701,6 +902,29 @@ class TestStatusMismatch:
         assert (run.to_orders, run.states(), step.exceptions[0].resolution) == (
             [], ["held"], "")
 
+    def test_line_from_another_channel_than_the_orders_is_status_mismatch_and_held(self):
+        run = Run()
+        elsewhere = line(channel="other")
+
+        run.feed(*live(), elsewhere)
+        step = run.feed(LINE)  # the same line id, from the order's channel
+
+        assert [pinned(e) for e in run.exceptions] == [
+            (K.status_mismatch, 0, AMOUNT, "line-1", PID, CH)]
+        assert run.exceptions[0].reason == f"other settled it, the order was paid via {CH}"
+        assert run.item.raised == ("channel:line-1",)
+        assert (run.to_orders, step.to_orders, run.states()) == (
+            [LINE], (LINE,), ["held", "booked"])
+
+    def test_line_from_another_channel_for_a_failed_order_is_held_not_confirmed(self):
+        run = Run(success_for_failed())
+
+        run.feed(PROCESSING, callback(outcome="declined"), FAILED, line(channel="other"))
+
+        assert (run.to_orders, run.states()) == ([], ["held"])
+        assert [(e.kind, e.line_id, e.resolution) for e in run.exceptions] == [
+            (K.status_mismatch, "line-1", "")]
+
     def test_line_after_callback_success_was_raised_is_the_same_discrepancy(self):
         run = Run(success_for_failed(False))
         first = run.feed(PROCESSING, FAILED, callback())
@@ -794,14 +1018,68 @@ class TestAutoResolveChannelSuccess:
         first = run.feed(PROCESSING, psc(unpaid), callback())
 
         step = run.wake(first.wake_ms)
-        run.wake(LATER)
+        run.wake(LATER)  # never applied: raised again for ops, not sent again
 
         assert step.to_orders == (confirmation(),)
         assert run.to_orders == [confirmation()]
-        assert [e.kind for e in run.exceptions] == [K.status_mismatch]
-        assert run.exceptions[0].resolution != ""
+        assert [e.kind for e in step.exceptions] == [K.status_mismatch]
+        assert step.exceptions[0].resolution != ""
         assert raised_tally(step) == Tally(exceptions={"status_mismatch": 1},
                                            auto_resolved={"status_mismatch": 1})
+        assert [(e.kind, e.resolution) for e in run.exceptions[1:]] == [(K.status_mismatch, "")]
+
+    def test_confirmation_not_in_effect_two_graces_later_is_raised_again_for_ops(self):
+        run = Run(success_for_failed())
+        first = run.feed(PROCESSING, FAILED, callback())
+        sent = run.wake(first.wake_ms)
+        due = run.now + 2 * GRACE_MS
+
+        early = run.wake(due - 1)
+        step = run.wake(due)
+        again = run.wake(LATER)
+
+        assert (sent.wake_ms, run.item.asked_ms) == (due, {"status:channel": due - 2 * GRACE_MS})
+        assert (early.exceptions, early.to_orders, early.wake_ms) == ((), (), due)
+        assert [pinned(e) for e in step.exceptions] == [
+            (K.status_mismatch, 0, AMOUNT, "", PID, CH)]
+        [follow_up] = step.exceptions
+        assert follow_up.resolution == ""
+        assert follow_up.reason == (
+            f"still, {2 * GRACE_MS} ms after the automatic resolution was sent (refused by the "
+            f"order stage?): {CH} says succeeded ({AMOUNT} {CCY}), the order says failed")
+        assert follow_up.exception_id != sent.exceptions[0].exception_id
+        assert run.item.raised == ("status:channel", "status:channel:unresolved")
+        assert (step.to_orders, again.exceptions, again.to_orders) == ((), (), ())
+        assert raised_tally(step) == Tally(exceptions={"status_mismatch": 1})
+        assert open_state(run.item) == "exception"
+
+    def test_confirmation_in_effect_within_two_graces_raises_nothing_more(self):
+        run = Run(success_for_failed())
+        first = run.feed(PROCESSING, FAILED, callback())
+        run.wake(first.wake_ms)
+
+        run.feed(psc("succeeded", captured=AMOUNT, previous="failed",
+                     trigger="reconciliation"), *capture_legs())
+        step = run.wake(LATER)
+
+        assert (step.exceptions, len(run.exceptions), run.to_orders) == (
+            (), 1, [confirmation()])
+        assert run.item.raised == ("status:channel",)
+
+    def test_confirmation_names_the_channel_that_answered_success_after_a_failover(self):
+        """The order's events name its first channel; the payer paid on the second."""
+        run = Run(success_for_failed())
+        first = run.feed(PROCESSING, callback(outcome="declined"), FAILED,
+                         callback(request_id="req-alt", channel="alt", serial="alt-7"))
+
+        step = run.wake(first.wake_ms)
+
+        assert step.to_orders == (confirmation(channel="alt", channel_serial="alt-7",
+                                               evidence="alt answered success"),)
+        assert [pinned(e) for e in step.exceptions] == [
+            (K.status_mismatch, 0, AMOUNT, "", PID, CH)]
+        assert step.exceptions[0].reason == f"alt says succeeded ({AMOUNT} {CCY}), the order " \
+            "says failed"
 
     def test_channel_success_for_failed_order_sends_nothing_when_rule_off(self):
         run = Run(success_for_failed(False))
@@ -829,10 +1107,13 @@ class TestAutoResolveChannelSuccess:
 
         run.feed(psc("succeeded", captured=AMOUNT, previous="failed",
                      trigger="reconciliation"), *capture_legs(), LINE)
+        booked = run.item.closed_ms
+        run.feed(*clearing_legs(LINE))
+        run.wake(LATER)
 
         assert [e.kind for e in run.exceptions] == [K.status_mismatch]
         assert run.to_orders == [confirmation(), LINE]
-        assert (run.states(), run.item.closed_ms > 0) == (["booked"], True)
+        assert (booked, run.states(), run.item.closed_ms > 0) == (0, ["booked"], True)
         assert standing(run.item).matched == {CH: 1}
 
     def test_line_for_failed_order_sends_confirmation_and_waits_when_rule_on(self):
@@ -845,6 +1126,34 @@ class TestAutoResolveChannelSuccess:
             (K.status_mismatch, 0, AMOUNT, "line-1", PID, CH)]
         assert step.exceptions[0].resolution != ""
         assert run.states() == ["waiting"]
+
+    PARKED = (PROCESSING, psc("timed_out", at_ms=T0 + 30_000), callback(),
+              psc("failed", at_ms=T0 + 31_000, previous="timed_out"),
+              callback("refund", request_id="~back-req-sale"))
+    """A late success the order parked and sent back (the order stage refuses to confirm
+    it: ``TestOrderChannelSuccess``), and the channel's refund of it."""
+
+    @pytest.mark.parametrize("history", ["declined", "parked"])
+    def test_confirmation_from_a_line_not_in_effect_is_raised_again_for_ops(self, history):
+        """The order stage never applies it (it refused it): the wakes the item asks for
+        alone must bring it back to ops, once, within two graces of sending it."""
+        run = Run(success_for_failed())
+        records = self.PARKED if history == "parked" else (
+            PROCESSING, callback(outcome="declined"), FAILED)
+        run.feed(*records)
+        step = run.feed(LINE)
+        sent_ms, sent = run.now, len(run.exceptions)
+
+        for _ in range(5):  # the sweeper: each wake the item asks for
+            if not step.wake_ms:
+                break
+            step = run.wake(step.wake_ms)
+
+        assert run.to_orders == [confirmation(evidence="settlement line line-1")]
+        assert [(e.kind, e.reported_minor, e.resolution) for e in run.exceptions[sent:]] == [
+            (K.status_mismatch, AMOUNT, "")]
+        assert run.exceptions[-1].detected_at_ms <= sent_ms + 2 * GRACE_MS
+        assert open_state(run.item) == "exception"
 
     def test_line_for_timed_out_order_waits_line_wait_before_confirming(self):
         run = Run(success_for_failed())
@@ -886,11 +1195,18 @@ class TestAutoResolveChannelSuccess:
 
         posted = run.feed(psc("succeeded", captured=AMOUNT, previous="failed",
                               trigger="reconciliation"), *capture_legs())
+        run.feed(*clearing_legs(LINE))
         run.wake(LATER)
 
         assert posted.to_orders == (LINE,)  # booked as soon as the order is posted
         assert run.exceptions[resolved:] == []
         assert (run.states(), run.item.closed_ms > 0) == (["booked"], True)
+
+
+def refund_confirmation(request_id: str, amount: int) -> ChannelRefundConfirmed:
+    return ChannelRefundConfirmed(payment_id=PID, channel=CH, request_id=request_id,
+                                  amount_minor=amount, currency=CCY,
+                                  evidence=f"{CH} refunded by itself")
 
 
 class TestAutoResolveChannelRefund:
@@ -910,9 +1226,8 @@ class TestAutoResolveChannelRefund:
         assert [pinned(e) for e in run.exceptions] == [
             (K.amount_mismatch, AMOUNT, AMOUNT - amount, "", PID, CH)]
         assert run.exceptions[0].resolution != ""
-        assert run.to_orders == [ChannelRefundConfirmed(
-            payment_id=PID, channel=CH, amount_minor=amount, currency=CCY,
-            evidence=f"{CH} refunded by itself")]
+        assert run.to_orders == [refund_confirmation("req-unknown", amount)]
+        assert run.item.raised == ("amount:channel_refund:req-unknown",)
 
     def test_channel_refund_posted_by_the_order_closes_once_the_line_is_booked(self):
         run = self.refunded_by_channel(rules(auto_resolve=AutoResolve(channel_refund=True)))
@@ -922,10 +1237,60 @@ class TestAutoResolveChannelRefund:
 
         run.feed(psc("partially_refunded", at_ms=T0 + 5_000, captured=AMOUNT, refunded=3_000,
                      previous="succeeded", trigger="refund"), *posted, net_line)
+        booked = run.item.closed_ms
+        run.feed(*clearing_legs(net_line))
+        run.wake(LATER)
 
         assert len(run.exceptions) == 1
         assert run.to_orders[-1] == net_line
-        assert (run.states(), run.item.closed_ms > 0) == (["booked"], True)
+        assert (booked, run.states(), run.item.closed_ms > 0) == (0, ["booked"], True)
+
+    def test_two_channel_refunds_in_one_grace_are_one_discrepancy_with_both_confirmed(self):
+        run = Run(rules(auto_resolve=AutoResolve(channel_refund=True)))
+        first = run.feed(*live(), callback("refund", amount=2_000, request_id="req-b"),
+                         callback("refund", amount=1_000, request_id="req-a"))
+
+        step = run.wake(first.wake_ms)
+
+        assert [pinned(e) for e in step.exceptions] == [
+            (K.amount_mismatch, AMOUNT, AMOUNT - 3_000, "", PID, CH)]
+        assert step.to_orders == (refund_confirmation("req-b", 2_000),
+                                  refund_confirmation("req-a", 1_000))
+        assert run.item.raised == ("amount:channel_refund:req-a,req-b",)
+
+    def test_second_channel_refund_after_the_first_was_posted_is_raised_and_confirmed(self):
+        """Each confirmation names its refund: the order stage posts the new one and finds
+        the first one a duplicate (``TestOrderChannelRefund``)."""
+        run = self.refunded_by_channel(rules(auto_resolve=AutoResolve(channel_refund=True)))
+        run.feed(psc("partially_refunded", at_ms=T0 + 5_000, captured=AMOUNT, refunded=3_000,
+                     previous="succeeded", trigger="refund"),
+                 leg("je-chrefund", 0, PENDING, -3_000, "refund", legs=2),
+                 leg("je-chrefund", 1, CLEARING, 3_000, "refund", legs=2))
+        agreed = run.item.raised
+        second = run.feed(callback("refund", amount=3_000, request_id="req-other"))
+
+        step = run.wake(second.wake_ms)
+
+        assert agreed == ("amount:channel_refund:req-unknown",)
+        assert [pinned(e) for e in step.exceptions] == [
+            (K.amount_mismatch, AMOUNT - 3_000, AMOUNT - 6_000, "", PID, CH)]
+        assert step.exceptions[0].resolution != ""
+        assert step.to_orders == (refund_confirmation("req-unknown", 3_000),
+                                  refund_confirmation("req-other", 3_000))
+        assert run.item.raised == ("amount:channel_refund:req-unknown",
+                                   "amount:channel_refund:req-other,req-unknown")
+
+    def test_channel_refund_the_order_refused_is_raised_again_for_ops(self):
+        run = self.refunded_by_channel(rules(auto_resolve=AutoResolve(channel_refund=True)))
+        sent_ms = run.now
+
+        step = run.wake(sent_ms + 2 * GRACE_MS)
+
+        assert [(e.kind, e.expected_minor, e.reported_minor, e.resolution)
+                for e in step.exceptions] == [(K.amount_mismatch, AMOUNT, AMOUNT - 3_000, "")]
+        assert run.item.raised == ("amount:channel_refund:req-unknown",
+                                   "amount:channel_refund:req-unknown:unresolved")
+        assert len(run.to_orders) == 1
 
     def test_channel_refund_never_asked_waits_for_ops_when_rule_off(self):
         run = self.refunded_by_channel(RULES)
@@ -1019,12 +1384,14 @@ class TestManyLines:
         run = Run(self.MANY)
 
         step = run.feed(*live(), self.FIRST, self.SECOND)
-
         combined = only_settlement(step)
+        posted = run.feed(*clearing_legs(combined))
+
         assert (combined.amount_minor, combined.fee_minor, combined.settled_on,
                 combined.currency, combined.payment_id) == (AMOUNT, FEE, NEXT_DAY, CCY, PID)
         assert combined.line_id not in ("part-a", "part-b")
-        assert (run.exceptions, run.states(), step.matched) == ([], ["booked", "booked"], True)
+        assert (run.exceptions, run.states(), step.matched) == ([], ["booked", "booked"], False)
+        assert (posted.matched, run.item.closed_ms, run.matched) == (True, run.now, 1)
         assert len(run.to_orders) == 1
 
     def test_parts_settle_the_order_net_of_its_refunds(self):
@@ -1039,6 +1406,27 @@ class TestManyLines:
 
         assert only_settlement(step).amount_minor == AMOUNT - 1_000
         assert run.exceptions == []
+
+    def test_parts_short_of_ours_when_the_deadline_closes_are_an_amount_mismatch(self):
+        run = Run(self.MANY)
+        run.feed(*live(), self.FIRST)
+
+        closing = run.close(NEXT_DAY)
+        step = run.wake(closing.wake_ms)
+
+        assert [pinned(e) for e in step.exceptions] == [
+            (K.amount_mismatch, AMOUNT, 6_000, "part-a", PID, CH)]
+        assert (run.states(), run.to_orders) == (["held"], [])
+
+    def test_parts_adding_up_before_the_deadline_close_raise_nothing(self):
+        run = Run(self.MANY)
+        run.feed(*live(), self.FIRST)
+
+        closing = run.close(NEXT_DAY)
+        run.feed(self.SECOND)
+        run.wake(closing.wake_ms)
+
+        assert run.exceptions == [] and run.states() == ["booked", "booked"]
 
     @pytest.mark.parametrize("repeat_after", [1, 2])
     def test_repeat_of_a_part_is_duplicate_settlement(self, repeat_after):
@@ -1164,10 +1552,24 @@ def order_success(amount: int = flows.AMOUNT, channel: str = flows.CARD.channel)
                                    currency=flows.CCY, evidence="settlement line l-1")
 
 
-def order_refund(amount: int):
+def parked_late_success() -> flows.Flow:
+    """A sale timed out; its late success was parked in suspense and is being sent back
+    (the route's late_success rule), and the order failed."""
+    flow = flows.Flow()
+    request = only(flow.command(flows.pay(), flows.CARD), ChannelRequested)
+    flow.now_ms = flow.order.deadline_ms - 1
+    reached = DeadlineReached(payment_id=flows.PID, deadline_ms=flow.order.deadline_ms)
+    flow._step(lambda order, now: decide_deadline(order, reached, now))
+    assert flow.order.status is S.timed_out
+    late = flow.answer(request)
+    assert (late.status, flow.order.status) == (C.late_success_refunding, S.failed)
+    return flow
+
+
+def order_refund(amount: int, request_id: str = "req-ch-1"):
     return ChannelRefundConfirmed(payment_id=flows.PID, channel=flows.CARD.channel,
-                                  amount_minor=amount, currency=flows.CCY,
-                                  evidence="acq refunded by itself")
+                                  request_id=request_id, amount_minor=amount,
+                                  currency=flows.CCY, evidence="acq refunded by itself")
 
 
 class TestOrderChannelSuccess:
@@ -1188,6 +1590,31 @@ class TestOrderChannelSuccess:
         assert (d.order.status, d.order.channel_serial) == (S.succeeded, "ch-9")
         assert of_type(d, ChannelRequested) == []
 
+    def test_confirmation_records_the_attempts_success_in_place_of_its_decline(self):
+        flow = declined_sale()
+        [request] = flow.order.requests
+
+        d = confirm(flow, decide_channel_success, order_success())
+
+        assert [(a.request_id, a.outcome, a.amount_minor, a.applied_at_ms)
+                for a in d.order.applied] == [
+            (request.request_id, flows.OK, flows.AMOUNT, flow.now_ms)]
+
+    def test_late_real_success_after_the_confirmation_is_a_replay_that_posts_nothing(self):
+        flow = declined_sale()
+        [request] = flow.order.requests
+        capture = only(confirm(flow, decide_channel_success, order_success()),
+                       JournalEntryDecided)
+        order, books = flow.order, dict(flow.books.balances)
+
+        d = flow.answer(request)  # the channel's own success, after all
+
+        assert (d.status, d.order) == (C.callback_replayed, order)
+        assert of_type(d, JournalEntryDecided) == [capture]  # the same entry: applied once
+        assert of_type(d, PaymentStatusChanged) == []
+        assert flow.books.balances == books
+        assert flow.books.total(flows.pending()) == flows.NET
+
     def test_second_confirmation_is_duplicate_and_does_nothing(self):
         flow = declined_sale()
         confirm(flow, decide_channel_success, order_success())
@@ -1196,6 +1623,15 @@ class TestOrderChannelSuccess:
 
         assert (d.status, d.outputs, d.order) == (C.duplicate, (), flow.order)
         assert len(flow.entries) == 1
+
+    def test_confirmation_of_a_success_whose_money_was_parked_is_not_applicable(self):
+        flow = parked_late_success()
+        before, entries = flow.order, len(flow.entries)
+
+        d = confirm(flow, decide_channel_success, order_success())
+
+        assert (d.status, d.outputs, d.order) == (C.confirmation_not_applicable, (), before)
+        assert len(flow.entries) == entries
 
     @pytest.mark.parametrize("amount,channel", [
         (flows.AMOUNT - 1, flows.CARD.channel), (flows.AMOUNT + 1, flows.CARD.channel),
@@ -1240,13 +1676,63 @@ class TestOrderChannelRefund:
         assert of_type(d, ChannelRequested) == []
         assert [r.status for r in d.order.refunds] == ["succeeded"]
 
-    def test_same_channel_refund_confirmed_twice_is_duplicate(self):
+    @pytest.mark.parametrize("posted", [False, True])
+    def test_same_channel_refund_confirmed_twice_is_duplicate(self, posted):
         flow = flows.sold()
-        confirm(flow, decide_channel_refund, order_refund(3_000))
+        held = only(confirm(flow, decide_channel_refund, order_refund(3_000)), HoldRequested)
+        if posted:
+            flow.hold(held)
+        before, entries = flow.order, len(flow.entries)
 
         d = confirm(flow, decide_channel_refund, order_refund(3_000))
 
-        assert (d.status, d.outputs) == (C.duplicate, ())
+        assert (d.status, d.outputs, d.order) == (C.duplicate, (), before)
+        assert (len(flow.entries), flow.order.refunded_minor) == (entries, 3_000 * posted)
+
+    def test_two_different_channel_refunds_of_the_same_amount_are_both_posted(self):
+        flow = flows.sold()
+
+        for request_id in ("req-ch-1", "req-ch-2"):
+            asked = confirm(flow, decide_channel_refund, order_refund(3_000, request_id))
+            assert asked.status is C.accepted
+            assert flow.hold(only(asked, HoldRequested)).status is C.accepted
+
+        assert (flow.order.status, flow.order.refunded_minor) == (S.partially_refunded, 6_000)
+        assert [r.status for r in flow.order.refunds] == ["succeeded", "succeeded"]
+        assert len({r.refund_id for r in flow.order.refunds}) == 2
+        assert [e.reason for e in flow.entries] == ["capture", "refund", "refund"]
+        assert flow.books.total(flows.pending()) == flows.NET - 6_000
+
+    def test_confirmation_of_a_refund_the_order_asked_for_is_duplicate(self):
+        flow = flows.sold()
+        flows.refunded(flow, "rf-1", 1_000)
+        [asked] = [r for r in flow.order.requests if r.reference == "rf-1"]
+        before, entries = flow.order, len(flow.entries)
+
+        d = confirm(flow, decide_channel_refund, order_refund(1_000, asked.request_id))
+
+        assert (d.status, d.outputs, d.order) == (C.duplicate, (), before)
+        assert (len(flow.entries), flow.order.refunded_minor) == (entries, 1_000)
+
+    @pytest.mark.parametrize("stage", ["refund holding", "refund processing",
+                                       "revocation holding"])
+    def test_channel_refund_while_a_merchant_refund_or_revocation_is_open_is_not_applicable(
+            self, stage):
+        flow = flows.sold()
+        if stage.startswith("refund"):
+            held = only(flow.command(flows.refund("rf-1", 1_000)), HoldRequested)
+            if stage == "refund processing":
+                only(flow.hold(held), ChannelRequested)
+        else:
+            flow.command(flows.revoke())
+        before = flow.order
+
+        d = confirm(flow, decide_channel_refund, order_refund(3_000))
+
+        what, status = stage.split()
+        assert (d.status, d.outputs, d.order) == (C.confirmation_not_applicable, (), before)
+        assert ([r.status for r in before.refunds], before.revocation) == (
+            ([status], "") if what == "refund" else ([], status))
 
     def test_channel_refund_beyond_captured_is_not_applicable(self):
         flow = flows.sold()

@@ -478,3 +478,42 @@ def test_short_from_env(monkeypatch):
 def test_fault_kind_copies_cover_the_repeating_kinds():
     assert set(sc.COPIES_PER_FAULT) == {FaultKind.duplicate_callbacks, FaultKind.out_of_order}
     assert Fault(channel="w", kind="outage", from_s=0, to_s=1).rate_bps == 10_000
+
+
+class TestReconSection:
+    """Reconciliation's exceptions on the run's live records against the injected faults."""
+
+    @staticmethod
+    def _exc(kind: str, payment_id: str, resolution: str = "") -> dict:
+        return {"kind": kind, "payment_id": payment_id, "reason": f"{kind} here",
+                "line_id": "", "resolution": resolution}
+
+    def _section(self, injections, recon, histories=None):
+        histories = histories or {"p1": _paid("p1"), "p2": _paid("p2")}
+        return sc.recon_section(_recorded(histories, injections=injections, recon=recon))
+
+    def test_exception_for_an_injected_fault_is_explained(self):
+        section = self._section([{"payment_id": "p1", "kind": "amount_mismatch"}],
+                                [self._exc("amount_mismatch", "p1")])
+
+        assert (section["unexplained"], section["missed"], section["expected"]) == ([], [], 1)
+
+    def test_exception_without_a_cause_is_unexplained_and_a_fault_unreported_is_missed(self):
+        section = self._section([{"payment_id": "p1", "kind": "partial_payment"}],
+                                [self._exc("status_mismatch", "p2")])
+
+        assert [e["payment_id"] for e in section["unexplained"]] == ["p2"]
+        assert section["missed"] == ["p1"]
+
+    def test_resolution_must_show_in_the_history(self):
+        resolved = _paid("p1") + [_event("p1", "succeeded", "failed", START_MS + 900,
+                                         "by reconciliation: x; captured", captured_minor=1_000,
+                                         trigger="reconciliation")]
+        injected = [{"payment_id": "p1", "kind": "success_after_decline"},
+                    {"payment_id": "p2", "kind": "success_after_decline"}]
+        recon = [self._exc("status_mismatch", "p1", "posted"),
+                 self._exc("status_mismatch", "p2", "posted")]
+
+        section = self._section(injected, recon, {"p1": resolved, "p2": _paid("p2")})
+
+        assert section["unresolved"] == ["p2"] and section["missed"] == []

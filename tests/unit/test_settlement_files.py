@@ -189,6 +189,18 @@ class TestBuildReport:
         keys = dict(to_records(lines, "test", 0))
         assert all(line.channel_serial.encode() in keys for line in bare)
 
+    @pytest.mark.parametrize("seed", range(8))
+    def test_a_duplicate_comes_after_the_line_it_repeats(self, seed):
+        report = build_report("chan", "card", PERIOD, settled(), seed,
+                              Drift(duplicate_lines=3))
+
+        order = [line.line_id for line in report.lines]
+        for inj in report.injected:
+            copy = next(x for x in report.lines if x.line_id == inj.line_id)
+            first = next(x for x in report.lines if x.payment_id == copy.payment_id
+                         and x.line_id != copy.line_id)
+            assert order.index(first.line_id) < order.index(copy.line_id)
+
     def test_drift_stays_small_and_dates_leave_the_period(self):
         report = build_report("chan", "card", PERIOD, settled(), SEED,
                               Drift(amount_drifts=10, fee_drifts=10, wrong_dates=10))
