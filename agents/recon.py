@@ -19,19 +19,20 @@ import logging
 from kafka.partitioner.default import murmur2
 from pydantic import BaseModel, ConfigDict
 
-from agents._outbox import Outgoing, OutboxEntry, recall, remember
+from agents._outbox import OutboxEntry, Outgoing, recall, remember
 from agents._stage import consume, table
 from domain.events import ChannelResponded, LegApplied, PaymentStatusChanged, SettlementReported
 from domain.recon import (
     ReconItem,
-    SerialRow,
-    SerialSeen,
-    by_serial,
     ReconStatus,
     ReconWake,
+    SerialRow,
+    SerialSeen,
     SettlementClosed,
     Step,
     Tally,
+    by_serial,
+    closed_tally,
     observe,
     period_closed,
     raised_tally,
@@ -102,7 +103,8 @@ def register(wire: Wire) -> None:
     def apply(key: bytes, partition: int, before: ReconItem | None, step: Step) -> None:
         """Keep the indexes in step with the item, and move the partition's tally by the
         difference (the item's standing before and after, plus what it raised)."""
-        bump(partition, standing(step.item).add(standing(before), -1).add(raised_tally(step)))
+        bump(partition, standing(step.item).add(standing(before), -1).add(raised_tally(step))
+             .add(closed_tally(before, step.item)))
         closed = step.item is not None and step.item.closed_ms > 0
         # A matched item's only wake-up is its removal, days away: it waits in a table the
         # expiry timer reads once a minute, so the sweeper's index stays the open items.
@@ -122,7 +124,7 @@ def register(wire: Wire) -> None:
             RECON_EXCEPTIONS.labels(kind=e.kind.value, channel=e.channel or "?").inc()
             if e.resolution:
                 RECON_AUTO_RESOLVED.labels(kind=e.kind.value, channel=e.channel or "?").inc()
-        if step.matched:
+        if step.matched and step.item is not None and step.item.counted == "matched":
             RECON_MATCHED.labels(channel=channel).inc()
 
     def outgoing_of(env, step: Step, key: str, at: int) -> list[Outgoing]:

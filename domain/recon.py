@@ -308,6 +308,9 @@ class ReconItem(BaseModel):
     """When everything matched (0: open). Kept ``retention_days``, then removed."""
     matched_ms: int = 0
     """When everything first matched (counted once even if a later record reopens it)."""
+    counted: Literal["", "agreed", "matched"] = ""
+    """How the report counts it once closed: settled by a line, or nothing to settle (a
+    declined payment a late success reopened may end up settled: counted again, moved)."""
 
     @property
     def channel(self) -> str:
@@ -339,7 +342,8 @@ class Step(NamedTuple):
     due: tuple[str, str] | None = None
     """(channel, YYYY-MM-DD): the item waits for that channel's report of that day."""
     matched: bool = False
-    """Closed by this step: all records agree."""
+    """Closed by this step, counted anew: all records agree (for the first time, or now
+    settled by a line where it first closed with nothing to settle)."""
 
 
 # ---------------------------------------------------------------- reading the sides
@@ -517,8 +521,10 @@ def evaluate(item: ReconItem, at_ms: int, rules: ReconRules) -> Step:
     matched = False
     done = _settled_through(item, live_agree)
     if done and not item.closed_ms:
-        matched = not item.matched_ms
-        item = item.model_copy(update={"closed_ms": at_ms,
+        counted = "matched" if any(s.state == "booked" for s in item.lines) else \
+            item.counted or "agreed"
+        matched = counted != item.counted  # closed first, or now settled by a line
+        item = item.model_copy(update={"closed_ms": at_ms, "counted": counted,
                                        "matched_ms": item.matched_ms or at_ms})
         due = None
     elif not done and item.closed_ms:  # a later record reopened it
@@ -1057,7 +1063,9 @@ def open_state(item: ReconItem) -> str:
 
 
 def standing(item: ReconItem | None) -> Tally:
-    """The item's share of the open items, residuals and matches (its current state)."""
+    """The item's share of the open items and residuals (its current state). Matches are
+    counted once, when they happen (``closed_tally``), so the report's totals do not
+    shrink when matched items are removed after their retention."""
     if item is None:
         return Tally()
     channel, ccy = item.channel or "?", item.currency or "?"
@@ -1065,15 +1073,30 @@ def standing(item: ReconItem | None) -> Tally:
            else day_of(item.first_ms))
     owed = -(item.ledger.clearing_minor + item.ledger.settled_minor)
     tally = Tally(residual={f"{channel}|{ccy}|{day}": owed} if owed else {})
-    if item.closed_ms and any(s.state == "booked" for s in item.lines):
-        gross = sum(s.line.amount_minor for s in item.lines if s.state == "booked")
-        tally.matched = {channel: 1}
-        tally.matched_minor = {f"{channel}|{ccy}": gross} if gross else {}
-    elif item.closed_ms:
-        tally.agreed = {channel: 1}
-    else:
+    if not item.closed_ms:
         tally.open = {f"{channel}|{open_state(item)}|{day_of(item.first_ms)}": 1}
     return tally
+
+
+def closed_tally(before: ReconItem | None, after: ReconItem | None) -> Tally:
+    """Closed payments, counted once (cumulative: removal after retention keeps them):
+    settled by a line (with its gross), or nothing to settle; moved if that changes."""
+    was = before.counted if before is not None else ""
+    now = after.counted if after is not None else was
+    if now == was:
+        return Tally()
+    return _counted(after, now).add(_counted(before, was), -1)
+
+
+def _counted(item: ReconItem | None, how: str) -> Tally:
+    if item is None or not how:
+        return Tally()
+    channel, ccy = item.channel or "?", item.currency or "?"
+    if how == "agreed":
+        return Tally(agreed={channel: 1})
+    gross = sum(s.line.amount_minor for s in item.lines if s.state == "booked")
+    return Tally(matched={channel: 1},
+                 matched_minor={f"{channel}|{ccy}": gross} if gross else {})
 
 
 class ReconStatus(Message):

@@ -54,6 +54,7 @@ from domain.recon import (
     Step,
     Tally,
     by_serial,
+    closed_tally,
     day_of,
     observe,
     open_state,
@@ -337,7 +338,8 @@ class TestThreeWayMatch:
 
         assert (step.matched, step.due, run.item.closed_ms) == (True, None, closed_ms)
         assert (closing.exceptions, closing.due, run.item.missing_through) == ((), None, "")
-        assert standing(run.item) == Tally(agreed={CH: 1})
+        assert standing(run.item) == Tally()
+        assert run.item.counted == "agreed"
 
     def test_zero_gross_line_for_a_payment_refunded_in_full_is_matched_without_legs(self):
         run = Run()
@@ -361,12 +363,13 @@ class TestThreeWayMatch:
         assert run.item.closed_ms == closed_ms
         assert run.matched == 1
 
-    def test_standing_of_matched_item_counts_one_match_and_no_residual(self):
+    def test_matched_item_counts_one_match_once_and_stands_for_nothing_open(self):
         run = matched_run()
 
-        tally = standing(run.item)
-
-        assert tally == Tally(matched={CH: 1}, matched_minor={f"{CH}|{CCY}": AMOUNT})
+        assert standing(run.item) == Tally()
+        assert closed_tally(None, run.item) == Tally(matched={CH: 1},
+                                                     matched_minor={f"{CH}|{CCY}": AMOUNT})
+        assert closed_tally(run.item, None) == Tally()  # removal keeps the count
 
     def test_booked_item_without_settlement_clearing_is_open_and_still_owes_the_gross(self):
         run = booked_run()
@@ -1114,7 +1117,8 @@ class TestAutoResolveChannelSuccess:
         assert [e.kind for e in run.exceptions] == [K.status_mismatch]
         assert run.to_orders == [confirmation(), LINE]
         assert (booked, run.states(), run.item.closed_ms > 0) == (0, ["booked"], True)
-        assert standing(run.item).matched == {CH: 1}
+        # closed first as a failed payment with nothing to settle, then settled by the line
+        assert [s.item.counted for s in run.steps if s.matched] == ["agreed", "matched"]
 
     def test_line_for_failed_order_sends_confirmation_and_waits_when_rule_on(self):
         run = Run(success_for_failed())
@@ -1522,8 +1526,9 @@ class TestTally:
         run.feed(*live())
         before = standing(run.item)
 
+        item = run.item
         run.feed(LINE, *clearing_legs(LINE))
-        delta = standing(run.item).add(before, -1)
+        delta = standing(run.item).add(before, -1).add(closed_tally(item, run.item))
 
         assert delta == Tally(matched={CH: 1}, matched_minor={f"{CH}|{CCY}": AMOUNT},
                               open={f"{CH}|awaiting_line|{DAY}": -1},
