@@ -100,21 +100,24 @@ def register(wire: Wire) -> None:
                 .model_dump_json().encode()
             dirty.add(partition)
 
+    def set_wake(key: bytes, wake_ms: int, expiry: bool) -> None:
+        """Index the row's next wake-up. A row whose only wake-up is its removal, days away
+        (a matched item, a serial already known), waits in the expiry index the expiry
+        timer reads once a minute, so the sweeper's index stays the rows still at work."""
+        wake_in, other = (expiries, wakes) if expiry else (wakes, expiries)
+        if wake_ms:
+            wake_in[key] = str(wake_ms).encode()
+        elif wake_in.get(key) is not None:
+            del wake_in[key]
+        if other.get(key) is not None:
+            del other[key]
+
     def apply(key: bytes, partition: int, before: ReconItem | None, step: Step) -> None:
         """Keep the indexes in step with the item, and move the partition's tally by the
         difference (the item's standing before and after, plus what it raised)."""
         bump(partition, standing(step.item).add(standing(before), -1).add(raised_tally(step))
              .add(closed_tally(before, step.item)))
-        closed = step.item is not None and step.item.closed_ms > 0
-        # A matched item's only wake-up is its removal, days away: it waits in a table the
-        # expiry timer reads once a minute, so the sweeper's index stays the open items.
-        wake_in, other = (expiries, wakes) if closed else (wakes, expiries)
-        if step.wake_ms:
-            wake_in[key] = str(step.wake_ms).encode()
-        elif wake_in.get(key) is not None:
-            del wake_in[key]
-        if other.get(key) is not None:
-            del other[key]
+        set_wake(key, step.wake_ms, step.item is not None and step.item.closed_ms > 0)
         if step.due is not None:
             dues[key] = "|".join(step.due).encode()
         elif dues.get(key) is not None:
@@ -206,14 +209,8 @@ def register(wire: Wire) -> None:
         elif step.row != entry.row or out or not raw:
             serials[key] = SerialEntry(row=step.row, outbox=remember(
                 entry.outbox, env.message_id, out, source)).model_dump_json().encode()
-        quiet = step.row is not None and step.row.payment_id and not step.row.waiting
-        wake_in, other = (expiries, wakes) if quiet else (wakes, expiries)
-        if step.wake_ms:
-            wake_in[key] = str(step.wake_ms).encode()
-        elif wake_in.get(key) is not None:
-            del wake_in[key]
-        if other.get(key) is not None:
-            del other[key]
+        set_wake(key, step.wake_ms, step.row is not None and bool(step.row.payment_id)
+                 and not step.row.waiting)
         for e in step.exceptions:
             RECON_EXCEPTIONS.labels(kind=e.kind.value, channel=e.channel or "?").inc()
         if step.exceptions:
@@ -317,17 +314,18 @@ def _gauges(tallies: list[Tally]) -> None:
     total = Tally()
     for tally in tallies:
         total = total.add(tally)
-    open_by: dict[tuple[str, str], int] = {}
-    for key, n in total.open.items():
-        channel, state, _ = key.split("|")
-        open_by[(channel, state)] = open_by.get((channel, state), 0) + n
-    for (channel, state), n in open_by.items():
+    for (channel, state), n in _by_first_two(total.open).items():
         RECON_OPEN.labels(channel=channel, state=state).set(n)
         _GAUGED.add(("open", channel, state))
-    owed: dict[tuple[str, str], int] = {}
-    for key, n in total.residual.items():
-        channel, ccy, _ = key.split("|")
-        owed[(channel, ccy)] = owed.get((channel, ccy), 0) + n
-    for (channel, ccy), n in owed.items():
+    for (channel, ccy), n in _by_first_two(total.residual).items():
         RECON_RESIDUAL.labels(channel=channel, currency=ccy).set(n)
         _GAUGED.add(("residual", channel, ccy))
+
+
+def _by_first_two(counts: dict[str, int]) -> dict[tuple[str, str], int]:
+    """``a|b|day`` counts summed over the days."""
+    out: dict[tuple[str, str], int] = {}
+    for key, n in counts.items():
+        a, b, _ = key.split("|")
+        out[(a, b)] = out.get((a, b), 0) + n
+    return out

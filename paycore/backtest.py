@@ -28,9 +28,9 @@ from domain.commands import CHANNEL_METHODS, SCREENED, Method, Pay, Transfer
 from domain.intake import parse_command
 from domain.money import CURRENCY_EXPONENTS, fee_minor
 from domain.orders import fingerprint_of
-from domain.risk import PayerActivity, RiskDecision, RiskRules, Screened, Verdict, payer_key, \
-    screen
+from domain.risk import PayerActivity, RiskDecision, RiskRules, Screened, Verdict, payer_key, screen
 from domain.routing import INTERNAL_CHANNEL, Payment, RoutingRules, plan_route
+from paycore.text import table
 from streams import topics as t
 from streams.config import ConfigError
 from streams.envelope import UndecodableEnvelope, decode
@@ -344,20 +344,6 @@ def _money(amount_minor: int, currency: str, signed: bool = False) -> str:
 
 def _delta(before: int, after: int) -> str:
     return f"{after - before:+,}" if after != before else "0"
-
-
-def table(headers: list[str], rows: list[list[str]], align: str) -> str:
-    """Plain text, aligned columns: ``align`` has an ``l`` or ``r`` per column."""
-    assert len(align) == len(headers), (align, headers)
-    cells = [headers, *rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = []
-    for row in cells:
-        assert len(row) == len(headers), row
-        padded = (c.rjust(w) if a == "r" else c.ljust(w)
-                  for c, w, a in zip(row, widths, align, strict=True))
-        lines.append("  ".join(padded).rstrip())
-    return "\n".join(lines)
 
 
 def _header(report: dict) -> list[str]:

@@ -24,6 +24,7 @@ from typing import Callable, Iterable, TextIO
 
 from domain.money import CURRENCY_EXPONENTS
 from domain.recon import ExceptionKind, ReconException, ReconStatus, Tally
+from paycore.text import table as text_table
 from streams import topics as t
 from streams.envelope import UndecodableEnvelope, decode
 
@@ -159,19 +160,7 @@ def amount_text(amount_minor: int, currency: str) -> str:
 
 
 def table(headers: list[str], rows: list[list[str]], align: str) -> str:
-    """Plain text, aligned columns: ``align`` has an ``l`` or ``r`` per column."""
-    assert len(align) == len(headers), (align, headers)
-    if not rows:
-        return "  (none)"
-    cells = [headers, *rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = []
-    for row in cells:
-        assert len(row) == len(headers), row
-        padded = (c.rjust(w) if a == "r" else c.ljust(w)
-                  for c, w, a in zip(row, widths, align, strict=True))
-        lines.append(("  " + "  ".join(padded)).rstrip())
-    return "\n".join(lines)
+    return text_table(headers, rows, align, indent="  ", empty="(none)")
 
 
 def render(report: dict) -> str:
