@@ -12,13 +12,13 @@ payment's records, and a property adds redeliveries.
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
+from decisions import of_type, only
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
-
-from decisions import of_type, only
 from unit import test_settlement as flows
 
 from domain.events import (
@@ -62,6 +62,8 @@ from domain.recon import (
     raised_tally,
     standing,
 )
+from streams.config import ConfigError
+from streams.rules_config import load_recon
 
 K = ExceptionKind
 S = OrderStatus
@@ -1811,3 +1813,28 @@ class TestBySerial:
         assert (exc.kind, exc.payment_id, exc.line_id, exc.reported_minor) == (
             K.missing_in_ours, "", LINE.line_id, AMOUNT)
         assert SERIAL in exc.reason and late.wake_ms == 0
+
+
+# ---------------------------------------------------------------- config/recon.yaml
+
+
+class TestReconConfig:
+    SHIPPED = Path(__file__).resolve().parents[2] / "config"
+
+    def test_shipped_file_loads_versioned_and_channels_inherit_the_defaults(self):
+        loaded = load_recon(self.SHIPPED)
+
+        assert len(loaded.version) == 10
+        wallet = loaded.for_channel("wallet")
+        assert (wallet.settle_days, wallet.lines_per_payment, wallet.grace_ms) == (
+            2, "many", loaded.defaults.grace_ms)
+
+    def test_bad_line_is_refused_with_file_line_and_field(self, tmp_path):
+        text = (self.SHIPPED / "recon.yaml").read_text()
+        bad = text.replace("    settle_days: 2\n", "    settle_days: -2\n")
+        assert bad != text
+        (tmp_path / "recon.yaml").write_text(bad)
+        line = bad.splitlines().index("    settle_days: -2") + 1
+
+        with pytest.raises(ConfigError, match=rf"recon.yaml:{line}: channels\.3\.settle_days"):
+            load_recon(tmp_path)
