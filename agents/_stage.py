@@ -21,6 +21,7 @@ from aiokafka.errors import KafkaError, KafkaTimeoutError
 from faust.exceptions import ProducerSendError
 
 from streams.app import Wire
+from streams.envelope import child
 from streams.metrics import STAGE_EVENTS, STAGE_SECONDS
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,38 @@ def _give_up(stage: str, where: str, why: str) -> None:
     log.critical("%s cannot proceed on %s (%s): exiting without ack", stage, where, why)
     logging.shutdown()
     os._exit(EXIT_CANNOT_PROCEED)
+
+
+RENUDGE_MS = 10_000
+"""A nudge not acted on by then (lost in a crash) is sent again."""
+
+
+class Nudger:
+    """A sweeper's timer body: every key of a ``key -> due ms`` index that is due gets a
+    message (``nudge(key, due_ms)``) sent on ``topic``, keyed by it; the owner of the row
+    decides what it means. A nudge is not repeated for ``RENUDGE_MS``. Reads only this
+    worker's partitions of the index."""
+
+    def __init__(self, wire: Wire, topic: str, source: str, nudge, what: str) -> None:
+        self.wire, self.topic, self.source, self.nudge, self.what = (
+            wire, topic, source, nudge, what)
+        self.nudged: dict[tuple[bytes, int], int] = {}
+
+    async def sweep(self, index, at_ms: int) -> None:
+        due = [(key, int(value)) for key, value in index.items() if int(value) <= at_ms]
+        for key, due_ms in due:
+            if at_ms - self.nudged.get((key, due_ms), -RENUDGE_MS) < RENUDGE_MS:
+                continue
+            body = self.nudge(key.decode(), due_ms)
+            try:
+                await self.wire.send(self.topic, key.decode(),
+                                     child(self.source, body, 0, at_ms))
+            except Exception as exc:  # a timer must not die: the row stays, next tick retries
+                log.warning("%s for %s not sent (%r); retrying", self.what, key, exc)
+                return
+            self.nudged[(key, due_ms)] = at_ms
+        for stale in [k for k, sent in self.nudged.items() if at_ms - sent > 6 * RENUDGE_MS]:
+            del self.nudged[stale]
 
 
 def table(wire: Wire, name: str, help_text: str):

@@ -7,7 +7,7 @@ import logging
 from pydantic import BaseModel, ConfigDict
 
 from agents._outbox import Outgoing, OutboxEntry, recall, remember
-from agents._stage import consume, table
+from agents._stage import Nudger, consume, table
 from domain.commands import CHANNEL_METHODS, Command, Method, OrderCommand, Pay, TopUp, Withdraw
 from domain.events import (
     ChannelOperation,
@@ -76,8 +76,6 @@ _SILENT = (CommandStatus.accepted, CommandStatus.duplicate, CommandStatus.callba
            CommandStatus.deadline_not_due)
 _FINAL = {s.value for s in FINAL_FOR_CLIENTS}
 _ROUTED = CHANNEL_METHODS | {Method.mandate}
-RENUDGE_MS = 10_000
-"""A deadline nudge not acted on by then (lost in a crash) is sent again."""
 
 
 class OrderRow(BaseModel):
@@ -203,26 +201,14 @@ def register(wire: Wire) -> None:
         except Exception:  # a timer must not die: the rules in force stay
             log.exception("routing rules check failed")
 
-    nudged: dict[tuple[bytes, int], int] = {}
+    sweeper = Nudger(wire, t.ORDERS, "sweeper", lambda key, due_ms: DeadlineReached(
+        payment_id=key, deadline_ms=due_ms), "deadline nudge")
 
     @wire.app.timer(interval=wire.settings.deadline_sweep_ms / 1000, name="order_sweeper")
     async def sweep_deadlines() -> None:
         """Nudge the owner of every order past its deadline; the order decides what it
         means. Reads only this worker's partitions of the (small) deadline index."""
-        at = now_ms()
-        due = [(key, int(value)) for key, value in deadlines.items() if int(value) <= at]
-        for key, deadline_ms in due:
-            if at - nudged.get((key, deadline_ms), -RENUDGE_MS) < RENUDGE_MS:
-                continue
-            body = DeadlineReached(payment_id=key.decode(), deadline_ms=deadline_ms)
-            try:
-                await wire.send(t.ORDERS, key.decode(), child("sweeper", body, 0, at))
-            except Exception as exc:  # a timer must not die: the row stays, next tick retries
-                log.warning("deadline nudge for %s not sent (%r); retrying", key, exc)
-                return
-            nudged[(key, deadline_ms)] = at
-        for stale in [k for k, sent in nudged.items() if at - sent > 6 * RENUDGE_MS]:
-            del nudged[stale]
+        await sweeper.sweep(deadlines, now_ms())
 
 
 _BREAKER_LEVEL = {Breaker.closed: 0, Breaker.half_open: 1, Breaker.open: 2}

@@ -20,7 +20,7 @@ from kafka.partitioner.default import murmur2
 from pydantic import BaseModel, ConfigDict
 
 from agents._outbox import OutboxEntry, Outgoing, recall, remember
-from agents._stage import consume, table
+from agents._stage import Nudger, consume, table
 from domain.events import ChannelResponded, LegApplied, PaymentStatusChanged, SettlementReported
 from domain.recon import (
     ReconItem,
@@ -52,7 +52,6 @@ from streams.rules_config import watch_recon
 
 log = logging.getLogger(__name__)
 _TAKEN = (PaymentStatusChanged, ChannelResponded, LegApplied, SettlementReported, ReconWake)
-RENUDGE_MS = 10_000
 EXPIRY_SWEEP_S = 60.0
 PUBLISH_EVERY_S = 1.0
 
@@ -257,33 +256,18 @@ def register(wire: Wire) -> None:
     async def recon_ledger_feed(stream):
         await consume("recon_ledger_feed", wire, stream, feed)
 
-    nudged: dict[tuple[bytes, int], int] = {}
+    nudger = Nudger(wire, t.RECON, "recon-sweeper", lambda key, due_ms: ReconWake(
+        payment_id=key, wake_ms=due_ms), "recon wake")
 
     @wire.app.timer(interval=wire.settings.deadline_sweep_ms / 1000, name="recon_sweeper")
     async def sweep() -> None:
         """Wake the items whose time came (a grace ran out, a line waited long enough)."""
-        await nudge(wakes)
+        await nudger.sweep(wakes, now_ms())
 
     @wire.app.timer(interval=EXPIRY_SWEEP_S, name="recon_expiry")
     async def expire() -> None:
         """Remove matched items kept ``retention_days`` (their wake-up removes them)."""
-        await nudge(expiries)
-
-    async def nudge(index) -> None:
-        at = now_ms()
-        due = [(key, int(value)) for key, value in index.items() if int(value) <= at]
-        for key, wake_ms in due:
-            if at - nudged.get((key, wake_ms), -RENUDGE_MS) < RENUDGE_MS:
-                continue
-            body = ReconWake(payment_id=key.decode(), wake_ms=wake_ms)
-            try:
-                await wire.send(t.RECON, key.decode(), child("recon-sweeper", body, 0, at))
-            except Exception as exc:  # a timer must not die: the row stays, next tick retries
-                log.warning("recon wake for %s not sent (%r); retrying", key, exc)
-                return
-            nudged[(key, wake_ms)] = at
-        for stale in [k for k, sent in nudged.items() if at - sent > 6 * RENUDGE_MS]:
-            del nudged[stale]
+        await nudger.sweep(expiries, now_ms())
 
     @wire.app.timer(interval=PUBLISH_EVERY_S, name="recon_publish")
     async def publish() -> None:
