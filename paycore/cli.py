@@ -152,6 +152,24 @@ def cmd_recon_report(args: argparse.Namespace) -> int:
                       args.out or settings.data_dir / "recon", timeout_s=args.timeout)
 
 
+def cmd_recon_ingest(args: argparse.Namespace) -> int:
+    from datetime import date
+
+    from paycore.ingest import IngestError, ingest
+    from simulators.settlement import SettlementFileError
+
+    settings = Settings()
+    try:
+        period = date.fromisoformat(args.period) if args.period else None
+        print(ingest(args.file, args.bootstrap or settings.kafka_bootstrap,
+                     args.partitions or settings.partitions, args.channel, period,
+                     close=not args.no_close))
+    except (SettlementFileError, IngestError, ValueError, OSError) as exc:
+        print(f"refused: {exc}")
+        return 2
+    return 0
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -163,7 +181,7 @@ def _add_recon(sub) -> None:
     """``paycore recon report``: the partitions' latest tallies summed, and the exceptions."""
     from pathlib import Path
 
-    recon = sub.add_parser("recon", help="reconciliation: the report")
+    recon = sub.add_parser("recon", help="reconciliation: the report, settlement files")
     verbs = recon.add_subparsers(dest="verb", required=True)
     report = verbs.add_parser(
         "report", help="read pay.recon.status and pay.recon.exceptions, print and write "
@@ -180,6 +198,23 @@ def _add_recon(sub) -> None:
     report.add_argument("--timeout", type=float, default=30.0,
                         help="seconds to read the topics to their end")
     report.set_defaults(run=cmd_recon_report)
+    feed = verbs.add_parser(
+        "ingest", help="send a channel's settlement file (CSV bill or camt.053 statement) to "
+        "pay.channel.settlements and close its day",
+        description="Reads and checks the whole file first (a bad one is refused with its "
+        "line, nothing sent), sends each line, then closes the channel's report for the "
+        "day on every partition.")
+    feed.add_argument("file", type=Path, help="<channel>-<YYYY-MM-DD>.csv or .xml")
+    feed.add_argument("--channel", default=None, help="instead of the file name's")
+    feed.add_argument("--period", default=None, metavar="YYYY-MM-DD",
+                      help="the report's day, instead of the file name's")
+    feed.add_argument("--no-close", action="store_true",
+                      help="send the lines only (more files for the day will follow)")
+    feed.add_argument("--bootstrap", default="", metavar="HOST:PORT",
+                      help="the broker (default: PAYCORE_KAFKA_BOOTSTRAP)")
+    feed.add_argument("--partitions", type=_positive, default=None,
+                      help="partitions per topic (default: PAYCORE_PARTITIONS)")
+    feed.set_defaults(run=cmd_recon_ingest)
 
 
 def _add_simulate(sub) -> None:

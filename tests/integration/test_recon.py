@@ -5,7 +5,9 @@ line for it is a duplicate settlement."""
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+import subprocess
+import sys
+from datetime import date, datetime, timezone
 
 import pytest
 from helpers import pay, read_topic, wait_for_final
@@ -13,6 +15,7 @@ from helpers import pay, read_topic, wait_for_final
 from domain import accounts
 from domain.events import SettlementReported
 from domain.ids import payment_id_for
+from simulators import settlement as stl
 from streams import topics as t
 from streams.envelope import child, encode
 
@@ -65,3 +68,31 @@ def test_line_before_the_payment_is_booked_once_and_a_second_line_is_a_duplicate
     assert observer.balances().get(accounts.merchant_pending(merchant, "USD")) == 0
     history = [e.reason for e in observer.history[payment_id] if e.trigger == "settlement"]
     assert len(history) == 1 and history[0].startswith("settled on")
+
+
+def test_a_channel_file_ingested_settles_its_payment_and_closes_the_day(
+        stack, stack_settings, producer, observer, merchant, tmp_path):
+    """``paycore recon ingest``: a card bill the channel dropped, with one line naming our
+    payment and one naming only the channel's serial, settles both."""
+    finals = []
+    for order_no in ("file-a", "file-b"):
+        _send(producer, pay(merchant, order_no, amount_minor=AMOUNT))
+        finals.append(wait_for_final(observer, merchant, order_no))
+    day = date.fromisoformat(datetime.now(timezone.utc).date().isoformat())
+    settled = [stl.Settled(f.payment_id, f.channel_serial, AMOUNT, "USD", FEE, day)
+               for f in finals]
+    report = stl.build_report("card_acquirer", "card", day, settled, 7,
+                              stl.Drift(serial_only_lines=1))
+    path = stl.write_report(report, tmp_path)
+
+    done = subprocess.run(
+        [sys.executable, "-m", "paycore", "recon", "ingest", str(path), "--bootstrap",
+         stack_settings.kafka_bootstrap, "--partitions", str(stack_settings.partitions)],
+        capture_output=True, text=True, timeout=60)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 lines of card_acquirer" in done.stdout and "(1 by the channel's serial)" in \
+        done.stdout and "closed" in done.stdout
+    settled_account = accounts.merchant_settled(merchant, "USD")
+    assert observer.wait_until(
+        lambda: observer.balances().get(settled_account) == 2 * (AMOUNT - FEE), 30)
