@@ -9,10 +9,11 @@ from datetime import datetime, timezone
 from typing import Annotated
 
 from aiokafka import AIOKafkaProducer
-from fastapi import FastAPI, Header, HTTPException, Query, Response
+from fastapi import FastAPI, Header, Query, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
+from api.problems import Problem, field_errors, install
 from api.read_model import PaymentsView
 from domain.commands import (
     Capture,
@@ -89,6 +90,7 @@ def create_api(settings: Settings) -> FastAPI:
         await state["producer"].send_and_wait(t.COMMANDS, key=key.encode(), value=raw)
 
     app = FastAPI(title="paycore", version="0.1.0", lifespan=lifespan)
+    install(app)
     _payment_routes(app, view, publish)
     _follow_up_routes(app, view, publish)
     _account_routes(app, view)
@@ -103,14 +105,16 @@ def _build(cls, **fields):
     try:
         return cls(**fields)
     except ValidationError as exc:
-        detail = [{"loc": e["loc"], "msg": e["msg"]} for e in exc.errors()]
-        raise HTTPException(status_code=422, detail=detail) from exc
+        errors = field_errors(exc.errors())
+        fields = ", ".join(e["field"] for e in errors)
+        raise Problem(422, "invalid_command", f"invalid: {fields}: {errors[0]['message']}",
+                      errors) from exc
 
 
 def _found(view: PaymentsView, payment_id: str) -> dict:
     row = view.payments.get(payment_id)
     if row is None:
-        raise HTTPException(status_code=404, detail=f"payment {payment_id} not found")
+        raise Problem(404, "payment_not_found", f"payment {payment_id} not found")
     return row
 
 
@@ -148,7 +152,7 @@ def _payment_routes(app: FastAPI, view: PaymentsView, publish) -> None:
     async def find_payment(merchant_id: str, merchant_order_no: str):
         payment_id = view.by_order_no.get((merchant_id, merchant_order_no))
         if payment_id is None:
-            raise HTTPException(status_code=404, detail="no payment for that merchant order")
+            raise Problem(404, "payment_not_found", "no payment for that merchant order")
         return _found(view, payment_id)
 
 
@@ -178,7 +182,7 @@ def _follow_up_routes(app: FastAPI, view: PaymentsView, publish) -> None:
         key = mandate_key_for(merchant_id, mandate_id)
         row = view.mandates.get(key)
         if row is None:
-            raise HTTPException(status_code=404, detail=f"mandate {mandate_id} not found")
+            raise Problem(404, "mandate_not_found", f"mandate {mandate_id} not found")
         return {**row, "rejections": view.rejections.get(key, [])}
 
     @app.post("/v1/payments/{payment_id}/refunds", status_code=202)
@@ -193,14 +197,14 @@ def _account_routes(app: FastAPI, view: PaymentsView) -> None:
     async def balance(account_id: str):
         found = view.balance(account_id)
         if found is None:
-            raise HTTPException(status_code=404, detail=f"account {account_id} has no entries")
+            raise Problem(404, "account_not_found", f"account {account_id} has no entries")
         return found
 
     @app.get("/v1/accounts/{account_id}/entries")
     async def entries(account_id: str, limit: int = Query(default=100, ge=1, le=1_000)):
         legs = list(view.journal.get(account_id, ()))[-limit:]
         if not legs and view.balance(account_id) is None:
-            raise HTTPException(status_code=404, detail=f"account {account_id} has no entries")
+            raise Problem(404, "account_not_found", f"account {account_id} has no entries")
         return {"account_id": account_id, "entries": [
             {"entry_id": leg.entry_id, "posting_id": leg.posting_id,
              "payment_id": leg.payment_id, "amount_minor": leg.amount_minor,
@@ -224,9 +228,9 @@ def _health_routes(app: FastAPI, view: PaymentsView, state: dict) -> None:
     @app.get("/readyz")
     async def readyz():
         if state["follower"].done():
-            raise HTTPException(status_code=503, detail="read model stopped; see the API log")
+            raise Problem(503, "not_ready", "read model stopped; see the API log")
         if not view.caught_up.is_set():
-            raise HTTPException(status_code=503, detail="read model still catching up")
+            raise Problem(503, "not_ready", "read model still catching up")
         return {"ok": True, "payments": len(view.payments)}
 
     @app.get("/metrics")

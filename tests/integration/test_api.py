@@ -74,6 +74,34 @@ class TestPayments:
     def test_unknown_payment_is_404(self, api):
         assert api.get("/v1/payments/pay_nope").status_code == 404
 
+    def test_errors_are_problem_documents_with_a_stable_code(self, api, merchant):
+        missing = api.get("/v1/payments/pay_nope")
+        body = {"merchant_id": merchant, "merchant_order_no": "http-p", "amount": 10.5,
+                "currency": "EUR", "method": "card"}
+        invalid = api.post("/v1/payments", json=body, headers={"Idempotency-Key": "k"})
+        no_route = api.get("/v1/nothing-here")
+
+        for response in (missing, invalid, no_route):
+            assert response.headers["content-type"] == "application/problem+json"
+        assert missing.json() == {
+            "type": "urn:paycore:problem:payment_not_found", "title": "Not found",
+            "status": 404, "detail": "payment pay_nope not found",
+            "instance": "/v1/payments/pay_nope", "code": "payment_not_found"}
+        problem = invalid.json()
+        assert (problem["status"], problem["code"]) == (422, "invalid_request")
+        assert [e["field"] for e in problem["errors"]] == ["body.amount"]
+        assert no_route.json()["code"] == "not_found"
+
+    def test_a_body_over_the_limit_is_refused_before_it_is_read(self, api, merchant):
+        body = {"merchant_id": merchant, "merchant_order_no": "http-big", "amount": 100,
+                "currency": "EUR", "method": "card",
+                "payer": {"customer_id": "c" * 70_000}}
+
+        response = api.post("/v1/payments", json=body, headers={"Idempotency-Key": "big"})
+
+        assert response.status_code == 413
+        assert response.json()["code"] == "body_too_large"
+
     def test_manual_capture_over_http(self, api, merchant):
         body = {"merchant_id": merchant, "merchant_order_no": "http-4", "amount": 5_000,
                 "currency": "USD", "method": "card", "capture": "manual"}

@@ -1,0 +1,88 @@
+"""Errors as RFC 9457 problem details: ``application/problem+json`` with a stable ``code``.
+
+Every error the API answers has the same shape: ``type`` (a URN naming the code), ``title``,
+``status``, ``detail``, ``instance`` (the request path), ``code`` (stable, for programs)
+and, for invalid requests, ``errors`` naming each field. Request bodies over
+``BODY_BYTES_MAX`` are refused before they are read into a model.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+MEDIA_TYPE = "application/problem+json"
+BODY_BYTES_MAX = 64 * 1024
+_TITLES = {400: "Bad request", 404: "Not found", 405: "Method not allowed",
+           409: "Conflict", 411: "Length required", 413: "Request body too large",
+           422: "Invalid request", 500: "Internal error", 503: "Not ready"}
+_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large",
+          422: "invalid_request", 500: "internal_error", 503: "not_ready"}
+
+
+class Problem(Exception):
+    """Raise in a route: answered as a problem document with this status and code."""
+
+    def __init__(self, status: int, code: str, detail: str, errors: list | None = None):
+        super().__init__(detail)
+        self.status, self.code, self.detail, self.errors = status, code, detail, errors
+
+
+def document(status: int, code: str, detail: str, instance: str,
+             errors: list | None = None) -> JSONResponse:
+    body = {"type": f"urn:paycore:problem:{code}", "title": _TITLES.get(status, "Error"),
+            "status": status, "detail": detail, "instance": instance, "code": code}
+    if errors is not None:
+        body["errors"] = errors
+    return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE)
+
+
+def field_errors(errors) -> list[dict]:
+    """Pydantic's errors as ``{"field": "body.amount", "message": ...}``, in order."""
+    return [{"field": ".".join(str(part) for part in e["loc"]), "message": e["msg"]}
+            for e in errors]
+
+
+def install(app: FastAPI) -> None:
+    """Problem documents for every error, and the body size limit."""
+
+    @app.exception_handler(Problem)
+    async def _problem(request: Request, exc: Problem):
+        return document(exc.status, exc.code, exc.detail, request.url.path, exc.errors)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        errors = field_errors(exc.errors())
+        fields = ", ".join(e["field"] for e in errors)
+        return document(422, "invalid_request", f"invalid: {fields}", request.url.path,
+                        errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        code = _CODES.get(exc.status_code, f"http_{exc.status_code}")
+        return document(exc.status_code, code, str(exc.detail), request.url.path)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return document(500, "internal_error", "an unexpected error; see the API log",
+                        request.url.path)
+
+    @app.middleware("http")
+    async def _body_limit(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > BODY_BYTES_MAX:
+            return document(413, "body_too_large",
+                            f"request body of {length} bytes; at most {BODY_BYTES_MAX}",
+                            request.url.path)
+        if request.method in ("POST", "PUT", "PATCH") and length is None and \
+                request.headers.get("transfer-encoding", "").lower() == "chunked":
+            return document(411, "length_required", "send the body with a Content-Length",
+                            request.url.path)
+        return await call_next(request)
