@@ -66,7 +66,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
         code = _CODES.get(exc.status_code, f"http_{exc.status_code}")
-        return document(exc.status_code, code, str(exc.detail), request.url.path)
+        answer = document(exc.status_code, code, str(exc.detail), request.url.path)
+        for name, value in (exc.headers or {}).items():  # a 405's Allow, for one
+            answer.headers[name] = value
+        return answer
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):

@@ -92,6 +92,24 @@ class TestPayments:
         assert [e["field"] for e in problem["errors"]] == ["body.amount"]
         assert no_route.json()["code"] == "not_found"
 
+    def test_a_method_not_allowed_says_which_are(self, api):
+        response = api.request("DELETE", "/v1/recon/report")
+
+        assert response.status_code == 405 and response.headers["allow"] == "GET"
+        assert response.json()["code"] == "method_not_allowed"
+
+    def test_the_schema_says_which_currencies_and_ids_are_valid(self, api, merchant):
+        body = {"merchant_id": merchant, "merchant_order_no": "bad order", "amount": 100,
+                "currency": "ZZZ", "method": "card"}
+
+        response = api.post("/v1/payments", json=body, headers={"Idempotency-Key": "z"})
+        schema = api.get("/openapi.json").json()["components"]["schemas"]["PaymentRequest"]
+
+        assert [e["field"] for e in response.json()["errors"]] == [
+            "body.merchant_order_no", "body.currency"]
+        assert "EUR" in schema["properties"]["currency"]["enum"]
+        assert schema["properties"]["merchant_order_no"]["pattern"]
+
     def test_a_body_over_the_limit_is_refused_before_it_is_read(self, api, merchant):
         body = {"merchant_id": merchant, "merchant_order_no": "http-big", "amount": 100,
                 "currency": "EUR", "method": "card",
