@@ -10,10 +10,11 @@ from typing import Annotated, Literal
 
 from aiokafka import AIOKafkaProducer
 from fastapi import FastAPI, Header, Query, Response
+from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from api.problems import Problem, field_errors, install
+from api.problems import COMMON, Problem, field_errors, install, responses
 from api.read_model import PaymentsView
 from domain.commands import (
     AmountMinor,
@@ -97,7 +98,7 @@ def create_api(settings: Settings) -> FastAPI:
         key = key or getattr(cmd, "merchant_order_no", "") or cmd.subject_id()
         await state["producer"].send_and_wait(t.COMMANDS, key=key.encode(), value=raw)
 
-    app = FastAPI(title="paycore", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="paycore", version="0.1.0", lifespan=lifespan, responses=COMMON)
     install(app)
     _payment_routes(app, view, publish)
     _follow_up_routes(app, view, publish)
@@ -152,11 +153,11 @@ def _payment_routes(app: FastAPI, view: PaymentsView, publish) -> None:
         return {"payment_id": payment_id, "status": row["status"] if row else "accepted",
                 "payment": row}
 
-    @app.get("/v1/payments/{payment_id}")
+    @app.get("/v1/payments/{payment_id}", responses=responses(404))
     async def get_payment(payment_id: str):
         return {**_found(view, payment_id), "rejections": view.rejections.get(payment_id, [])}
 
-    @app.get("/v1/payments")
+    @app.get("/v1/payments", responses=responses(404))
     async def find_payment(merchant_id: str, merchant_order_no: str):
         payment_id = view.by_order_no.get((merchant_id, merchant_order_no))
         if payment_id is None:
@@ -169,23 +170,23 @@ def _follow_up_routes(app: FastAPI, view: PaymentsView, publish) -> None:
         row = _found(view, payment_id)
         return {"merchant_id": row["merchant_id"], "merchant_order_no": row["merchant_order_no"]}
 
-    @app.post("/v1/payments/{payment_id}/capture", status_code=202)
+    @app.post("/v1/payments/{payment_id}/capture", status_code=202, responses=responses(404))
     async def capture(payment_id: str, body: AmountRequest, idempotency_key: IdempotencyKey):
         await publish(_build(Capture, **order_of(payment_id), idempotency_key=idempotency_key,
                              amount_minor=body.amount))
         return {"payment_id": payment_id, "status": "capture_requested"}
 
-    @app.post("/v1/payments/{payment_id}/void", status_code=202)
+    @app.post("/v1/payments/{payment_id}/void", status_code=202, responses=responses(404))
     async def void(payment_id: str, idempotency_key: IdempotencyKey):
         await publish(_build(Void, **order_of(payment_id), idempotency_key=idempotency_key))
         return {"payment_id": payment_id, "status": "void_requested"}
 
-    @app.post("/v1/payments/{payment_id}/revoke", status_code=202)
+    @app.post("/v1/payments/{payment_id}/revoke", status_code=202, responses=responses(404))
     async def revoke(payment_id: str, idempotency_key: IdempotencyKey):
         await publish(_build(Revoke, **order_of(payment_id), idempotency_key=idempotency_key))
         return {"payment_id": payment_id, "status": "revoke_requested"}
 
-    @app.get("/v1/mandates/{merchant_id}/{mandate_id}")
+    @app.get("/v1/mandates/{merchant_id}/{mandate_id}", responses=responses(404))
     async def get_mandate(merchant_id: str, mandate_id: str):
         key = mandate_key_for(merchant_id, mandate_id)
         row = view.mandates.get(key)
@@ -193,7 +194,7 @@ def _follow_up_routes(app: FastAPI, view: PaymentsView, publish) -> None:
             raise Problem(404, "mandate_not_found", f"mandate {mandate_id} not found")
         return {**row, "rejections": view.rejections.get(key, [])}
 
-    @app.post("/v1/payments/{payment_id}/refunds", status_code=202)
+    @app.post("/v1/payments/{payment_id}/refunds", status_code=202, responses=responses(404))
     async def refund(payment_id: str, body: RefundRequest, idempotency_key: IdempotencyKey):
         await publish(_build(Refund, **order_of(payment_id), idempotency_key=idempotency_key,
                              refund_id=body.refund_id, amount_minor=body.amount))
@@ -201,14 +202,14 @@ def _follow_up_routes(app: FastAPI, view: PaymentsView, publish) -> None:
 
 
 def _account_routes(app: FastAPI, view: PaymentsView) -> None:
-    @app.get("/v1/accounts/{account_id}/balance")
+    @app.get("/v1/accounts/{account_id}/balance", responses=responses(404))
     async def balance(account_id: str):
         found = view.balance(account_id)
         if found is None:
             raise Problem(404, "account_not_found", f"account {account_id} has no entries")
         return found
 
-    @app.get("/v1/accounts/{account_id}/entries")
+    @app.get("/v1/accounts/{account_id}/entries", responses=responses(404))
     async def entries(account_id: str, limit: int = Query(default=100, ge=1, le=1_000)):
         legs = list(view.journal.get(account_id, ()))[-limit:]
         if not legs and view.balance(account_id) is None:
@@ -233,7 +234,7 @@ def _health_routes(app: FastAPI, view: PaymentsView, state: dict) -> None:
     async def healthz():
         return {"ok": True}
 
-    @app.get("/readyz")
+    @app.get("/readyz", responses=responses(503))
     async def readyz():
         if state["follower"].done():
             raise Problem(503, "not_ready", "read model stopped; see the API log")
@@ -241,6 +242,6 @@ def _health_routes(app: FastAPI, view: PaymentsView, state: dict) -> None:
             raise Problem(503, "not_ready", "read model still catching up")
         return {"ok": True, "payments": len(view.payments)}
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics():
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -13,6 +13,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -22,8 +23,30 @@ BODY_BYTES_MAX = 64 * 1024
 _TITLES = {400: "Bad request", 404: "Not found", 405: "Method not allowed",
            409: "Conflict", 411: "Length required", 413: "Request body too large",
            422: "Invalid request", 500: "Internal error", 503: "Not ready"}
-_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large",
+_CODES = {400: "malformed_body", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large",
           422: "invalid_request", 500: "internal_error", 503: "not_ready"}
+
+
+class ProblemDocument(BaseModel):
+    """The shape of every error answer (RFC 9457, plus ``code`` and ``errors``)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str
+    code: str
+    errors: list[dict] | None = None
+
+
+def responses(*statuses: int) -> dict:
+    """OpenAPI ``responses`` entries for the problem documents a route may answer."""
+    return {status: {"model": ProblemDocument, "description": _TITLES.get(status, "Error"),
+                     "content": {MEDIA_TYPE: {}}} for status in statuses}
+
+
+COMMON = responses(400, 413, 422, 500)
+"""Any route: a body that is not JSON, too large, an invalid request, an unexpected error."""
 
 
 class Problem(Exception):

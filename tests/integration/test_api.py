@@ -110,6 +110,22 @@ class TestPayments:
         assert "EUR" in schema["properties"]["currency"]["enum"]
         assert schema["properties"]["merchant_order_no"]["pattern"]
 
+    def test_the_openapi_document_declares_the_problem_answers(self, api):
+        paths = api.get("/openapi.json").json()["paths"]
+
+        answers = paths["/v1/payments/{payment_id}"]["get"]["responses"]
+        created = paths["/v1/payments"]["post"]["responses"]
+
+        for status in ("404", "413", "422", "500"):
+            assert "application/problem+json" in answers[status]["content"], status
+        assert {"202", "413", "422"} <= set(created)
+
+    def test_a_body_that_is_not_json_is_a_malformed_body_problem(self, api):
+        response = api.post("/v1/payments", content=b"\xff{not json",
+                            headers={"Idempotency-Key": "m", "Content-Type": "application/json"})
+
+        assert (response.status_code, response.json()["code"]) == (400, "malformed_body")
+
     def test_a_body_over_the_limit_is_refused_before_it_is_read(self, api, merchant):
         body = {"merchant_id": merchant, "merchant_order_no": "http-big", "amount": 100,
                 "currency": "EUR", "method": "card",
