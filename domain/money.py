@@ -15,6 +15,17 @@ AMOUNT_MINOR_MAX = 10**13
 """Largest single amount we accept (10^11 major units at exponent 2): a limit on everything."""
 
 
+def decimal_text(amount_minor: int, currency: str, grouped: bool = False) -> str:
+    """Minor units as the currency's decimal: ``123456`` EUR -> ``"1234.56"`` (``grouped``:
+    ``"1,234.56"``); JPY -> ``"1234"``; KWD ``1234`` -> ``"1.234"``. Text for people and
+    files only: money is never computed from it."""
+    exponent = CURRENCY_EXPONENTS[currency]
+    sign = "-" if amount_minor < 0 else ""
+    units, minor = divmod(abs(amount_minor), 10**exponent)
+    whole = f"{units:,}" if grouped else str(units)
+    return sign + whole + (f".{minor:0{exponent}d}" if exponent else "")
+
+
 def is_known_currency(code: str) -> bool:
     return code in CURRENCY_EXPONENTS
 

@@ -40,10 +40,9 @@ from domain.events import (
     SettlementReported,
 )
 from domain.ids import derive_id
+from domain.routing import INTERNAL_CHANNEL
 
 DAY_MS = 86_400_000
-INTERNAL_CHANNEL = "internal"
-"""Balance payments: no channel, nothing to settle (``domain.routing.INTERNAL_CHANNEL``)."""
 
 
 class ExceptionKind(str, Enum):

@@ -22,7 +22,7 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable, TextIO
 
-from domain.money import CURRENCY_EXPONENTS
+from domain.money import CURRENCY_EXPONENTS, decimal_text
 from domain.recon import ExceptionKind, ReconException, ReconStatus, Tally
 from paycore.text import table as text_table
 from streams import topics as t
@@ -151,12 +151,9 @@ def exception_row(exception: ReconException) -> dict:
 def amount_text(amount_minor: int, currency: str) -> str:
     """``123456`` EUR -> ``"1,234.56"`` (the currency's exponent); an unknown currency
     stays in minor units."""
-    exponent = CURRENCY_EXPONENTS.get(currency)
-    if exponent is None:
+    if currency not in CURRENCY_EXPONENTS:
         return f"{amount_minor:,}"
-    sign = "-" if amount_minor < 0 else ""
-    whole, part = divmod(abs(amount_minor), 10**exponent)
-    return f"{sign}{whole:,}" + (f".{part:0{exponent}d}" if exponent else "")
+    return decimal_text(amount_minor, currency, grouped=True)
 
 
 def table(headers: list[str], rows: list[list[str]], align: str) -> str:

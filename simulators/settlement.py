@@ -33,6 +33,7 @@ from lxml import etree
 from domain.events import SettlementReported
 from domain.ids import derive_id
 from domain.money import CURRENCY_EXPONENTS, fee_minor, is_known_currency
+from domain.money import decimal_text as money_text
 from domain.recon import SettlementClosed
 from streams.envelope import child, encode
 
@@ -306,13 +307,10 @@ def _grouped_by_currency(lines: list[Line]) -> list[Line]:
 
 
 def decimal_text(amount_minor: int, currency: str) -> str:
-    """``1234`` EUR -> ``"12.34"``; JPY -> ``"1234"``; KWD -> ``"1.234"``."""
-    exponent = CURRENCY_EXPONENTS[currency]
+    """``1234`` EUR -> ``"12.34"``; JPY -> ``"1234"``; KWD -> ``"1.234"`` (never negative
+    in a settlement file)."""
     assert amount_minor >= 0, amount_minor
-    if exponent == 0:
-        return str(amount_minor)
-    units, minor = divmod(amount_minor, 10**exponent)
-    return f"{units}.{minor:0{exponent}d}"
+    return money_text(amount_minor, currency)
 
 
 def minor_from_decimal(amount: Decimal, currency: str) -> int:

@@ -145,3 +145,23 @@ def _logs(stack: Stack) -> str:
         text = part.log_path.read_text(errors="replace")[-3000:]
         out.append(f"--- {part.name} ---\n{text}")
     return "\n".join(out)
+
+
+@pytest.fixture
+def api(stack, stack_settings):
+    """An HTTP client on the stack's API, once its read model has caught up."""
+    import time
+
+    import httpx
+
+    with httpx.Client(base_url=f"http://127.0.0.1:{stack_settings.api_port}",
+                      timeout=40) as client:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if client.get("/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        yield client

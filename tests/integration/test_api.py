@@ -2,26 +2,10 @@
 
 from __future__ import annotations
 
-import httpx
 import pytest
 
 pytestmark = pytest.mark.integration
 
-
-@pytest.fixture
-def api(stack, stack_settings):
-    base = f"http://127.0.0.1:{stack_settings.api_port}"
-    with httpx.Client(base_url=base, timeout=40) as client:
-        for _ in range(100):
-            try:
-                if client.get("/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            import time
-
-            time.sleep(0.2)
-        yield client
 
 
 class TestPayments:

@@ -7,7 +7,6 @@ import json
 import time
 import urllib.request
 
-import httpx
 import pytest
 from helpers import pay, read_topic, wait_for_final
 
@@ -24,12 +23,6 @@ def _send(producer, command: dict) -> None:
                   value=json.dumps(command).encode())
     producer.flush()
 
-
-@pytest.fixture
-def api(stack, stack_settings):
-    with httpx.Client(base_url=f"http://127.0.0.1:{stack_settings.api_port}",
-                      timeout=20) as client:
-        yield client
 
 
 def _poll_json(get, done, timeout_s: float = 20):

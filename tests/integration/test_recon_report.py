@@ -17,7 +17,6 @@ import uuid
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
-import httpx
 import pytest
 
 from domain.recon import ExceptionKind, ReconException, ReconStatus, Tally
@@ -104,20 +103,6 @@ def test_cli_prints_and_writes_report(stack, stack_settings, producer, tmp_path)
     assert [r["line_id"] for r in rows if r["exception_id"] == ours["exception_id"]] == [
         f"line-{ours['channel']}"]
 
-
-@pytest.fixture
-def api(stack, stack_settings):
-    base = f"http://127.0.0.1:{stack_settings.api_port}"
-    with httpx.Client(base_url=base, timeout=40) as client:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if client.get("/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        yield client
 
 
 def test_api_serves_report_from_read_model(api, producer):

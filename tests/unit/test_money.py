@@ -120,3 +120,12 @@ class TestFee:
         assert net_now >= 0
         if bps <= 10_000:
             assert net_next >= net_now
+
+
+def test_decimal_text_follows_the_currency_exponent_sign_and_grouping():
+    from domain.money import decimal_text
+
+    assert [decimal_text(123456, "EUR"), decimal_text(123456, "EUR", grouped=True),
+            decimal_text(-5, "USD"), decimal_text(1234, "JPY", grouped=True),
+            decimal_text(1234, "KWD"), decimal_text(0, "EUR")] == [
+        "1234.56", "1,234.56", "-0.05", "1,234", "1.234", "0.00"]
