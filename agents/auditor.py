@@ -10,17 +10,16 @@ its model). Each check is a Prometheus counter; each violation also goes to
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from domain.audit import Auditor, Violation
+from domain.audit import Auditor, AuditStatus, Violation
 from domain.events import HoldChanged, LegApplied
 from streams import topics as t
 from streams.accounts_config import load_accounts
-from streams.envelope import UndecodableEnvelope, dead_letter, decode
+from streams.envelope import UndecodableEnvelope, child, dead_letter, decode, encode
 from streams.metrics import (
     AUDIT_CHECKS,
     AUDIT_EVENTS,
@@ -46,7 +45,7 @@ async def run_auditor(settings: Settings, stop: asyncio.Event) -> Auditor:
         tps = [TopicPartition(t.LEDGER_ENTRIES, p) for p in range(settings.partitions)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        reported = time.monotonic()
+        reported, published = 0.0, None
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=200, max_records=2000)
             for records in batch.values():
@@ -55,11 +54,29 @@ async def run_auditor(settings: Settings, stop: asyncio.Event) -> Auditor:
             _export(auditor)
             if time.monotonic() - reported > STATUS_EVERY_S:
                 reported = time.monotonic()
+                published = await _publish(auditor, producer, published)
                 log.info("audit: %s", status(auditor))
     finally:
         await consumer.stop()
         await producer.stop()
     return auditor
+
+
+async def _publish(auditor: Auditor, producer, published: AuditStatus | None
+                   ) -> AuditStatus | None:
+    """The status on pay.audit.status when it changed (the API's ledger audit status)."""
+    at = int(time.time() * 1000)
+    current = auditor.status(at)
+    if published is not None and current.model_copy(update={"at_ms": published.at_ms}) \
+            == published:
+        return published
+    try:
+        await producer.send_and_wait(t.AUDIT_STATUS, key=b"auditor", value=encode(
+            child(f"audit-status-{at}", current, 0, at)))
+    except Exception as exc:  # the next tick publishes again
+        log.warning("audit status not published: %r", exc)
+        return published
+    return current
 
 
 async def _audit(auditor: Auditor, record, producer) -> None:
@@ -103,10 +120,4 @@ def _export(auditor: Auditor) -> None:
 
 
 def status(auditor: Auditor) -> str:
-    return json.dumps({
-        "checks": {k.value: v for k, v in auditor.checked.items()},
-        "violations": {k.value: v for k, v in auditor.violations.items()},
-        "entries_completed": auditor.entries_completed,
-        "open_entries": auditor.open_entries(), "in_flight": auditor.in_flight(),
-        "copies_dropped": auditor.copies_dropped,
-    })
+    return auditor.status(0).model_dump_json(exclude={"at_ms"})

@@ -1,19 +1,28 @@
-"""FastAPI app: publishes commands to ``pay.commands``, answers queries from the read model."""
+"""FastAPI app: publishes commands to ``pay.commands``, answers queries from the read model.
+
+Every route but health and metrics needs an API key (``api.auth``). A merchant's key acts
+for that merchant only: its payments, accounts, mandates and webhook endpoint; anything
+else answers 404, exactly as if it did not exist. The ops key reads everything and is the
+only key for ``/v1/ops/*`` (risk review decisions, reconciliation, ledger audit).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import time
 from datetime import datetime, timezone
 from typing import Annotated, Literal
 
 from aiokafka import AIOKafkaProducer
-from fastapi import FastAPI, Header, Query, Response
+from aiokafka.admin import AIOKafkaAdminClient
+from fastapi import Depends, FastAPI, Header, Query, Response
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError
 
+from api.auth import KeyRing, Principal, authenticator
 from api.problems import COMMON, Problem, field_errors, install, responses
 from api.read_model import PaymentsView
 from domain.commands import (
@@ -26,57 +35,105 @@ from domain.commands import (
     Pay,
     Payer,
     Refund,
+    Review,
+    ReviewDecision,
     Revoke,
+    SignMandate,
     SplitShare,
+    TerminateMandate,
+    TopUp,
+    Transfer,
     Void,
+    Withdraw,
 )
 from domain.ids import mandate_key_for, payment_id_for
 from domain.money import CURRENCY_EXPONENTS
 from domain.orders import FINAL_FOR_CLIENTS
+from domain.recon import ExceptionKind
+from domain.webhooks import Endpoint
 from streams import topics as t
+from streams.app import now_ms
+from streams.envelope import child, encode
 from streams.settings import Settings
 
-IdempotencyKey = Annotated[str, Header(alias="Idempotency-Key", min_length=1, max_length=64)]
+IdempotencyKey = Annotated[str, Header(alias="Idempotency-Key", min_length=1, max_length=64,
+                                       pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 WAIT_S_MAX = 30
+CATCH_UP_S = 10
+READY_CACHE_S = 1.0
 _STOP_AT = {s.value for s in FINAL_FOR_CLIENTS}
-
+_AUTHORIZED = {"authorized", "succeeded"}
 
 CurrencyCode = Literal[tuple(sorted(CURRENCY_EXPONENTS))]  # type: ignore[valid-type]
 """ISO 4217 codes the core knows: an enum in the OpenAPI document, so a client (or a fuzzer)
 knows which are valid before it asks."""
 
 
-class PaymentRequest(BaseModel):
+class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    merchant_id: Identifier
+
+class PaymentRequest(_Body):
     merchant_order_no: Identifier
     amount: AmountMinor = Field(description="integer minor units")
     currency: CurrencyCode
     method: Method
     capture: CaptureMode = CaptureMode.auto
     payer: Payer = Payer()
-    mandate_id: str | None = None
+    mandate_id: Identifier | None = Field(default=None,
+                                          description="required with method mandate")
     split: tuple[SplitShare, ...] = ()
 
 
-class AmountRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class TransferRequest(_Body):
+    merchant_order_no: Identifier
+    from_account_id: Identifier
+    to_account_id: Identifier
+    amount: AmountMinor
+    currency: CurrencyCode
 
+
+class WalletRequest(_Body):
+    """A top-up (a channel pays into the wallet) or a withdrawal (the wallet pays out)."""
+
+    merchant_order_no: Identifier
+    account_id: Identifier
+    amount: AmountMinor
+    currency: CurrencyCode
+    method: Literal["card", "bank", "wallet"]
+
+
+class MandateRequest(_Body):
+    mandate_id: Identifier
+    payer_account_id: Identifier
+    currency: CurrencyCode
+    amount_max: AmountMinor = Field(description="the most one collection may take")
+
+
+class AmountRequest(_Body):
     amount: AmountMinor | None = None
 
 
-class RefundRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class RefundRequest(_Body):
     refund_id: Identifier
     amount: AmountMinor
+
+
+class ReviewRequest(_Body):
+    decision: ReviewDecision
+    reviewer: Identifier
+    comment: str = Field(default="", max_length=500)
+
+
+class EndpointRequest(_Body):
+    url: AnyHttpUrl = Field(description="http(s) URL receiving POSTed events")
 
 
 def create_api(settings: Settings) -> FastAPI:
     """The app: a producer to pay.commands and a read model following pay.events."""
     view = PaymentsView()
-    state: dict = {}
+    state: dict = {"ready_at": 0.0, "ready": None}
+    ring = KeyRing.from_settings(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -98,13 +155,23 @@ def create_api(settings: Settings) -> FastAPI:
         key = key or getattr(cmd, "merchant_order_no", "") or cmd.subject_id()
         await state["producer"].send_and_wait(t.COMMANDS, key=key.encode(), value=raw)
 
+    async def send(topic: str, key: str, body) -> None:
+        at = now_ms()
+        await state["producer"].send_and_wait(
+            topic, key=key.encode(), value=encode(child(f"api-{topic}-{key}-{at}", body, 0, at)))
+
     app = FastAPI(title="paycore", version="0.1.0", lifespan=lifespan, responses=COMMON)
     install(app)
-    _payment_routes(app, view, publish)
-    _follow_up_routes(app, view, publish)
-    _account_routes(app, view)
-    _recon_routes(app, view)
-    _health_routes(app, view, state)
+    caller, merchant, ops = authenticator(ring)
+    keys = {"caller": caller, "merchant": merchant, "ops": ops}
+    _payment_routes(app, view, publish, keys)
+    _follow_up_routes(app, view, publish, keys)
+    _product_routes(app, publish, keys)
+    _mandate_routes(app, view, publish, keys)
+    _account_routes(app, view, keys)
+    _webhook_routes(app, view, send, keys)
+    _ops_routes(app, view, publish, keys)
+    _health_routes(app, view, state, settings)
     app.state.view = view
     return app
 
@@ -120,128 +187,364 @@ def _build(cls, **fields):
                       errors) from exc
 
 
-def _found(view: PaymentsView, payment_id: str) -> dict:
+def _found(view: PaymentsView, payment_id: str, who: Principal) -> dict:
+    """The payment if this caller may see it; 404 alike for absent and not theirs."""
     row = view.payments.get(payment_id)
-    if row is None:
+    if row is None or not who.owns(row["merchant_id"]):
         raise Problem(404, "payment_not_found", f"payment {payment_id} not found")
     return row
 
 
-async def _wait_for(view: PaymentsView, payment_id: str, wait_s: float) -> dict | None:
-    """The payment once it is final or needs the merchant's action, or when time is up."""
-    deadline = time.monotonic() + min(wait_s, WAIT_S_MAX)
+def _answer(view: PaymentsView, row: dict) -> dict:
+    """A payment as clients see it: status, the three identifiers, the amounts, history."""
+    authorized = any(h["status"] in _AUTHORIZED for h in row["history"])
+    return {**row, "version": len(row["history"]),
+            "authorized_minor": row["amount_minor"] if authorized else 0,
+            "rejections": view.rejections.get(row["payment_id"], [])}
+
+
+async def _until(view: PaymentsView, ready, timeout_s: float) -> bool:
+    """Wait until ``ready()`` holds or the time is up; whether it holds."""
+    deadline = time.monotonic() + timeout_s
     async with view.changed:
-        while True:
-            row = view.payments.get(payment_id)
-            if row and row["status"] in _STOP_AT or time.monotonic() >= deadline:
-                return row
+        while not ready():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(view.changed.wait(), deadline - time.monotonic())
+                await asyncio.wait_for(view.changed.wait(), left)
+    return True
 
 
-def _payment_routes(app: FastAPI, view: PaymentsView, publish) -> None:
-    @app.post("/v1/payments", status_code=202)
+def _payment_routes(app: FastAPI, view: PaymentsView, publish, keys: dict) -> None:
+    merchant, caller = keys["merchant"], keys["caller"]
+
+    @app.post("/v1/payments", status_code=202, responses=responses(401, 403))
     async def create_payment(body: PaymentRequest, idempotency_key: IdempotencyKey,
+                             who: Principal = Depends(merchant),
                              wait: float = Query(default=0, ge=0, le=WAIT_S_MAX)):
-        cmd = _build(Pay, merchant_id=body.merchant_id, idempotency_key=idempotency_key,
+        """Create a payment. With ``wait`` the answer comes when the payment is final or
+        needs an action (capture, review), or when the seconds are up."""
+        cmd = _build(Pay, merchant_id=who.merchant_id, idempotency_key=idempotency_key,
                      merchant_order_no=body.merchant_order_no, amount_minor=body.amount,
                      currency=body.currency, method=body.method, capture=body.capture,
                      payer=body.payer, mandate_id=body.mandate_id, split=body.split)
         await publish(cmd, cmd.merchant_order_no)
         payment_id = payment_id_for(cmd.merchant_id, cmd.merchant_order_no)
-        row = await _wait_for(view, payment_id, wait) if wait else view.payments.get(payment_id)
+        if wait:
+            await _until(view, lambda: (view.payments.get(payment_id) or {}).get(
+                "status") in _STOP_AT, wait)
+        row = view.payments.get(payment_id)
         return {"payment_id": payment_id, "status": row["status"] if row else "accepted",
-                "payment": row}
+                "payment": _answer(view, row) if row else None}
 
-    @app.get("/v1/payments/{payment_id}", responses=responses(404))
-    async def get_payment(payment_id: str):
-        return {**_found(view, payment_id), "rejections": view.rejections.get(payment_id, [])}
+    @app.get("/v1/payments/{payment_id}", responses=responses(401, 404, 503))
+    async def get_payment(payment_id: str, who: Principal = Depends(caller),
+                          min_version: int = Query(default=0, ge=0, le=10_000)):
+        """A payment. ``min_version`` (a ``version`` seen before, say from a ``wait``) makes
+        this replica catch up to it first, so a read never goes back in time."""
+        if min_version and not await _until(view, lambda: len(
+                (view.payments.get(payment_id) or {"history": ()})["history"]) >= min_version,
+                CATCH_UP_S):
+            raise Problem(503, "not_caught_up", "this replica is behind; retry",
+                          headers={"Retry-After": "1"})
+        return _answer(view, _found(view, payment_id, who))
 
-    @app.get("/v1/payments", responses=responses(404))
-    async def find_payment(merchant_id: str, merchant_order_no: str):
-        payment_id = view.by_order_no.get((merchant_id, merchant_order_no))
-        if payment_id is None:
+    @app.get("/v1/payments", responses=responses(401, 404))
+    async def find_payment(merchant_order_no: str, who: Principal = Depends(caller),
+                           merchant_id: str | None = Query(
+                               default=None, description="ops only: whose order")):
+        owner = merchant_id if who.ops else who.merchant_id
+        payment_id = view.by_order_no.get((owner or "", merchant_order_no))
+        if payment_id is None or (merchant_id and not who.owns(merchant_id)):
             raise Problem(404, "payment_not_found", "no payment for that merchant order")
-        return _found(view, payment_id)
+        return _answer(view, _found(view, payment_id, who))
 
 
-def _follow_up_routes(app: FastAPI, view: PaymentsView, publish) -> None:
-    def order_of(payment_id: str) -> dict:
-        row = _found(view, payment_id)
+def _follow_up_routes(app: FastAPI, view: PaymentsView, publish, keys: dict) -> None:
+    merchant = keys["merchant"]
+    scoped = responses(401, 403, 404)
+
+    def order_of(payment_id: str, who: Principal) -> dict:
+        row = _found(view, payment_id, who)
         return {"merchant_id": row["merchant_id"], "merchant_order_no": row["merchant_order_no"]}
 
-    @app.post("/v1/payments/{payment_id}/capture", status_code=202, responses=responses(404))
-    async def capture(payment_id: str, body: AmountRequest, idempotency_key: IdempotencyKey):
-        await publish(_build(Capture, **order_of(payment_id), idempotency_key=idempotency_key,
-                             amount_minor=body.amount))
+    @app.post("/v1/payments/{payment_id}/capture", status_code=202, responses=scoped)
+    async def capture(payment_id: str, body: AmountRequest, idempotency_key: IdempotencyKey,
+                      who: Principal = Depends(merchant)):
+        await publish(_build(Capture, **order_of(payment_id, who),
+                             idempotency_key=idempotency_key, amount_minor=body.amount))
         return {"payment_id": payment_id, "status": "capture_requested"}
 
-    @app.post("/v1/payments/{payment_id}/void", status_code=202, responses=responses(404))
-    async def void(payment_id: str, idempotency_key: IdempotencyKey):
-        await publish(_build(Void, **order_of(payment_id), idempotency_key=idempotency_key))
+    @app.post("/v1/payments/{payment_id}/void", status_code=202, responses=scoped)
+    async def void(payment_id: str, idempotency_key: IdempotencyKey,
+                   who: Principal = Depends(merchant)):
+        await publish(_build(Void, **order_of(payment_id, who), idempotency_key=idempotency_key))
         return {"payment_id": payment_id, "status": "void_requested"}
 
-    @app.post("/v1/payments/{payment_id}/revoke", status_code=202, responses=responses(404))
-    async def revoke(payment_id: str, idempotency_key: IdempotencyKey):
-        await publish(_build(Revoke, **order_of(payment_id), idempotency_key=idempotency_key))
+    @app.post("/v1/payments/{payment_id}/revoke", status_code=202, responses=scoped)
+    async def revoke(payment_id: str, idempotency_key: IdempotencyKey,
+                     who: Principal = Depends(merchant)):
+        await publish(_build(Revoke, **order_of(payment_id, who),
+                             idempotency_key=idempotency_key))
         return {"payment_id": payment_id, "status": "revoke_requested"}
 
-    @app.get("/v1/mandates/{merchant_id}/{mandate_id}", responses=responses(404))
-    async def get_mandate(merchant_id: str, mandate_id: str):
-        key = mandate_key_for(merchant_id, mandate_id)
+    @app.post("/v1/payments/{payment_id}/refunds", status_code=202, responses=scoped)
+    async def refund(payment_id: str, body: RefundRequest, idempotency_key: IdempotencyKey,
+                     who: Principal = Depends(merchant)):
+        await publish(_build(Refund, **order_of(payment_id, who),
+                             idempotency_key=idempotency_key, refund_id=body.refund_id,
+                             amount_minor=body.amount))
+        return {"payment_id": payment_id, "status": "refund_requested"}
+
+
+def _product_routes(app: FastAPI, publish, keys: dict) -> None:
+    merchant = keys["merchant"]
+
+    async def accepted(cmd) -> dict:
+        await publish(cmd, cmd.merchant_order_no)
+        return {"payment_id": payment_id_for(cmd.merchant_id, cmd.merchant_order_no),
+                "status": "accepted"}
+
+    @app.post("/v1/transfers", status_code=202, responses=responses(401, 403))
+    async def transfer(body: TransferRequest, idempotency_key: IdempotencyKey,
+                       who: Principal = Depends(merchant)):
+        """Move money between two wallets (the source's funds are frozen first)."""
+        return await accepted(_build(
+            Transfer, merchant_id=who.merchant_id, idempotency_key=idempotency_key,
+            merchant_order_no=body.merchant_order_no, from_account_id=body.from_account_id,
+            to_account_id=body.to_account_id, amount_minor=body.amount,
+            currency=body.currency))
+
+    @app.post("/v1/topups", status_code=202, responses=responses(401, 403))
+    async def topup(body: WalletRequest, idempotency_key: IdempotencyKey,
+                    who: Principal = Depends(merchant)):
+        """Recharge a wallet through a channel."""
+        return await accepted(_build(TopUp, merchant_id=who.merchant_id,
+                                     idempotency_key=idempotency_key,
+                                     **_wallet_fields(body)))
+
+    @app.post("/v1/withdrawals", status_code=202, responses=responses(401, 403))
+    async def withdrawal(body: WalletRequest, idempotency_key: IdempotencyKey,
+                         who: Principal = Depends(merchant)):
+        """Pay out of a wallet through a channel (frozen first, debited on success)."""
+        return await accepted(_build(Withdraw, merchant_id=who.merchant_id,
+                                     idempotency_key=idempotency_key,
+                                     **_wallet_fields(body)))
+
+
+def _wallet_fields(body: WalletRequest) -> dict:
+    return {"merchant_order_no": body.merchant_order_no, "account_id": body.account_id,
+            "amount_minor": body.amount, "currency": body.currency, "method": body.method}
+
+
+def _mandate_routes(app: FastAPI, view: PaymentsView, publish, keys: dict) -> None:
+    merchant, caller = keys["merchant"], keys["caller"]
+
+    def mandate_of(mandate_id: str, owner: str) -> dict:
+        key = mandate_key_for(owner, mandate_id)
         row = view.mandates.get(key)
         if row is None:
             raise Problem(404, "mandate_not_found", f"mandate {mandate_id} not found")
         return {**row, "rejections": view.rejections.get(key, [])}
 
-    @app.post("/v1/payments/{payment_id}/refunds", status_code=202, responses=responses(404))
-    async def refund(payment_id: str, body: RefundRequest, idempotency_key: IdempotencyKey):
-        await publish(_build(Refund, **order_of(payment_id), idempotency_key=idempotency_key,
-                             refund_id=body.refund_id, amount_minor=body.amount))
-        return {"payment_id": payment_id, "status": "refund_requested"}
+    @app.post("/v1/mandates", status_code=202, responses=responses(401, 403))
+    async def sign_mandate(body: MandateRequest, idempotency_key: IdempotencyKey,
+                           who: Principal = Depends(merchant)):
+        """The payer signed a collection mandate: payments with method ``mandate`` may then
+        collect up to ``amount_max`` each from the payer's wallet."""
+        cmd = _build(SignMandate, merchant_id=who.merchant_id, idempotency_key=idempotency_key,
+                     mandate_id=body.mandate_id, payer_account_id=body.payer_account_id,
+                     currency=body.currency, amount_minor_max=body.amount_max)
+        await publish(cmd)
+        return {"mandate_id": body.mandate_id, "status": "sign_requested"}
+
+    @app.delete("/v1/mandates/{mandate_id}", status_code=202, responses=responses(401, 403, 404))
+    async def terminate_mandate(mandate_id: str, idempotency_key: IdempotencyKey,
+                                who: Principal = Depends(merchant)):
+        mandate_of(mandate_id, who.merchant_id)
+        await publish(_build(TerminateMandate, merchant_id=who.merchant_id,
+                             idempotency_key=idempotency_key, mandate_id=mandate_id))
+        return {"mandate_id": mandate_id, "status": "terminate_requested"}
+
+    @app.get("/v1/mandates/{mandate_id}", responses=responses(401, 404))
+    async def get_mandate(mandate_id: str, who: Principal = Depends(caller),
+                          merchant_id: str | None = Query(
+                              default=None, description="ops only: whose mandate")):
+        if merchant_id and not who.owns(merchant_id) or who.ops and not merchant_id:
+            raise Problem(404, "mandate_not_found", f"mandate {mandate_id} not found")
+        return mandate_of(mandate_id, merchant_id if who.ops else who.merchant_id)
 
 
-def _account_routes(app: FastAPI, view: PaymentsView) -> None:
-    @app.get("/v1/accounts/{account_id}/balance", responses=responses(404))
-    async def balance(account_id: str):
-        found = view.balance(account_id)
-        if found is None:
-            raise Problem(404, "account_not_found", f"account {account_id} has no entries")
-        return found
+def _account_routes(app: FastAPI, view: PaymentsView, keys: dict) -> None:
+    caller = keys["caller"]
 
-    @app.get("/v1/accounts/{account_id}/entries", responses=responses(404))
-    async def entries(account_id: str, limit: int = Query(default=100, ge=1, le=1_000)):
-        legs = list(view.journal.get(account_id, ()))[-limit:]
-        if not legs and view.balance(account_id) is None:
-            raise Problem(404, "account_not_found", f"account {account_id} has no entries")
+    def visible(account_id: str, who: Principal) -> None:
+        if view.balance(account_id) is None or not view.may_see(account_id, who):
+            raise Problem(404, "account_not_found", f"account {account_id} not found")
+
+    @app.get("/v1/accounts/{account_id}/balance", responses=responses(401, 404))
+    async def balance(account_id: str, who: Principal = Depends(caller)):
+        """A merchant sees its own accounts and the wallets its payments touched."""
+        visible(account_id, who)
+        return view.balance(account_id)
+
+    @app.get("/v1/accounts/{account_id}/entries", responses=responses(401, 404))
+    async def entries(account_id: str, who: Principal = Depends(caller),
+                      limit: int = Query(default=100, ge=1, le=1_000)):
+        """The latest legs, newest first; on a wallet, a merchant sees its own payments'."""
+        visible(account_id, who)
+        legs = [leg for leg in reversed(view.journal.get(account_id, ()))
+                if view.leg_visible(account_id, leg, who)][:limit]
         return {"account_id": account_id, "entries": [
             {"entry_id": leg.entry_id, "posting_id": leg.posting_id,
              "payment_id": leg.payment_id, "amount_minor": leg.amount_minor,
              "currency": leg.currency, "row": leg.account_id,
-             "row_total_minor": leg.total_minor} for leg in reversed(legs)]}
+             "row_total_minor": leg.total_minor} for leg in legs]}
 
 
-def _recon_routes(app: FastAPI, view: PaymentsView) -> None:
-    @app.get("/v1/recon/report")
-    async def recon_report():
+def _webhook_routes(app: FastAPI, view: PaymentsView, send, keys: dict) -> None:
+    merchant, caller = keys["merchant"], keys["caller"]
+
+    @app.put("/v1/webhooks/endpoint", responses=responses(401, 403))
+    async def set_endpoint(body: EndpointRequest, who: Principal = Depends(merchant)):
+        """Register (or replace) where this merchant's events go. The answer carries the
+        signing secret, once: keep it to verify ``Paycore-Signature``."""
+        endpoint = Endpoint(merchant_id=who.merchant_id, url=str(body.url),
+                            secret=f"whsec_{secrets.token_urlsafe(32)}", version=now_ms(),
+                            at_ms=now_ms())
+        await send(t.WEBHOOK_ENDPOINTS, who.merchant_id, endpoint)
+        ok = await _until(view, lambda: view.endpoint_version(who.merchant_id)
+                          >= endpoint.version, CATCH_UP_S)
+        return {"url": endpoint.url, "secret": endpoint.secret, "version": endpoint.version,
+                "active": ok}
+
+    @app.get("/v1/webhooks/endpoint", responses=responses(401, 403, 404))
+    async def get_endpoint(who: Principal = Depends(merchant)):
+        found = view.endpoints.get(who.merchant_id)
+        if found is None or not found.url:
+            raise Problem(404, "endpoint_not_found", "no webhook endpoint registered")
+        return {"url": found.url, "version": found.version}
+
+    @app.delete("/v1/webhooks/endpoint", status_code=204, responses=responses(401, 403))
+    async def delete_endpoint(who: Principal = Depends(merchant)):
+        """Stop sending; events not yet delivered keep retrying until the retry period ends
+        (register again in time and they arrive)."""
+        await send(t.WEBHOOK_ENDPOINTS, who.merchant_id, Endpoint(
+            merchant_id=who.merchant_id, url="", secret="", version=now_ms(), at_ms=now_ms()))
+        return Response(status_code=204)
+
+    @app.get("/v1/payments/{payment_id}/webhooks", responses=responses(401, 404))
+    async def deliveries(payment_id: str, who: Principal = Depends(caller)):
+        """Each event's delivery: state (retrying, delivered, failed), attempts, last
+        answer, next attempt."""
+        _found(view, payment_id, who)
+        return {"payment_id": payment_id, "deliveries": [
+            d.model_dump(mode="json") for d in view.deliveries.get(payment_id, {}).values()]}
+
+
+def _ops_routes(app: FastAPI, view: PaymentsView, publish, keys: dict) -> None:
+    ops = keys["ops"]
+    only = responses(401, 403)
+
+    @app.get("/v1/ops/reviews", responses=only)
+    async def reviews(who: Principal = Depends(ops)):
+        """Payments held for a risk review, oldest first, with the rules that fired."""
+        rows = sorted((view.payments[p] for p in view.in_review),
+                      key=lambda r: r["history"][-1]["at_ms"])
+        return {"reviews": [_answer(view, r) for r in rows]}
+
+    @app.post("/v1/ops/payments/{payment_id}/review", status_code=202,
+              responses=responses(401, 403, 404))
+    async def review(payment_id: str, body: ReviewRequest, idempotency_key: IdempotencyKey,
+                     who: Principal = Depends(ops)):
+        """Approve or reject a payment held in ``risk_review`` (a command, audited in the
+        payment's history with the reviewer and comment)."""
+        row = _found(view, payment_id, who)
+        await publish(_build(Review, merchant_id=row["merchant_id"],
+                             merchant_order_no=row["merchant_order_no"],
+                             idempotency_key=idempotency_key, decision=body.decision,
+                             reviewer=body.reviewer, comment=body.comment))
+        return {"payment_id": payment_id, "status": "review_requested"}
+
+    @app.get("/v1/ops/recon/report", responses=only)
+    async def recon_report(who: Principal = Depends(ops)):
         """The recon partitions' latest tallies summed, and the exceptions kept in memory
         (``paycore.recon_report.build``); open items age against today's UTC day."""
         return view.recon.report(datetime.now(timezone.utc).date())
 
+    @app.get("/v1/ops/recon/exceptions", responses=only)
+    async def recon_exceptions(who: Principal = Depends(ops), kind: ExceptionKind | None = None,
+                               channel: str | None = None,
+                               limit: int = Query(default=100, ge=1, le=1_000)):
+        """Reconciliation exceptions, newest first, with every record involved."""
+        found = [e for e in reversed(view.recon.exceptions.values())
+                 if (kind is None or e.kind == kind) and (channel is None or e.channel == channel)]
+        return {"exceptions": [e.model_dump(mode="json") for e in found[:limit]],
+                "total": len(found)}
 
-def _health_routes(app: FastAPI, view: PaymentsView, state: dict) -> None:
+    @app.get("/v1/ops/ledger/audit", responses=responses(401, 403, 503))
+    async def ledger_audit(who: Principal = Depends(ops)):
+        """The ledger auditor's latest status: checks run, violations (must be none)."""
+        status = view.audit
+        if status is None:
+            raise Problem(503, "not_ready", "the auditor has not reported yet")
+        return {"ok": status.ok, "age_ms": max(0, now_ms() - status.at_ms),
+                **status.model_dump(mode="json")}
+
+
+def _health_routes(app: FastAPI, view: PaymentsView, state: dict, settings: Settings) -> None:
     @app.get("/healthz")
     async def healthz():
         return {"ok": True}
 
     @app.get("/readyz", responses=responses(503))
     async def readyz():
+        """Ready when the read model is current, the broker answers and a worker holds the
+        partitions (its consumer group has members). Checked at most once a second."""
         if state["follower"].done():
             raise Problem(503, "not_ready", "read model stopped; see the API log")
         if not view.caught_up.is_set():
             raise Problem(503, "not_ready", "read model still catching up")
+        if time.monotonic() - state["ready_at"] > READY_CACHE_S:
+            state["ready"] = await _workers_assigned(settings)
+            state["ready_at"] = time.monotonic()
+        if state["ready"] is not None:
+            raise Problem(503, "not_ready", state["ready"])
         return {"ok": True, "payments": len(view.payments)}
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics():
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _workers_assigned(settings: Settings) -> str | None:
+    """None when the broker answers and the workers' group has members; else why not."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers(),
+                                request_timeout_ms=3000)
+    try:
+        await asyncio.wait_for(admin.start(), 3)
+        groups = await asyncio.wait_for(admin.describe_consumer_groups([group_of(settings)]), 3)
+    except Exception as exc:  # any failure here means: not ready, and why
+        return f"broker not reachable: {type(exc).__name__}"
+    finally:
+        with contextlib.suppress(Exception):
+            await admin.close()
+    members = _members(groups)
+    return None if members else f"no worker in consumer group {group_of(settings)}"
+
+
+def group_of(settings: Settings) -> str:
+    """The workers' consumer group: Faust names it after the app id and its version."""
+    return settings.app_id if settings.app_version == 1 else \
+        f"{settings.app_id}-v{settings.app_version}"
+
+
+def _members(groups) -> int:
+    """Members of the described group (aiokafka answers a DescribeGroupsResponse)."""
+    count = 0
+    for response in groups:
+        for group in getattr(response, "groups", ()):
+            members = group[5] if len(group) > 5 else ()
+            count += len(members)
+    return count

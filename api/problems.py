@@ -13,6 +13,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -20,7 +21,8 @@ log = logging.getLogger(__name__)
 
 MEDIA_TYPE = "application/problem+json"
 BODY_BYTES_MAX = 64 * 1024
-_TITLES = {400: "Bad request", 404: "Not found", 405: "Method not allowed",
+_TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found",
+           405: "Method not allowed",
            409: "Conflict", 411: "Length required", 413: "Request body too large",
            422: "Invalid request", 500: "Internal error", 503: "Not ready"}
 _CODES = {400: "malformed_body", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large",
@@ -52,9 +54,11 @@ COMMON = responses(400, 413, 422, 500)
 class Problem(Exception):
     """Raise in a route: answered as a problem document with this status and code."""
 
-    def __init__(self, status: int, code: str, detail: str, errors: list | None = None):
+    def __init__(self, status: int, code: str, detail: str, errors: list | None = None,
+                 headers: dict[str, str] | None = None):
         super().__init__(detail)
         self.status, self.code, self.detail, self.errors = status, code, detail, errors
+        self.headers = headers or {}
 
 
 def document(status: int, code: str, detail: str, instance: str,
@@ -77,7 +81,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem):
-        return document(exc.status, exc.code, exc.detail, request.url.path, exc.errors)
+        answer = document(exc.status, exc.code, exc.detail, request.url.path, exc.errors)
+        answer.headers.update(exc.headers)
+        return answer
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
@@ -90,8 +96,12 @@ def install(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException):
         code = _CODES.get(exc.status_code, f"http_{exc.status_code}")
         answer = document(exc.status_code, code, str(exc.detail), request.url.path)
-        for name, value in (exc.headers or {}).items():  # a 405's Allow, for one
+        for name, value in (exc.headers or {}).items():
             answer.headers[name] = value
+        if exc.status_code == 405:  # every method of the path, not only the matched route's
+            answer.headers["Allow"] = ", ".join(sorted(
+                {m for route in request.app.routes if isinstance(route, APIRoute)
+                 and route.path_regex.match(request.url.path) for m in route.methods}))
         return answer
 
     @app.exception_handler(Exception)

@@ -1,20 +1,20 @@
 """A read model of payments fed by ``pay.events``: every API replica keeps its own copy.
 
-It also follows ``pay.ledger.entries`` (balances, journals) and the reconciliation topics
-(``pay.recon.status``, ``pay.recon.exceptions``) for the recon report."""
+It also follows ``pay.ledger.entries`` (balances, journals), the reconciliation topics
+(``pay.recon.status``, ``pay.recon.exceptions``) for the recon report, the webhook endpoints
+and delivery states, and the ledger auditor's status."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections import OrderedDict
+from collections import deque
 from datetime import date
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-
-from collections import deque
-
-from domain.accounts import logical_account
+from api.auth import Principal
+from domain.accounts import AccountKind, kind_of, logical_account
+from domain.audit import AuditStatus
 from domain.events import (
     CommandRejected,
     HoldChanged,
@@ -23,15 +23,26 @@ from domain.events import (
     PaymentStatusChanged,
 )
 from domain.recon import ReconException, ReconStatus
+from domain.webhooks import Endpoint, WebhookDelivery
 from paycore import recon_report
 from streams import topics as t
 from streams.envelope import UndecodableEnvelope, decode
-from streams.tansu import true_end_offsets
+from streams.follow import follow
 
 log = logging.getLogger(__name__)
 JOURNAL_KEPT = 1_000
 RECON_EXCEPTIONS_KEPT = 10_000
-FOLLOWED = (t.EVENTS, t.LEDGER_ENTRIES, t.RECON_STATUS, t.RECON_EXCEPTIONS)
+FOLLOWED = (t.EVENTS, t.LEDGER_ENTRIES, t.RECON_STATUS, t.RECON_EXCEPTIONS,
+            t.WEBHOOK_ENDPOINTS, t.WEBHOOK_DELIVERIES, t.AUDIT_STATUS)
+DELIVERIES_KEPT = 200
+"""Per payment: the delivery state of its latest events (bounded)."""
+
+
+def kind_of_safe(account_id: str) -> AccountKind | None:
+    try:
+        return kind_of(account_id)
+    except ValueError:
+        return None
 
 
 class ReconView:
@@ -76,7 +87,45 @@ class PaymentsView:
         self.changed = asyncio.Condition()
         self.caught_up = asyncio.Event()
         self.recon = ReconView()
+        self.in_review: set[str] = set()
+        """Payments whose latest status is risk_review (the ops review queue)."""
+        self.endpoints: dict[str, Endpoint] = {}
+        self.deliveries: dict[str, OrderedDict[str, WebhookDelivery]] = {}
+        self.audit: AuditStatus | None = None
+        self.owners: dict[str, set[str]] = {}
+        """Wallet -> merchants whose payments posted on it (filled as they are asked for)."""
         self._seen_ids: set[str] = set()
+
+    def endpoint_version(self, merchant_id: str) -> int:
+        found = self.endpoints.get(merchant_id)
+        return found.version if found is not None else 0
+
+    def may_see(self, account_id: str, who: Principal) -> bool:
+        """Ops see every account; a merchant its own (``merchant:<id>:...``) and the wallets
+        its payments posted on. Clearing, fee, cash and suspense accounts are ops' only."""
+        if who.ops:
+            return True
+        if not who.merchant_id:
+            return False
+        if kind_of_safe(account_id) in (AccountKind.merchant_pending,
+                                        AccountKind.merchant_settled):
+            return account_id.split(":")[1] == who.merchant_id
+        if kind_of_safe(account_id) is not AccountKind.customer_wallet:
+            return False
+        owners = self.owners.setdefault(account_id, set())
+        if who.merchant_id not in owners:
+            for leg in self.journal.get(account_id, ()):
+                row = self.payments.get(leg.payment_id)
+                if row is not None:
+                    owners.add(row["merchant_id"])
+        return who.merchant_id in owners
+
+    def leg_visible(self, account_id: str, leg: LegApplied, who: Principal) -> bool:
+        """On a wallet a merchant sees the legs of its own payments only."""
+        if who.ops or kind_of_safe(account_id) is not AccountKind.customer_wallet:
+            return True
+        row = self.payments.get(leg.payment_id)
+        return row is not None and row["merchant_id"] == who.merchant_id
 
     def apply(self, body) -> None:
         if isinstance(body, PaymentStatusChanged):
@@ -85,6 +134,10 @@ class PaymentsView:
             row["history"].append({"status": body.status, "reason": body.reason,
                                    "trigger": body.trigger, "at_ms": body.at_ms})
             self.by_order_no[(body.merchant_id, body.merchant_order_no)] = body.payment_id
+            if row["status"] == "risk_review":
+                self.in_review.add(body.payment_id)
+            else:
+                self.in_review.discard(body.payment_id)
         elif isinstance(body, (LegApplied, HoldChanged)):
             self._ledger(body)
         elif isinstance(body, MandateStatusChanged):
@@ -93,6 +146,19 @@ class PaymentsView:
             row["history"].append({"status": body.status, "at_ms": body.at_ms})
         elif isinstance(body, CommandRejected):
             self.rejections.setdefault(body.payment_id, []).append(body.model_dump())
+        elif isinstance(body, Endpoint):
+            if body.version >= self.endpoint_version(body.merchant_id):
+                self.endpoints[body.merchant_id] = body
+        elif isinstance(body, WebhookDelivery):
+            kept = self.deliveries.setdefault(body.queue, OrderedDict())
+            before = kept.get(body.event_id)
+            if before is None or (body.attempts, body.at_ms) >= (before.attempts, before.at_ms):
+                kept[body.event_id] = body
+            while len(kept) > DELIVERIES_KEPT:
+                kept.popitem(last=False)
+        elif isinstance(body, AuditStatus):
+            if self.audit is None or body.at_ms >= self.audit.at_ms:
+                self.audit = body
 
     def _ledger(self, body: LegApplied | HoldChanged) -> None:
         latest = self.rows.get(body.account_id)
@@ -115,28 +181,12 @@ class PaymentsView:
                 "sub_accounts": len(rows)}
 
     async def follow(self, bootstrap: str, partitions: int, stop: asyncio.Event) -> None:
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                    auto_offset_reset="earliest")
-        await consumer.start()
-        try:
-            tps = [TopicPartition(topic, p) for topic in FOLLOWED for p in range(partitions)]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            ends = await true_end_offsets(consumer, bootstrap, tps)
-            while not stop.is_set():
-                batch = await consumer.getmany(timeout_ms=200, max_records=1000)
-                for records in batch.values():
-                    for record in records:
-                        self._apply_raw(record.value)
-                if not self.caught_up.is_set():
-                    positions = [await consumer.position(tp) for tp in tps]
-                    if all(pos >= ends[tp] for pos, tp in zip(positions, tps, strict=True)):
-                        self.caught_up.set()
-                if batch:
-                    async with self.changed:
-                        self.changed.notify_all()
-        finally:
-            await consumer.stop()
+        await follow(bootstrap, FOLLOWED, partitions, self._apply_raw, self.caught_up, stop,
+                     self._notify)
+
+    async def _notify(self) -> None:
+        async with self.changed:
+            self.changed.notify_all()
 
     def _apply_raw(self, raw: bytes) -> None:
         try:

@@ -53,6 +53,22 @@ class _Entry:
     sums: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
+class AuditStatus(Message):
+    """The auditor's counts so far (on ``pay.audit.status``): the API's ledger audit status."""
+
+    checks: dict[str, int]
+    violations: dict[str, int]
+    entries_completed: int
+    open_entries: int
+    in_flight: dict[str, int]
+    copies_dropped: int
+    at_ms: int
+
+    @property
+    def ok(self) -> bool:
+        return not any(self.violations.values())
+
+
 class Auditor:
     """Feed it every ledger event once (drop copies by message id first)."""
 
@@ -190,3 +206,10 @@ class Auditor:
 
     def open_entries(self) -> int:
         return len(self.entries)
+
+    def status(self, at_ms: int) -> AuditStatus:
+        return AuditStatus(checks={k.value: v for k, v in self.checked.items()},
+                           violations={k.value: v for k, v in self.violations.items()},
+                           entries_completed=self.entries_completed,
+                           open_entries=self.open_entries(), in_flight=self.in_flight(),
+                           copies_dropped=self.copies_dropped, at_ms=at_ms)

@@ -243,6 +243,19 @@ def _add_simulate(sub) -> None:
     simulate.set_defaults(run=cmd_simulate)
 
 
+def cmd_api_key(args: argparse.Namespace) -> int:
+    from api.auth import digest_of, new_key
+
+    key = new_key()
+    print(f"key (give it to its holder; it is not stored): {key}")
+    if args.ops:
+        print(f"config/api_keys.yaml:\nops_key_sha256: [\"{digest_of(key)}\"]")
+    else:
+        print(f"config/api_keys.yaml, under merchants:\n  - merchant: {args.merchant}\n"
+              f"    key_sha256: [\"{digest_of(key)}\"]")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("kafka", "aiokafka"):
@@ -265,7 +278,13 @@ def main(argv: list[str] | None = None) -> int:
     demo.set_defaults(run=cmd_demo)
     _add_rules_commands(sub)
     _add_recon(sub)
+    key = sub.add_parser("api-key", help="a new API key and the line for config/api_keys.yaml")
+    key.add_argument("merchant", nargs="?", help="the merchant the key acts for")
+    key.add_argument("--ops", action="store_true", help="an ops key instead")
+    key.set_defaults(run=cmd_api_key)
     args = parser.parse_args(argv)
+    if args.command == "api-key" and bool(args.merchant) == args.ops:
+        parser.error("api-key: give a MERCHANT or --ops")
     if args.command == "simulate" and args.scenario is None and (
             args.short or args.seed is not None or args.out or args.attach or args.start_stack):
         parser.error("simulate: --short, --seed, --out, --attach and --start-stack need FILE")

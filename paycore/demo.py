@@ -184,10 +184,12 @@ def _summarize(settings: Settings, observer: Observer, started: float, ok: bool)
 
 def _reconciliation_line(settings: Settings) -> str:
     """What reconciliation made of the demo (no settlement reports here: the paid ones wait
-    for their lines), from the API's ``GET /v1/recon/report``."""
-    url = f"http://{settings.api_host}:{settings.api_port}/v1/recon/report"
+    for their lines), from the API's ``GET /v1/ops/recon/report``."""
+    url = f"http://{settings.api_host}:{settings.api_port}/v1/ops/recon/report"
+    request = urllib.request.Request(url, headers={
+        "Authorization": f"Bearer {settings.ops_key.get_secret_value()}"})
     try:
-        with urllib.request.urlopen(url, timeout=5) as answer:
+        with urllib.request.urlopen(request, timeout=5) as answer:
             report = json.load(answer)
     except OSError as exc:
         return f"  reconciliation: report not read ({exc})"
@@ -197,4 +199,4 @@ def _reconciliation_line(settings: Settings) -> str:
     agreed = sum(c["nothing_to_settle"] for c in report["matched"].values())
     return (f"  reconciliation: {waiting} paid, awaiting their settlement lines; {agreed} "
             f"closed with nothing to settle; exceptions {raised or 'none'} "
-            f"(GET /v1/recon/report, `paycore recon report`)")
+            f"(GET /v1/ops/recon/report, `paycore recon report`)")

@@ -8,7 +8,7 @@ are delivered at least once: they are deduplicated by ``exception_id``.
 
 ``build``, ``render`` and ``write`` are plain functions over messages; ``read_topics`` reads
 the two topics from the broker (``paycore recon report``). The API keeps the same inputs in
-its read model and answers ``GET /v1/recon/report`` with ``build``.
+its read model and answers ``GET /v1/ops/recon/report`` with ``build``.
 """
 
 from __future__ import annotations

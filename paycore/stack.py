@@ -5,6 +5,7 @@ Each part runs as its own process group so that stopping the stack leaves nothin
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -14,6 +15,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import SecretStr
+
+from api.auth import from_file, new_key
 from streams import topics as t
 from streams.broker import EmbeddedBroker, ensure_topics, free_port, wait_for_metadata
 from streams.settings import Settings
@@ -53,7 +57,8 @@ class Stack:
         else:
             wait_for_metadata(self.settings.kafka_bootstrap)
         ensure_topics(self.settings.kafka_bootstrap, t.ALL, self.settings.partitions)
-        self.settings = pick_ports(self.settings)
+        self.settings = pick_ports(with_keys(self.settings))
+        write_keys(self.settings, logs.parent / "api-keys.json")
         for index in range(self.workers):
             self._spawn(f"worker-{index}", ["worker", "--index", str(index)],
                         f"metrics http://127.0.0.1:{self.settings.worker_web_port + index}")
@@ -99,6 +104,8 @@ class Stack:
         rows = [("broker", self.settings.kafka_bootstrap +
                  (" (embedded Tansu)" if self.broker else " (external)"))]
         rows += [(p.name, p.listens) for p in self.parts]
+        if self.with_api:
+            rows.append(("api keys", str(self.settings.data_dir / "api-keys.json")))
         return rows
 
     def dead_parts(self) -> list[Part]:
@@ -127,6 +134,34 @@ class Stack:
         self.stop()
 
 
+DEV_MERCHANT = "demo-shop"
+
+
+def with_keys(settings: Settings) -> Settings:
+    """A stack started without keys gets fresh ones for this run: an ops key and, when no
+    merchant key is configured anywhere, one for ``demo-shop``."""
+    update: dict = {}
+    if not settings.ops_key.get_secret_value():
+        update["ops_key"] = SecretStr(new_key())
+    if not settings.api_keys and not from_file_exists(settings):
+        update["api_keys"] = {DEV_MERCHANT: new_key()}
+    return settings.model_copy(update=update) if update else settings
+
+
+def from_file_exists(settings: Settings) -> bool:
+    path = settings.config_dir / "api_keys.yaml"
+    return path.exists() and bool(from_file(path))
+
+
+def write_keys(settings: Settings, path: Path) -> None:
+    """The run's keys, readable by this user only: where ``paycore up`` says they are."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text(json.dumps({"ops_key": settings.ops_key.get_secret_value(),
+                                "merchant_keys": settings.api_keys}, indent=2))
+
+
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:
     try:
         os.killpg(proc.pid, sig)
@@ -136,9 +171,15 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
 
 def _settings_env(settings: Settings) -> dict[str, str]:
     env = {}
-    for name, value in settings.model_dump().items():
-        env[f"PAYCORE_{name.upper()}"] = str(value)
+    for name, value in settings.model_dump(mode="json").items():
+        if name in _SECRETS:
+            value = getattr(settings, name).get_secret_value()
+        env[f"PAYCORE_{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
     return env
+
+
+_SECRETS = ("ops_key",)
+"""Secret settings: dumped as ``**********`` unless asked for their value."""
 
 
 def pick_ports(settings: Settings) -> Settings:

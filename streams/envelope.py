@@ -10,7 +10,7 @@ import base64
 import json
 from typing import NamedTuple
 
-from domain import commands, events, recon
+from domain import audit, commands, events, recon, webhooks
 from domain.commands import Message
 from domain.ids import derive_id
 
@@ -27,7 +27,8 @@ KINDS: dict[str, type[Message]] = {
         events.MandateStatusChanged, events.HoldChanged, events.SettlementReported,
         recon.SettlementClosed, recon.ReconWake, recon.ChannelSuccessConfirmed,
         recon.ChannelRefundConfirmed, recon.ReconException, recon.ReconStatus,
-        recon.SerialSeen,
+        recon.SerialSeen, webhooks.Endpoint, webhooks.WebhookAttempted,
+        webhooks.WebhookWake, webhooks.WebhookDelivery, audit.AuditStatus,
     )
 }
 
@@ -84,6 +85,10 @@ _NATURAL_ID = {
     "ChannelRefundConfirmed": ("payment_id", "request_id"),
     "MandateCheckRequested": ("payment_id", "mandate_key"),
     "MandateChecked": ("payment_id", "mandate_key", "allowed", "code"),
+    "Endpoint": ("merchant_id", "version"),
+    "WebhookAttempted": ("queue", "event_id", "attempt"),
+    "WebhookWake": ("queue", "wake_ms"),
+    "WebhookDelivery": ("event_id", "attempts", "state"),
 }
 
 

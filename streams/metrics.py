@@ -61,3 +61,11 @@ RECON_OPEN = Gauge("paycore_recon_open_items", "Open reconciliation items on thi
 RECON_RESIDUAL = Gauge("paycore_recon_clearing_residual_minor",
                        "What channels still owe us on clearing (this worker's partitions)",
                        ["channel", "currency"])
+WEBHOOK_DELIVERIES = Counter("paycore_webhook_deliveries_total",
+                             "Webhook attempts by result (delivered, retry, failed: given up)",
+                             ["result"])
+WEBHOOK_SKIPPED = Counter("paycore_webhook_events_skipped_total",
+                          "Events not queued for a webhook: the merchant has no endpoint")
+WEBHOOK_SECONDS = Histogram("paycore_webhook_attempt_seconds",
+                            "One webhook attempt, request to answer or error",
+                            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     app_id: str = "paycore"
     """Faust application id: the consumer group and the prefix of changelog topics."""
 
-    app_version: int = 7
+    app_version: int = 8
     """Bump when a table's key or row layout changes: the new version starts fresh state."""
 
     table_store: str = "rocksdb://"
@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     log_level: str = "WARNING"
     """Log level of every process (DEBUG, INFO, WARNING, ERROR)."""
 
-    stages: str = "intake,dedup,risk,orders,mandates,ledger,recon"
+    stages: str = "intake,dedup,risk,orders,mandates,ledger,recon,webhooks"
     """Comma-separated stages this worker runs (all by default; tests may isolate one)."""
 
     rebalance_timeout_s: int = 5
@@ -68,6 +68,25 @@ class Settings(BaseSettings):
 
     deadline_sweep_ms: int = Field(default=500, ge=50, le=60_000)
     """How often the order stage looks for orders past their deadline (timeouts, expiry)."""
+
+    api_keys: dict[str, str] = {}
+    """API keys from the environment: a JSON object merchant id -> key
+    (``PAYCORE_API_KEYS='{"shop-1": "pk_..."}'``). ``config/api_keys.yaml`` holds digests."""
+
+    ops_key: SecretStr = SecretStr("")
+    """The operations key (``PAYCORE_OPS_KEY``): ops endpoints, and every merchant's records."""
+
+    webhook_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    """How long one webhook delivery waits for the merchant's answer."""
+
+    webhook_backoff_ms: int = Field(default=1_000, ge=10)
+    """The first retry's delay; each further retry waits twice as long ..."""
+
+    webhook_backoff_max_ms: int = Field(default=600_000, ge=10)
+    """... up to this."""
+
+    webhook_retry_period_s: int = Field(default=24 * 3600, ge=1)
+    """How long an event is retried before it is given up (and marked failed)."""
 
     def bootstrap_servers(self) -> str:
         assert self.kafka_bootstrap, "no broker configured and none started"

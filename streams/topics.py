@@ -18,9 +18,14 @@ RECON_EXCEPTIONS = "pay.recon.exceptions"    # key: payment id; ReconException o
 RECON_STATUS = "pay.recon.status"    # key: recon partition; each partition's latest tally
 UNAPPLIED = "pay.orders.unapplied"   # key: payment id; answers the order stage did not apply
 DEADLETTER = "pay.deadletter"        # key: original key
+WEBHOOKS = "pay.webhooks"            # internal; key: payment id (attempt outcomes, wake-ups)
+WEBHOOK_ENDPOINTS = "pay.webhooks.endpoints"     # key: merchant id; latest wins
+WEBHOOK_DELIVERIES = "pay.webhooks.deliveries"   # key: payment id; delivery state changes
+AUDIT_STATUS = "pay.audit.status"    # key: "auditor"; the ledger auditor's latest status
 SIM_CONTROL = "pay.sim.control"      # simulator fault plans; key: scenario name
 SIM_INJECTIONS = "pay.sim.injections"  # faults the simulator applied; key: payment id
 
 ALL = (COMMANDS, DEDUP, RISK, ORDERS, MANDATES, CHANNEL_REQUESTS, CHANNEL_CALLBACKS,
        LEDGER_POSTINGS, LEDGER_ENTRIES, SETTLEMENTS, EVENTS, RECON, RECON_EXCEPTIONS,
-       RECON_STATUS, UNAPPLIED, DEADLETTER, SIM_CONTROL, SIM_INJECTIONS)
+       RECON_STATUS, UNAPPLIED, WEBHOOKS, WEBHOOK_ENDPOINTS, WEBHOOK_DELIVERIES, AUDIT_STATUS,
+       DEADLETTER, SIM_CONTROL, SIM_INJECTIONS)

@@ -20,6 +20,10 @@ from streams.broker import EmbeddedBroker  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 
 PARTITIONS = 4
+API_MERCHANTS = 48
+"""Merchants with an API key on the shared stack; each test that asks for ``shop`` gets one
+of its own (``m-api-00`` ... ``m-api-47``)."""
+OPS_KEY = f"ops-test-key-{uuid.uuid4().hex}"
 CALLBACK_TIMEOUT_MS = 2_000
 STATUS_QUERY_TIMEOUT_MS = 500
 """Two status queries 0.5 s apart after the 2 s callback timeout: timed_out at 3 s."""
@@ -95,7 +99,15 @@ def stack_settings(broker, deterministic_config, tmp_path_factory) -> Settings:
         kafka_bootstrap=broker[0], embedded_broker=broker[1], partitions=PARTITIONS,
         api_port=0, worker_web_port=0, simulator_metrics_port=0, auditor_metrics_port=0,
         data_dir=tmp_path_factory.mktemp("paycore"), app_id=f"paycore-test-{run}",
-        config_dir=deterministic_config))
+        config_dir=deterministic_config, ops_key=OPS_KEY,
+        api_keys={merchant: key for merchant, key in _api_merchants(run)},
+        webhook_backoff_ms=200, webhook_backoff_max_ms=1_000, webhook_timeout_s=2,
+        webhook_retry_period_s=8))
+
+
+def _api_merchants(run: str) -> list[tuple[str, str]]:
+    return [(f"m-api-{i:02d}", f"test-key-{i:02d}-{run}-{uuid.uuid4().hex}")
+            for i in range(API_MERCHANTS)]
 
 
 @pytest.fixture
@@ -147,21 +159,73 @@ def _logs(stack: Stack) -> str:
     return "\n".join(out)
 
 
-@pytest.fixture
-def api(stack, stack_settings):
-    """An HTTP client on the stack's API, once its read model has caught up."""
+def _client(settings: Settings, key: str | None):
+    import httpx
+
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.Client(base_url=f"http://127.0.0.1:{settings.api_port}", timeout=40,
+                        headers=headers)
+
+
+@pytest.fixture(scope="session")
+def api_ready(stack, stack_settings) -> None:
+    """The stack's API answers /readyz (read model current, a worker in the group)."""
     import time
 
     import httpx
 
-    with httpx.Client(base_url=f"http://127.0.0.1:{stack_settings.api_port}",
-                      timeout=40) as client:
+    with _client(stack_settings, None) as client:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
                 if client.get("/readyz").status_code == 200:
-                    break
+                    return
             except httpx.TransportError:
                 pass
             time.sleep(0.2)
+    pytest.fail("the API never became ready")
+
+
+@pytest.fixture
+def api(api_ready, stack_settings):
+    """An HTTP client with the ops key: reads every merchant's records, and /v1/ops/*."""
+    with _client(stack_settings, stack_settings.ops_key.get_secret_value()) as client:
         yield client
+
+
+@pytest.fixture
+def anon(api_ready, stack_settings):
+    """An HTTP client without a key."""
+    with _client(stack_settings, None) as client:
+        yield client
+
+
+class Shop:
+    """A merchant with its own API key and an HTTP client that uses it."""
+
+    def __init__(self, merchant_id: str, key: str, client) -> None:
+        self.id, self.key, self.client = merchant_id, key, client
+
+
+_shops_taken: list[str] = []
+
+
+@pytest.fixture
+def shop(api_ready, stack_settings):
+    """A merchant of the shared stack's key pool no other test in this session uses."""
+    free = [m for m in sorted(stack_settings.api_keys) if m not in _shops_taken]
+    assert free, f"all {API_MERCHANTS} API merchants used: raise API_MERCHANTS"
+    _shops_taken.append(free[0])
+    key = stack_settings.api_keys[free[0]]
+    with _client(stack_settings, key) as client:
+        yield Shop(free[0], key, client)
+
+
+@pytest.fixture
+def other_shop(shop, api_ready, stack_settings):
+    """A second merchant, for cross-merchant attempts."""
+    free = [m for m in sorted(stack_settings.api_keys) if m not in _shops_taken]
+    _shops_taken.append(free[0])
+    key = stack_settings.api_keys[free[0]]
+    with _client(stack_settings, key) as client:
+        yield Shop(free[0], key, client)

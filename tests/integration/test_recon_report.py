@@ -1,4 +1,4 @@
-"""The recon report from the broker: ``paycore recon report`` and ``GET /v1/recon/report``.
+"""The recon report from the broker: ``paycore recon report`` and ``GET /v1/ops/recon/report``.
 
 Statuses are produced for recon partitions 900 and up, which the stack's own recon stage
 (partitions 0..N-1) never publishes, and for a channel of this test's own: the assertions
@@ -110,7 +110,7 @@ def test_api_serves_report_from_read_model(api, producer):
 
     deadline, report = time.monotonic() + 30, {}
     while time.monotonic() < deadline:
-        response = api.get("/v1/recon/report")
+        response = api.get("/v1/ops/recon/report")
         assert response.status_code == 200, response.text
         report = response.json()
         if set(ours["partitions"]) <= set(report["partitions_reporting"]) and any(

@@ -1,0 +1,195 @@
+"""Merchant webhooks: every event of a payment, signed, in order, retried, never lost.
+
+The stage reads ``pay.events`` and its own ``pay.webhooks`` (attempt outcomes, wake-ups),
+both keyed by payment id (mandate events by mandate key). One RocksDB row per payment is
+its queue (``domain.webhooks.Queue``): events wait there until the merchant answers 2xx or
+the retry period is over. The HTTP call itself runs in a task beside the stream, so a slow
+receiver never holds a partition: its outcome comes back as a ``WebhookAttempted`` message
+and is applied to the queue like any other input. A crash between the call and its outcome
+loses only the outcome: the head is still in flight in the table, and the sweeper's wake
+retries it after twice the timeout (delivery is at least once; the event id deduplicates).
+
+Merchants' endpoints (URL and secret, ``pay.webhooks.endpoints``) are read whole by every
+worker (``EndpointBook``); the stage waits for the book before its first event, so an
+event is never skipped for an endpoint not yet read. Every attempt's outcome goes to
+``pay.webhooks.deliveries`` (the API shows it per payment) and to
+``paycore_webhook_deliveries_total``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+
+import httpx
+
+from agents._stage import Nudger, consume, table
+from domain.events import CommandRejected, MandateStatusChanged, PaymentStatusChanged
+from domain.webhooks import (
+    EVENT_ID_HEADER,
+    SIGNATURE_HEADER,
+    Endpoint,
+    Policy,
+    Queue,
+    Start,
+    WebhookAttempted,
+    WebhookWake,
+    attempted,
+    enqueue,
+    next_start,
+    sign,
+    wake_at,
+)
+from streams import topics as t
+from streams.app import Wire, now_ms
+from streams.envelope import UndecodableEnvelope, child, decode
+from streams.follow import follow
+from streams.metrics import WEBHOOK_DELIVERIES, WEBHOOK_SECONDS, WEBHOOK_SKIPPED
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+CONCURRENT_MAX = 64
+EVENT_TYPES = {PaymentStatusChanged: "payment.status_changed",
+               CommandRejected: "payment.command_rejected",
+               MandateStatusChanged: "mandate.status_changed"}
+_RESULT = {"delivered": "delivered", "retrying": "retry", "failed": "failed"}
+
+
+class EndpointBook:
+    """Every merchant's latest endpoint, read from the whole ``pay.webhooks.endpoints``."""
+
+    def __init__(self) -> None:
+        self.endpoints: dict[str, Endpoint] = {}
+        self.ready = asyncio.Event()
+
+    def apply(self, raw: bytes) -> None:
+        try:
+            body = decode(raw).body
+        except UndecodableEnvelope as exc:
+            log.warning("endpoint book skipped an undecodable record: %s", exc)
+            return
+        if isinstance(body, Endpoint):
+            kept = self.endpoints.get(body.merchant_id)
+            if kept is None or body.version >= kept.version:
+                self.endpoints[body.merchant_id] = body
+
+    def get(self, merchant_id: str) -> Endpoint | None:
+        found = self.endpoints.get(merchant_id)
+        return found if found is not None and found.url else None
+
+    async def follow(self, settings: Settings, stop: asyncio.Event) -> None:
+        await follow(settings.bootstrap_servers(), (t.WEBHOOK_ENDPOINTS,), settings.partitions,
+                     self.apply, self.ready, stop)
+
+
+def policy_of(settings: Settings) -> Policy:
+    return Policy(backoff_ms=settings.webhook_backoff_ms,
+                  backoff_max_ms=settings.webhook_backoff_max_ms,
+                  retry_period_ms=settings.webhook_retry_period_s * 1000,
+                  timeout_ms=int(settings.webhook_timeout_s * 1000))
+
+
+def payload(env, event_type: str) -> str:
+    """What the merchant receives: the event id, its type and the event itself."""
+    return json.dumps({"id": env.message_id, "type": event_type, "created_ms": env.at_ms,
+                       "data": env.body.model_dump(mode="json")}, separators=(",", ":"))
+
+
+def register(wire: Wire) -> None:
+    queues = table(wire, "webhook_queues", "payment id -> undelivered events, oldest first")
+    wakes = table(wire, "webhook_wakes", "payment id -> ms its queue's head is due")
+    policy = policy_of(wire.settings)
+    book = EndpointBook()
+    running: set[asyncio.Task] = set()
+    slots = asyncio.Semaphore(CONCURRENT_MAX)
+    client: dict[str, httpx.AsyncClient] = {}
+
+    async def handle(event) -> None:
+        await book.ready.wait()
+        env, key, at = decode(event.message.value), event.message.key, now_ms()
+        body = env.body
+        raw = queues.get(key)
+        queue = Queue.model_validate_json(raw) if raw else None
+        delivery = None
+        if type(body) in EVENT_TYPES:
+            if queue is None and book.get(body.merchant_id) is None:
+                WEBHOOK_SKIPPED.inc()
+                return
+            queue = enqueue(queue, body.merchant_id, env.message_id, EVENT_TYPES[type(body)],
+                            payload(env, EVENT_TYPES[type(body)]), at)
+        elif queue is None:
+            return  # an outcome or wake-up for a queue already emptied, or another event
+        elif isinstance(body, WebhookAttempted):
+            queue, delivery = attempted(queue, body, policy)
+        elif not isinstance(body, WebhookWake):
+            return
+        queue, start = next_start(queue, at, policy)
+        if queue.pending:
+            queues[key] = queue.model_dump_json().encode()
+            wakes[key] = str(wake_at(queue, policy)).encode()
+        else:
+            if raw:
+                del queues[key]
+            if wakes.get(key) is not None:
+                del wakes[key]
+        if delivery is not None:
+            WEBHOOK_DELIVERIES.labels(result=_RESULT[delivery.state.value]).inc()
+            await wire.send(t.WEBHOOK_DELIVERIES, key.decode(), child(env, delivery, 0, at))
+        if start is not None:
+            task = asyncio.create_task(deliver(key.decode(), queue.merchant_id, start))
+            running.add(task)
+            task.add_done_callback(running.discard)
+
+    async def deliver(queue_key: str, merchant_id: str, start: Start) -> None:
+        """One attempt: POST the signed body; its outcome goes back through pay.webhooks."""
+        async with slots:
+            endpoint = book.get(merchant_id)
+            started = time.perf_counter()
+            status, error = 0, ""
+            if endpoint is None:
+                error = "no endpoint registered"
+            else:
+                status, error = await post(endpoint, start)
+            WEBHOOK_SECONDS.observe(time.perf_counter() - started)
+        at = now_ms()
+        outcome = WebhookAttempted(queue=queue_key, event_id=start.pending.event_id,
+                                   attempt=start.attempt, ok=not error, http_status=status,
+                                   error=error, at_ms=at)
+        try:
+            await wire.send(t.WEBHOOKS, queue_key, child("webhook-attempt", outcome, 0, at))
+        except Exception as exc:  # the head stays in flight; the sweeper retries it
+            log.warning("webhook outcome for %s not sent: %r", queue_key, exc)
+
+    async def post(endpoint: Endpoint, start: Start) -> tuple[int, str]:
+        if "http" not in client:
+            client["http"] = httpx.AsyncClient(timeout=wire.settings.webhook_timeout_s,
+                                               follow_redirects=False)
+        body = start.pending.body.encode()
+        headers = {"Content-Type": "application/json", "User-Agent": "paycore-webhooks/1",
+                   EVENT_ID_HEADER: start.pending.event_id,
+                   SIGNATURE_HEADER: sign(endpoint.secret, int(time.time()), body)}
+        try:
+            answer = await client["http"].post(endpoint.url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            return 0, f"{type(exc).__name__}: {exc}"[:300]
+        if 200 <= answer.status_code < 300:
+            return answer.status_code, ""
+        return answer.status_code, f"HTTP {answer.status_code}"
+
+    @wire.app.agent(wire.topic(t.WEBHOOKS, t.EVENTS), name="webhooks")
+    async def webhooks_stage(stream):
+        await consume("webhooks", wire, stream, handle)
+
+    @wire.app.task
+    async def endpoints() -> None:
+        await book.follow(wire.settings, asyncio.Event())
+
+    nudger = Nudger(wire, t.WEBHOOKS, "webhook-sweeper", lambda key, due_ms: WebhookWake(
+        queue=key, wake_ms=due_ms), "webhook wake")
+
+    @wire.app.timer(interval=wire.settings.deadline_sweep_ms / 1000, name="webhook_sweeper")
+    async def sweep() -> None:
+        """Wake the queues whose head is due (a retry, or an attempt whose outcome was lost)."""
+        await nudger.sweep(wakes, now_ms())
