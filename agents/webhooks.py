@@ -39,6 +39,7 @@ from domain.webhooks import (
     attempted,
     enqueue,
     next_start,
+    settle_lost,
     sign,
     wake_at,
 )
@@ -125,6 +126,8 @@ def register(wire: Wire) -> None:
             queue, delivery = attempted(queue, body, policy)
         elif not isinstance(body, WebhookWake):
             return
+        if delivery is None:
+            queue, delivery = settle_lost(queue, key.decode(), at, policy)
         queue, start = next_start(queue, at, policy)
         if queue.pending:
             queues[key] = queue.model_dump_json().encode()

@@ -22,6 +22,23 @@ from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError
 
+from api.models import (
+    Accepted,
+    AuditView,
+    Balance,
+    Deliveries,
+    EndpointCreated,
+    EndpointView,
+    Entries,
+    Health,
+    MandateAccepted,
+    MandateView,
+    PaymentCreated,
+    PaymentView,
+    ReconExceptions,
+    Ready,
+    Reviews,
+)
 from api.auth import KeyRing, Principal, authenticator
 from api.problems import COMMON, Problem, field_errors, install, responses
 from api.read_model import PaymentsView
@@ -59,7 +76,7 @@ from streams.settings import Settings
 IdempotencyKey = Annotated[str, Header(alias="Idempotency-Key", min_length=1, max_length=64,
                                        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 WAIT_S_MAX = 30
-CATCH_UP_S = 10
+CATCH_UP_S = 5
 READY_CACHE_S = 1.0
 _STOP_AT = {s.value for s in FINAL_FOR_CLIENTS}
 _AUTHORIZED = {"authorized", "succeeded"}
@@ -219,7 +236,8 @@ async def _until(view: PaymentsView, ready, timeout_s: float) -> bool:
 def _payment_routes(app: FastAPI, view: PaymentsView, publish, keys: dict) -> None:
     merchant, caller = keys["merchant"], keys["caller"]
 
-    @app.post("/v1/payments", status_code=202, responses=responses(401, 403))
+    @app.post("/v1/payments", response_model=PaymentCreated,
+              status_code=202, responses=responses(401, 403))
     async def create_payment(body: PaymentRequest, idempotency_key: IdempotencyKey,
                              who: Principal = Depends(merchant),
                              wait: float = Query(default=0, ge=0, le=WAIT_S_MAX)):
@@ -231,26 +249,36 @@ def _payment_routes(app: FastAPI, view: PaymentsView, publish, keys: dict) -> No
                      payer=body.payer, mandate_id=body.mandate_id, split=body.split)
         await publish(cmd, cmd.merchant_order_no)
         payment_id = payment_id_for(cmd.merchant_id, cmd.merchant_order_no)
+
+        def refused() -> dict | None:
+            return next((r for r in view.rejections.get(payment_id, ())
+                         if r["idempotency_key"] == idempotency_key), None)
+
         if wait:
-            await _until(view, lambda: (view.payments.get(payment_id) or {}).get(
-                "status") in _STOP_AT, wait)
-        row = view.payments.get(payment_id)
-        return {"payment_id": payment_id, "status": row["status"] if row else "accepted",
+            await _until(view, lambda: refused() is not None or (view.payments.get(
+                payment_id) or {}).get("status") in _STOP_AT, wait)
+        row, rejection = view.payments.get(payment_id), refused()
+        status = "rejected" if rejection else row["status"] if row else "accepted"
+        return {"payment_id": payment_id, "status": status, "rejection": rejection,
                 "payment": _answer(view, row) if row else None}
 
-    @app.get("/v1/payments/{payment_id}", responses=responses(401, 404, 503))
+    @app.get("/v1/payments/{payment_id}", response_model=PaymentView,
+             responses=responses(401, 404, 409))
     async def get_payment(payment_id: str, who: Principal = Depends(caller),
                           min_version: int = Query(default=0, ge=0, le=10_000)):
         """A payment. ``min_version`` (a ``version`` seen before, say from a ``wait``) makes
         this replica catch up to it first, so a read never goes back in time."""
-        if min_version and not await _until(view, lambda: len(
-                (view.payments.get(payment_id) or {"history": ()})["history"]) >= min_version,
-                CATCH_UP_S):
-            raise Problem(503, "not_caught_up", "this replica is behind; retry",
-                          headers={"Retry-After": "1"})
+        if min_version:
+            await _until(view, lambda: len((view.payments.get(payment_id) or {
+                "history": ()})["history"]) >= min_version, CATCH_UP_S)
+            row = _found(view, payment_id, who)
+            if len(row["history"]) < min_version:
+                raise Problem(409, "version_not_reached",
+                              f"this replica has version {len(row['history'])} of the payment, "
+                              f"not {min_version}; retry", headers={"Retry-After": "1"})
         return _answer(view, _found(view, payment_id, who))
 
-    @app.get("/v1/payments", responses=responses(401, 404))
+    @app.get("/v1/payments", response_model=PaymentView, responses=responses(401, 404))
     async def find_payment(merchant_order_no: str, who: Principal = Depends(caller),
                            merchant_id: str | None = Query(
                                default=None, description="ops only: whose order")):
@@ -269,27 +297,31 @@ def _follow_up_routes(app: FastAPI, view: PaymentsView, publish, keys: dict) -> 
         row = _found(view, payment_id, who)
         return {"merchant_id": row["merchant_id"], "merchant_order_no": row["merchant_order_no"]}
 
-    @app.post("/v1/payments/{payment_id}/capture", status_code=202, responses=scoped)
+    @app.post("/v1/payments/{payment_id}/capture", response_model=Accepted,
+              status_code=202, responses=scoped)
     async def capture(payment_id: str, body: AmountRequest, idempotency_key: IdempotencyKey,
                       who: Principal = Depends(merchant)):
         await publish(_build(Capture, **order_of(payment_id, who),
                              idempotency_key=idempotency_key, amount_minor=body.amount))
         return {"payment_id": payment_id, "status": "capture_requested"}
 
-    @app.post("/v1/payments/{payment_id}/void", status_code=202, responses=scoped)
+    @app.post("/v1/payments/{payment_id}/void", response_model=Accepted,
+              status_code=202, responses=scoped)
     async def void(payment_id: str, idempotency_key: IdempotencyKey,
                    who: Principal = Depends(merchant)):
         await publish(_build(Void, **order_of(payment_id, who), idempotency_key=idempotency_key))
         return {"payment_id": payment_id, "status": "void_requested"}
 
-    @app.post("/v1/payments/{payment_id}/revoke", status_code=202, responses=scoped)
+    @app.post("/v1/payments/{payment_id}/revoke", response_model=Accepted,
+              status_code=202, responses=scoped)
     async def revoke(payment_id: str, idempotency_key: IdempotencyKey,
                      who: Principal = Depends(merchant)):
         await publish(_build(Revoke, **order_of(payment_id, who),
                              idempotency_key=idempotency_key))
         return {"payment_id": payment_id, "status": "revoke_requested"}
 
-    @app.post("/v1/payments/{payment_id}/refunds", status_code=202, responses=scoped)
+    @app.post("/v1/payments/{payment_id}/refunds", response_model=Accepted,
+              status_code=202, responses=scoped)
     async def refund(payment_id: str, body: RefundRequest, idempotency_key: IdempotencyKey,
                      who: Principal = Depends(merchant)):
         await publish(_build(Refund, **order_of(payment_id, who),
@@ -306,7 +338,8 @@ def _product_routes(app: FastAPI, publish, keys: dict) -> None:
         return {"payment_id": payment_id_for(cmd.merchant_id, cmd.merchant_order_no),
                 "status": "accepted"}
 
-    @app.post("/v1/transfers", status_code=202, responses=responses(401, 403))
+    @app.post("/v1/transfers", response_model=Accepted,
+              status_code=202, responses=responses(401, 403))
     async def transfer(body: TransferRequest, idempotency_key: IdempotencyKey,
                        who: Principal = Depends(merchant)):
         """Move money between two wallets (the source's funds are frozen first)."""
@@ -316,7 +349,7 @@ def _product_routes(app: FastAPI, publish, keys: dict) -> None:
             to_account_id=body.to_account_id, amount_minor=body.amount,
             currency=body.currency))
 
-    @app.post("/v1/topups", status_code=202, responses=responses(401, 403))
+    @app.post("/v1/topups", response_model=Accepted, status_code=202, responses=responses(401, 403))
     async def topup(body: WalletRequest, idempotency_key: IdempotencyKey,
                     who: Principal = Depends(merchant)):
         """Recharge a wallet through a channel."""
@@ -324,7 +357,8 @@ def _product_routes(app: FastAPI, publish, keys: dict) -> None:
                                      idempotency_key=idempotency_key,
                                      **_wallet_fields(body)))
 
-    @app.post("/v1/withdrawals", status_code=202, responses=responses(401, 403))
+    @app.post("/v1/withdrawals", response_model=Accepted,
+              status_code=202, responses=responses(401, 403))
     async def withdrawal(body: WalletRequest, idempotency_key: IdempotencyKey,
                          who: Principal = Depends(merchant)):
         """Pay out of a wallet through a channel (frozen first, debited on success)."""
@@ -348,7 +382,8 @@ def _mandate_routes(app: FastAPI, view: PaymentsView, publish, keys: dict) -> No
             raise Problem(404, "mandate_not_found", f"mandate {mandate_id} not found")
         return {**row, "rejections": view.rejections.get(key, [])}
 
-    @app.post("/v1/mandates", status_code=202, responses=responses(401, 403))
+    @app.post("/v1/mandates", response_model=MandateAccepted,
+              status_code=202, responses=responses(401, 403))
     async def sign_mandate(body: MandateRequest, idempotency_key: IdempotencyKey,
                            who: Principal = Depends(merchant)):
         """The payer signed a collection mandate: payments with method ``mandate`` may then
@@ -359,7 +394,8 @@ def _mandate_routes(app: FastAPI, view: PaymentsView, publish, keys: dict) -> No
         await publish(cmd)
         return {"mandate_id": body.mandate_id, "status": "sign_requested"}
 
-    @app.delete("/v1/mandates/{mandate_id}", status_code=202, responses=responses(401, 403, 404))
+    @app.delete("/v1/mandates/{mandate_id}", response_model=MandateAccepted,
+                status_code=202, responses=responses(401, 403, 404))
     async def terminate_mandate(mandate_id: str, idempotency_key: IdempotencyKey,
                                 who: Principal = Depends(merchant)):
         mandate_of(mandate_id, who.merchant_id)
@@ -367,7 +403,7 @@ def _mandate_routes(app: FastAPI, view: PaymentsView, publish, keys: dict) -> No
                              idempotency_key=idempotency_key, mandate_id=mandate_id))
         return {"mandate_id": mandate_id, "status": "terminate_requested"}
 
-    @app.get("/v1/mandates/{mandate_id}", responses=responses(401, 404))
+    @app.get("/v1/mandates/{mandate_id}", response_model=MandateView, responses=responses(401, 404))
     async def get_mandate(mandate_id: str, who: Principal = Depends(caller),
                           merchant_id: str | None = Query(
                               default=None, description="ops only: whose mandate")):
@@ -383,13 +419,15 @@ def _account_routes(app: FastAPI, view: PaymentsView, keys: dict) -> None:
         if view.balance(account_id) is None or not view.may_see(account_id, who):
             raise Problem(404, "account_not_found", f"account {account_id} not found")
 
-    @app.get("/v1/accounts/{account_id}/balance", responses=responses(401, 404))
+    @app.get("/v1/accounts/{account_id}/balance", response_model=Balance,
+             responses=responses(401, 404))
     async def balance(account_id: str, who: Principal = Depends(caller)):
         """A merchant sees its own accounts and the wallets its payments touched."""
         visible(account_id, who)
         return view.balance(account_id)
 
-    @app.get("/v1/accounts/{account_id}/entries", responses=responses(401, 404))
+    @app.get("/v1/accounts/{account_id}/entries", response_model=Entries,
+             responses=responses(401, 404))
     async def entries(account_id: str, who: Principal = Depends(caller),
                       limit: int = Query(default=100, ge=1, le=1_000)):
         """The latest legs, newest first; on a wallet, a merchant sees its own payments'."""
@@ -406,7 +444,7 @@ def _account_routes(app: FastAPI, view: PaymentsView, keys: dict) -> None:
 def _webhook_routes(app: FastAPI, view: PaymentsView, send, keys: dict) -> None:
     merchant, caller = keys["merchant"], keys["caller"]
 
-    @app.put("/v1/webhooks/endpoint", responses=responses(401, 403))
+    @app.put("/v1/webhooks/endpoint", response_model=EndpointCreated, responses=responses(401, 403))
     async def set_endpoint(body: EndpointRequest, who: Principal = Depends(merchant)):
         """Register (or replace) where this merchant's events go. The answer carries the
         signing secret, once: keep it to verify ``Paycore-Signature``."""
@@ -419,7 +457,8 @@ def _webhook_routes(app: FastAPI, view: PaymentsView, send, keys: dict) -> None:
         return {"url": endpoint.url, "secret": endpoint.secret, "version": endpoint.version,
                 "active": ok}
 
-    @app.get("/v1/webhooks/endpoint", responses=responses(401, 403, 404))
+    @app.get("/v1/webhooks/endpoint", response_model=EndpointView,
+             responses=responses(401, 403, 404))
     async def get_endpoint(who: Principal = Depends(merchant)):
         found = view.endpoints.get(who.merchant_id)
         if found is None or not found.url:
@@ -434,7 +473,8 @@ def _webhook_routes(app: FastAPI, view: PaymentsView, send, keys: dict) -> None:
             merchant_id=who.merchant_id, url="", secret="", version=now_ms(), at_ms=now_ms()))
         return Response(status_code=204)
 
-    @app.get("/v1/payments/{payment_id}/webhooks", responses=responses(401, 404))
+    @app.get("/v1/payments/{payment_id}/webhooks", response_model=Deliveries,
+             responses=responses(401, 404))
     async def deliveries(payment_id: str, who: Principal = Depends(caller)):
         """Each event's delivery: state (retrying, delivered, failed), attempts, last
         answer, next attempt."""
@@ -447,14 +487,14 @@ def _ops_routes(app: FastAPI, view: PaymentsView, publish, keys: dict) -> None:
     ops = keys["ops"]
     only = responses(401, 403)
 
-    @app.get("/v1/ops/reviews", responses=only)
+    @app.get("/v1/ops/reviews", response_model=Reviews, responses=only)
     async def reviews(who: Principal = Depends(ops)):
         """Payments held for a risk review, oldest first, with the rules that fired."""
         rows = sorted((view.payments[p] for p in view.in_review),
                       key=lambda r: r["history"][-1]["at_ms"])
         return {"reviews": [_answer(view, r) for r in rows]}
 
-    @app.post("/v1/ops/payments/{payment_id}/review", status_code=202,
+    @app.post("/v1/ops/payments/{payment_id}/review", response_model=Accepted, status_code=202,
               responses=responses(401, 403, 404))
     async def review(payment_id: str, body: ReviewRequest, idempotency_key: IdempotencyKey,
                      who: Principal = Depends(ops)):
@@ -473,7 +513,7 @@ def _ops_routes(app: FastAPI, view: PaymentsView, publish, keys: dict) -> None:
         (``paycore.recon_report.build``); open items age against today's UTC day."""
         return view.recon.report(datetime.now(timezone.utc).date())
 
-    @app.get("/v1/ops/recon/exceptions", responses=only)
+    @app.get("/v1/ops/recon/exceptions", response_model=ReconExceptions, responses=only)
     async def recon_exceptions(who: Principal = Depends(ops), kind: ExceptionKind | None = None,
                                channel: str | None = None,
                                limit: int = Query(default=100, ge=1, le=1_000)):
@@ -483,7 +523,7 @@ def _ops_routes(app: FastAPI, view: PaymentsView, publish, keys: dict) -> None:
         return {"exceptions": [e.model_dump(mode="json") for e in found[:limit]],
                 "total": len(found)}
 
-    @app.get("/v1/ops/ledger/audit", responses=responses(401, 403, 503))
+    @app.get("/v1/ops/ledger/audit", response_model=AuditView, responses=responses(401, 403, 503))
     async def ledger_audit(who: Principal = Depends(ops)):
         """The ledger auditor's latest status: checks run, violations (must be none)."""
         status = view.audit
@@ -494,11 +534,11 @@ def _ops_routes(app: FastAPI, view: PaymentsView, publish, keys: dict) -> None:
 
 
 def _health_routes(app: FastAPI, view: PaymentsView, state: dict, settings: Settings) -> None:
-    @app.get("/healthz")
+    @app.get("/healthz", response_model=Health)
     async def healthz():
         return {"ok": True}
 
-    @app.get("/readyz", responses=responses(503))
+    @app.get("/readyz", response_model=Ready, responses=responses(503))
     async def readyz():
         """Ready when the read model is current, the broker answers and a worker holds the
         partitions (its consumer group has members). Checked at most once a second."""

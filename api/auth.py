@@ -87,10 +87,12 @@ class KeyRing:
         path = settings.config_dir / "api_keys.yaml"
         if path.exists():
             entries += from_file(path)
-        entries += [(digest_of(key), Principal(merchant_id=merchant))
-                    for merchant, key in sorted(settings.api_keys.items())]
+        for merchant, key in sorted(settings.api_keys.items()):
+            _usable(key, f"PAYCORE_API_KEYS[{merchant}]")
+            entries.append((digest_of(key), Principal(merchant_id=merchant)))
         ops = settings.ops_key.get_secret_value()
         if ops:
+            _usable(ops, "PAYCORE_OPS_KEY")
             entries.append((digest_of(ops), Principal(ops=True)))
         return cls(entries)
 
@@ -102,6 +104,13 @@ class KeyRing:
             if hmac.compare_digest(presented, digest):
                 found = principal
         return found
+
+
+def _usable(key: str, where: str) -> None:
+    """A configured key no request could present is a mistake: say so at start."""
+    if not (KEY_LENGTH_MIN <= len(key) <= KEY_LENGTH_MAX and key.isascii()):
+        raise ValueError(f"{where}: a key is {KEY_LENGTH_MIN} to {KEY_LENGTH_MAX} ASCII "
+                         f"characters (this one has {len(key)})")
 
 
 def from_file(path: Path) -> list[tuple[Digest, Principal]]:

@@ -4,8 +4,10 @@ Every event of a payment is delivered to the merchant's registered URL, in order
 queue's head is attempted until the merchant answers 2xx or the retry period is over (then
 it is given up and marked ``failed``), and only then does the next event go. Retries back
 off exponentially with a little jitter drawn from the event id (the same event retries on
-the same schedule after a replay). Delivery is at least once: a receiver deduplicates by the
-event id, which is the event's deterministic message id.
+the same schedule after a replay). The retry period runs from the event's creation: an event
+queued behind a failing one spends its period waiting too (a receiver wants no event days
+late), and every event gets at least one attempt. Delivery is at least once: a receiver
+deduplicates by the event id, which is the event's deterministic message id.
 
 Signature: ``Paycore-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>``
 over the exact bytes sent; a receiver recomputes it and refuses stale timestamps.
@@ -135,13 +137,14 @@ def verify(secret: str, header: str, body: bytes, now_s: int,
     """What a receiver does: parse the header, check the timestamp's age, compare in
     constant time."""
     parts = dict(p.split("=", 1) for p in header.split(",") if "=" in p)
-    if not parts.get("t", "").isdigit() or "v1" not in parts:
+    stamp, given = parts.get("t", ""), parts.get("v1", "")
+    if not (stamp.isascii() and stamp.isdigit() and given.isascii()):
         return False
-    timestamp = int(parts["t"])
+    timestamp = int(stamp)
     if abs(now_s - timestamp) > tolerance_s:
         return False
     expected = sign(secret, timestamp, body).split("v1=", 1)[1]
-    return hmac.compare_digest(expected, parts["v1"])
+    return hmac.compare_digest(expected.encode(), given.encode())
 
 
 def backoff_ms(attempts: int, event_id: str, policy: Policy) -> int:
@@ -164,7 +167,8 @@ def enqueue(queue: Queue | None, merchant_id: str, event_id: str, event_type: st
 
 def next_start(queue: Queue, at: int, policy: Policy) -> tuple[Queue, Start | None]:
     """Start the head's next attempt if it is due and none is running (or the running one
-    was lost: no result within the timeout and a grace, say a crash took it)."""
+    was lost: no result within the timeout and a grace, say a crash took it; the stage
+    settles a lost attempt as failed first, ``settle_lost``)."""
     if not queue.pending:
         return queue, None
     head = queue.pending[0]
@@ -174,6 +178,20 @@ def next_start(queue: Queue, at: int, policy: Policy) -> tuple[Queue, Start | No
     started = head.model_copy(update={"attempts": head.attempts + 1, "in_flight_ms": at})
     return (queue.model_copy(update={"pending": (started,) + queue.pending[1:]}),
             Start(started, started.attempts))
+
+
+def settle_lost(queue: Queue, queue_key: str, at: int, policy: Policy
+                ) -> tuple[Queue, WebhookDelivery | None]:
+    """A head whose attempt's outcome never came (2 x timeout) counts as a failed attempt,
+    so lost attempts back off and give up at the end of the period like failed ones."""
+    if not queue.pending:
+        return queue, None
+    head = queue.pending[0]
+    if not head.in_flight_ms or at - head.in_flight_ms <= 2 * policy.timeout_ms:
+        return queue, None
+    return attempted(queue, WebhookAttempted(
+        queue=queue_key, event_id=head.event_id, attempt=head.attempts, ok=False,
+        error="no outcome within twice the timeout (lost)", at_ms=at), policy)
 
 
 def wake_at(queue: Queue, policy: Policy) -> int:

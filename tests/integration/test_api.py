@@ -204,8 +204,8 @@ class TestReadAfterWait:
         ahead = shop.client.get(f"/v1/payments/{created['payment_id']}",
                                 params={"min_version": 99})
 
-        assert ahead.status_code == 503 and ahead.headers["retry-after"] == "1"
-        assert ahead.json()["code"] == "not_caught_up"
+        assert ahead.status_code == 409 and ahead.headers["retry-after"] == "1"
+        assert ahead.json()["code"] == "version_not_reached"
 
 
 class TestProducts:

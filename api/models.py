@@ -1,0 +1,165 @@
+"""What the API answers: every success response has a model, so the OpenAPI document says
+exactly what a client gets (and schemathesis can hold the API to it)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from domain.webhooks import WebhookDelivery
+
+
+class HistoryItem(BaseModel):
+    status: str
+    reason: str
+    trigger: str
+    """What caused it: the command type or the channel operation."""
+    at_ms: int
+
+
+class Rejection(BaseModel):
+    """A well-formed command the core refused, with its stable code and reason."""
+
+    payment_id: str
+    merchant_id: str
+    merchant_order_no: str
+    command_type: str
+    idempotency_key: str
+    code: str
+    reason: str
+    at_ms: int
+
+
+class PaymentView(BaseModel):
+    """A payment (or transfer, top-up, withdrawal): the three identifiers (ours, the
+    merchant's order number, the channel's serial), the amounts, the history."""
+
+    payment_id: str
+    merchant_id: str
+    merchant_order_no: str
+    channel_serial: str
+    status: str
+    channel: str
+    amount_minor: int
+    currency: str
+    authorized_minor: int
+    captured_minor: int
+    refunded_minor: int
+    version: int
+    """How many status changes this answer includes: pass it as ``min_version`` to any
+    replica and it answers with at least this state."""
+    history: list[HistoryItem]
+    rejections: list[Rejection]
+
+
+class PaymentCreated(BaseModel):
+    payment_id: str
+    status: str
+    """``accepted`` until the first status is known; ``rejected`` when the command was
+    refused (see ``rejection``)."""
+    payment: PaymentView | None
+    rejection: Rejection | None = None
+
+
+class Accepted(BaseModel):
+    """A command on its way: ``status`` names what was asked; follow the payment for the
+    outcome."""
+
+    payment_id: str
+    status: str
+
+
+class MandateAccepted(BaseModel):
+    mandate_id: str
+    status: str
+
+
+class MandateHistoryItem(BaseModel):
+    status: str
+    at_ms: int
+
+
+class MandateView(BaseModel):
+    mandate_key: str
+    merchant_id: str
+    mandate_id: str
+    status: str
+    payer_account_id: str
+    currency: str
+    amount_minor_max: int
+    collections: int
+    history: list[MandateHistoryItem]
+    rejections: list[Rejection]
+
+
+class Balance(BaseModel):
+    account_id: str
+    currency: str
+    total_minor: int
+    available_minor: int
+    frozen_minor: int
+    sub_accounts: int
+
+
+class Entry(BaseModel):
+    entry_id: str
+    posting_id: str
+    payment_id: str
+    amount_minor: int
+    currency: str
+    row: str
+    """The ledger row (the account, or the sub-account of a split account)."""
+    row_total_minor: int
+
+
+class Entries(BaseModel):
+    account_id: str
+    entries: list[Entry]
+
+
+class EndpointCreated(BaseModel):
+    url: str
+    secret: str
+    """The signing secret, shown once: verify ``Paycore-Signature`` with it."""
+    version: int
+    active: bool
+    """Whether this replica saw the registration take effect before answering."""
+
+
+class EndpointView(BaseModel):
+    url: str
+    version: int
+
+
+class Deliveries(BaseModel):
+    payment_id: str
+    deliveries: list[WebhookDelivery]
+
+
+class Reviews(BaseModel):
+    reviews: list[PaymentView]
+
+
+class ReconExceptions(BaseModel):
+    exceptions: list[dict]
+    total: int
+
+
+class AuditView(BaseModel):
+    ok: bool
+    age_ms: int
+    checks: dict[str, int]
+    violations: dict[str, int]
+    entries_completed: int
+    open_entries: int
+    in_flight: dict[str, int]
+    copies_dropped: int
+    at_ms: int
+
+
+class Ready(BaseModel):
+    ok: bool
+    payments: int
+
+
+class Health(BaseModel):
+    ok: bool

@@ -1,0 +1,217 @@
+"""Merchant webhooks over the real stack: a receiver in the test checks every signature,
+the order per payment, the retries after failures, and that nothing is lost."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from domain.webhooks import EVENT_ID_HEADER, SIGNATURE_HEADER, verify
+
+pytestmark = pytest.mark.integration
+
+
+class Receiver:
+    """An HTTP endpoint that records every request and answers by a rule:
+    ``fail_first`` attempts of each event get a 500, then 200; ``always_fail`` never 2xx."""
+
+    def __init__(self, fail_first: int = 0, always_fail: bool = False) -> None:
+        self.fail_first, self.always_fail = fail_first, always_fail
+        self.requests: list[dict] = []
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (http.server's name)
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                with receiver.lock:
+                    event_id = self.headers.get(EVENT_ID_HEADER, "")
+                    tries = sum(1 for r in receiver.requests if r["event_id"] == event_id)
+                    ok = not receiver.always_fail and tries >= receiver.fail_first
+                    receiver.requests.append({
+                        "event_id": event_id, "body": body, "at": time.time(),
+                        "signature": self.headers.get(SIGNATURE_HEADER, ""), "ok": ok})
+                self.send_response(200 if ok else 500)
+                self.end_headers()
+
+            def log_message(self, *_args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def delivered(self) -> list[dict]:
+        """The first 2xx-answered request of each event, in the order they were answered."""
+        seen, out = set(), []
+        with self.lock:
+            for r in self.requests:
+                if r["ok"] and r["event_id"] not in seen:
+                    seen.add(r["event_id"])
+                    out.append({**r, "event": json.loads(r["body"])})
+        return out
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    made: list[Receiver] = []
+
+    def make(**rule) -> Receiver:
+        made.append(Receiver(**rule))
+        return made[-1]
+
+    yield make
+    for r in made:
+        r.close()
+
+
+def _register(shop, url: str) -> str:
+    answer = shop.client.put("/v1/webhooks/endpoint", json={"url": url})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["active"] is True
+    assert shop.client.get("/v1/webhooks/endpoint").json()["url"] == url
+    return answer.json()["secret"]
+
+
+def _until(check, timeout_s: float = 45):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.2)
+    return check()
+
+
+def _pay(shop, order_no: str, **extra) -> str:
+    body = {"merchant_order_no": order_no, "amount": 2_000, "currency": "USD",
+            "method": "card", **extra}
+    answer = shop.client.post("/v1/payments?wait=20", json=body,
+                              headers={"Idempotency-Key": order_no})
+    assert answer.status_code == 202, answer.text
+    return answer.json()["payment_id"]
+
+
+def test_every_event_arrives_signed_in_order_after_retries(shop, receiver):
+    hooks = receiver(fail_first=1)  # every event's first attempt fails
+    secret = _register(shop, hooks.url)
+    sales = [_pay(shop, f"wh-sale-{i}") for i in range(3)]
+    held = _pay(shop, "wh-manual", capture="manual")
+    shop.client.post(f"/v1/payments/{held}/capture", json={},
+                     headers={"Idempotency-Key": "wh-cap"})
+    rejected = shop.client.post(f"/v1/payments/{sales[0]}/capture", json={},
+                                headers={"Idempotency-Key": "wh-cap-again"})
+    payments = [*sales, held]
+
+    def histories() -> dict[str, list[str]]:
+        return {p: [h["status"] for h in shop.client.get(f"/v1/payments/{p}").json()[
+            "history"]] for p in payments}
+
+    def all_delivered():
+        want = histories()
+        expected = sum(len(h) for h in want.values()) + 1  # + the refused capture
+        got = hooks.delivered()
+        return (want, got) if len(got) >= expected and want[held][-1] == "succeeded" \
+            else None
+
+    found = _until(all_delivered)
+    assert found, (histories(), len(hooks.delivered()))
+    want, delivered = found
+
+    assert rejected.status_code == 202
+    now = int(time.time())
+    assert all(verify(secret, r["signature"], r["body"], now) for r in hooks.requests)
+    assert not any(verify(secret + "x", r["signature"], r["body"], now)
+                   for r in hooks.requests)
+    assert {r["event"]["data"]["merchant_id"] for r in delivered} == {shop.id}
+    statuses = {p: [r["event"]["data"]["status"] for r in delivered
+                    if r["event"]["type"] == "payment.status_changed"
+                    and r["event"]["data"]["payment_id"] == p] for p in payments}
+    assert statuses == want
+    assert [r["event"]["data"]["code"] for r in delivered
+            if r["event"]["type"] == "payment.command_rejected"] != []
+    attempts = {}
+    for r in hooks.requests:
+        attempts[r["event_id"]] = attempts.get(r["event_id"], 0) + 1
+    assert set(attempts.values()) == {2}, attempts  # one failure, one success, no extra
+    _assert_in_order(hooks)
+    states = _until(lambda: _all_delivered(shop, held, len(want[held])), timeout_s=10)
+    assert {(d["state"], d["attempts"], d["http_status"]) for d in states} == {
+        ("delivered", 2, 200)}
+    assert len(states) == len(want[held])
+
+
+def _all_delivered(shop, payment_id: str, events: int) -> list[dict] | None:
+    rows = shop.client.get(f"/v1/payments/{payment_id}/webhooks").json()["deliveries"]
+    return rows if sum(d["state"] == "delivered" for d in rows) == events else None
+
+
+def _assert_in_order(hooks: Receiver) -> None:
+    """No request for a payment's event before its previous event was answered 2xx."""
+    done_at: dict[str, float] = {}
+    order: dict[str, list[str]] = {}
+    with hooks.lock:
+        requests = list(hooks.requests)
+    for r in requests:
+        data = json.loads(r["body"])["data"]
+        queue = order.setdefault(data["payment_id"], [])
+        if r["event_id"] not in queue:
+            queue.append(r["event_id"])
+    for r in requests:
+        if r["ok"]:
+            done_at.setdefault(r["event_id"], r["at"])
+    for queue in order.values():
+        for before, after in zip(queue, queue[1:], strict=False):
+            first_after = min(r["at"] for r in requests if r["event_id"] == after)
+            assert done_at[before] <= first_after
+
+
+def test_an_endpoint_that_never_answers_2xx_is_given_up_and_shown(shop, receiver,
+                                                                  stack_settings):
+    hooks = receiver(always_fail=True)
+    _register(shop, hooks.url)
+    payment = _pay(shop, "wh-down")
+
+    def failed():
+        rows = shop.client.get(f"/v1/payments/{payment}/webhooks").json()["deliveries"]
+        return rows if rows and all(d["state"] == "failed" for d in rows) and len(rows) == 3 \
+            else None
+
+    rows = _until(failed, timeout_s=stack_settings.webhook_retry_period_s * 4 + 20)
+
+    assert rows, shop.client.get(f"/v1/payments/{payment}/webhooks").json()
+    # the period runs from each event's creation: the first is retried through it, those
+    # queued behind it have used theirs up waiting and get their one attempt
+    assert rows[0]["attempts"] >= 3, rows
+    assert all(d["attempts"] >= 1 and d["http_status"] == 500 for d in rows), rows
+    by_event = {}
+    for r in hooks.requests:
+        by_event.setdefault(r["event_id"], []).append(r["at"])
+    # the first event retried for about the period, then given up; the next went after
+    first = min(by_event.values(), key=min)
+    assert max(first) - min(first) >= 0.5 * stack_settings.webhook_retry_period_s, by_event
+    _assert_order_when_given_up(by_event)
+
+
+def _assert_order_when_given_up(by_event: dict[str, list[float]]) -> None:
+    spans = sorted((min(v), max(v)) for v in by_event.values())
+    for (_, last_before), (first_after, _) in zip(spans, spans[1:], strict=False):
+        assert last_before <= first_after
+
+
+def test_events_of_a_merchant_without_endpoint_are_not_sent(shop, other_shop, receiver):
+    hooks = receiver()
+    _register(other_shop, hooks.url)
+    _pay(shop, "wh-no-endpoint")
+    other = _pay(other_shop, "wh-with-endpoint")
+
+    assert _until(lambda: len(hooks.delivered()) >= 3)
+    assert {r["event"]["data"]["payment_id"] for r in hooks.delivered()} == {other}
