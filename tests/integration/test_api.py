@@ -437,3 +437,47 @@ def _wait_status(api, payment_id: str, status: str, captured: int, timeout_s: fl
             return row
         time.sleep(0.1)
     return row
+
+
+class TestReplicas:
+    def test_a_second_replica_reads_what_the_first_answered(self, shop, stack_settings,
+                                                            tmp_path):
+        import os
+        import subprocess
+        import sys
+
+        import httpx
+
+        from paycore.stack import _settings_env
+        from streams.broker import free_port
+
+        port = free_port()
+        env = {**os.environ, **_settings_env(stack_settings.model_copy(
+            update={"api_port": port}))}
+        with open(tmp_path / "api-2.log", "wb") as log:
+            replica = subprocess.Popen([sys.executable, "-m", "paycore", "api"], env=env,
+                                       stdout=log, stderr=subprocess.STDOUT)
+        try:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=40,
+                              headers={"Authorization": f"Bearer {shop.key}"}) as second:
+                _poll(lambda: _get_or_503(second, "/readyz"), 200, timeout_s=30)
+                created = _sale(shop.client, "replica-1")
+
+                read = second.get(f"/v1/payments/{created['payment_id']}",
+                                  params={"min_version": created["payment"]["version"]})
+
+            assert read.status_code == 200, read.text
+            assert (read.json()["status"], read.json()["version"]) == (
+                created["status"], created["payment"]["version"])
+        finally:
+            replica.terminate()
+            replica.wait(10)
+
+
+def _get_or_503(client, path: str):
+    import httpx
+
+    try:
+        return client.get(path)
+    except httpx.TransportError:
+        return httpx.Response(503, json={})
