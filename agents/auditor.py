@@ -31,6 +31,9 @@ from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 STATUS_EVERY_S = 10.0
+HEARTBEAT_S = 30.0
+"""The status is published when it changes, and at least this often (a quiet auditor and a
+dead one must look different: ``age_ms`` in the API's ledger audit status)."""
 
 
 async def run_auditor(settings: Settings, stop: asyncio.Event) -> Auditor:
@@ -67,8 +70,8 @@ async def _publish(auditor: Auditor, producer, published: AuditStatus | None
     """The status on pay.audit.status when it changed (the API's ledger audit status)."""
     at = int(time.time() * 1000)
     current = auditor.status(at)
-    if published is not None and current.model_copy(update={"at_ms": published.at_ms}) \
-            == published:
+    if published is not None and at - published.at_ms < HEARTBEAT_S * 1000 and \
+            current.model_copy(update={"at_ms": published.at_ms}) == published:
         return published
     try:
         await producer.send_and_wait(t.AUDIT_STATUS, key=b"auditor", value=encode(

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import defaultdict
 import logging
 import time
 
@@ -29,6 +30,7 @@ from agents._stage import Nudger, consume, table
 from domain.events import CommandRejected, MandateStatusChanged, PaymentStatusChanged
 from domain.webhooks import (
     EVENT_ID_HEADER,
+    REVIEWED,
     SIGNATURE_HEADER,
     Endpoint,
     Policy,
@@ -45,6 +47,7 @@ from domain.webhooks import (
 )
 from streams import topics as t
 from streams.app import Wire, now_ms
+from streams.egress import refusal
 from streams.envelope import UndecodableEnvelope, child, decode
 from streams.follow import follow
 from streams.metrics import WEBHOOK_DELIVERIES, WEBHOOK_SECONDS, WEBHOOK_SKIPPED
@@ -52,6 +55,8 @@ from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 CONCURRENT_MAX = 64
+PER_MERCHANT_MAX = 8
+"""Attempts in flight per merchant: one slow endpoint cannot take every slot."""
 EVENT_TYPES = {PaymentStatusChanged: "payment.status_changed",
                CommandRejected: "payment.command_rejected",
                MandateStatusChanged: "mandate.status_changed"}
@@ -71,10 +76,8 @@ class EndpointBook:
         except UndecodableEnvelope as exc:
             log.warning("endpoint book skipped an undecodable record: %s", exc)
             return
-        if isinstance(body, Endpoint):
-            kept = self.endpoints.get(body.merchant_id)
-            if kept is None or body.version >= kept.version:
-                self.endpoints[body.merchant_id] = body
+        if isinstance(body, Endpoint):  # keyed by merchant: the log's order decides
+            self.endpoints[body.merchant_id] = body
 
     def get(self, merchant_id: str) -> Endpoint | None:
         found = self.endpoints.get(merchant_id)
@@ -93,9 +96,18 @@ def policy_of(settings: Settings) -> Policy:
 
 
 def payload(env, event_type: str) -> str:
-    """What the merchant receives: the event id, its type and the event itself."""
+    """What the merchant receives: the event id, its type and the event itself (ops'
+    review note replaced, as in the API's answers)."""
+    data = env.body.model_dump(mode="json")
+    if data.get("trigger") == "review":
+        data["reason"] = REVIEWED
     return json.dumps({"id": env.message_id, "type": event_type, "created_ms": env.at_ms,
-                       "data": env.body.model_dump(mode="json")}, separators=(",", ":"))
+                       "data": data}, separators=(",", ":"))
+
+
+def for_merchant(body) -> bool:
+    """Ops' own refused commands (a review decision) are not the merchant's events."""
+    return not (isinstance(body, CommandRejected) and body.command_type == "review")
 
 
 def register(wire: Wire) -> None:
@@ -105,6 +117,8 @@ def register(wire: Wire) -> None:
     book = EndpointBook()
     running: set[asyncio.Task] = set()
     slots = asyncio.Semaphore(CONCURRENT_MAX)
+    merchant_slots: defaultdict[str, asyncio.Semaphore] = defaultdict(
+        lambda: asyncio.Semaphore(PER_MERCHANT_MAX))
     client: dict[str, httpx.AsyncClient] = {}
 
     async def handle(event) -> None:
@@ -115,11 +129,17 @@ def register(wire: Wire) -> None:
         queue = Queue.model_validate_json(raw) if raw else None
         delivery = None
         if type(body) in EVENT_TYPES:
-            if queue is None and book.get(body.merchant_id) is None:
-                WEBHOOK_SKIPPED.inc()
+            if not for_merchant(body):
                 return
-            queue = enqueue(queue, body.merchant_id, env.message_id, EVENT_TYPES[type(body)],
-                            payload(env, EVENT_TYPES[type(body)]), at)
+            if queue is None and book.get(body.merchant_id) is None:
+                WEBHOOK_SKIPPED.labels(why="no_endpoint").inc()
+                return
+            if at - env.at_ms > policy.retry_period_ms:
+                WEBHOOK_SKIPPED.labels(why="older_than_retry_period").inc()
+                return  # a replay of old history: its time to be delivered is over
+            kind = EVENT_TYPES[type(body)]
+            queue = enqueue(queue, body.merchant_id, env.message_id, kind, payload(env, kind),
+                            env.at_ms)
         elif queue is None:
             return  # an outcome or wake-up for a queue already emptied, or another event
         elif isinstance(body, WebhookAttempted):
@@ -129,6 +149,11 @@ def register(wire: Wire) -> None:
         if delivery is None:
             queue, delivery = settle_lost(queue, key.decode(), at, policy)
         queue, start = next_start(queue, at, policy)
+        # Outputs first, then the row: a transient send failure retries this handler on
+        # the row as it was, so the same outcome is recomputed and sent (same ids).
+        if delivery is not None:
+            await wire.send(t.WEBHOOK_DELIVERIES, key.decode(), child(env, delivery, 0, at))
+            WEBHOOK_DELIVERIES.labels(result=_RESULT[delivery.state.value]).inc()
         if queue.pending:
             queues[key] = queue.model_dump_json().encode()
             wakes[key] = str(wake_at(queue, policy)).encode()
@@ -137,35 +162,41 @@ def register(wire: Wire) -> None:
                 del queues[key]
             if wakes.get(key) is not None:
                 del wakes[key]
-        if delivery is not None:
-            WEBHOOK_DELIVERIES.labels(result=_RESULT[delivery.state.value]).inc()
-            await wire.send(t.WEBHOOK_DELIVERIES, key.decode(), child(env, delivery, 0, at))
         if start is not None:
             task = asyncio.create_task(deliver(key.decode(), queue.merchant_id, start))
             running.add(task)
             task.add_done_callback(running.discard)
 
     async def deliver(queue_key: str, merchant_id: str, start: Start) -> None:
-        """One attempt: POST the signed body; its outcome goes back through pay.webhooks."""
-        async with slots:
-            endpoint = book.get(merchant_id)
-            started = time.perf_counter()
-            status, error = 0, ""
-            if endpoint is None:
-                error = "no endpoint registered"
-            else:
-                status, error = await post(endpoint, start)
-            WEBHOOK_SECONDS.observe(time.perf_counter() - started)
+        """One attempt: POST the signed body; its outcome goes back through pay.webhooks.
+        The whole attempt (waiting for a slot included) ends within the timeout, so it is
+        over before the stage could count it lost and start another: one attempt per event
+        at a time, and never an old attempt after a newer event."""
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(policy.timeout_ms / 1000):
+                async with merchant_slots[merchant_id], slots:
+                    status, error = await post(book.get(merchant_id), start)
+        except TimeoutError:
+            status, error = 0, "timeout"
+        WEBHOOK_SECONDS.observe(time.perf_counter() - started)
         at = now_ms()
         outcome = WebhookAttempted(queue=queue_key, event_id=start.pending.event_id,
                                    attempt=start.attempt, ok=not error, http_status=status,
                                    error=error, at_ms=at)
         try:
             await wire.send(t.WEBHOOKS, queue_key, child("webhook-attempt", outcome, 0, at))
-        except Exception as exc:  # the head stays in flight; the sweeper retries it
+        except Exception as exc:  # the head stays in flight; the sweeper settles it as lost
             log.warning("webhook outcome for %s not sent: %r", queue_key, exc)
 
-    async def post(endpoint: Endpoint, start: Start) -> tuple[int, str]:
+    async def post(endpoint: Endpoint | None, start: Start) -> tuple[int, str]:
+        """(HTTP status, error class); the error says what kind of failure, never the
+        details of someone else's network."""
+        if endpoint is None:
+            return 0, "no_endpoint"
+        refused = await refusal(endpoint.url, wire.settings.webhook_allow_private)
+        if refused:
+            return 0, f"refused: {refused}"
         if "http" not in client:
             client["http"] = httpx.AsyncClient(timeout=wire.settings.webhook_timeout_s,
                                                follow_redirects=False)
@@ -175,11 +206,15 @@ def register(wire: Wire) -> None:
                    SIGNATURE_HEADER: sign(endpoint.secret, int(time.time()), body)}
         try:
             answer = await client["http"].post(endpoint.url, content=body, headers=headers)
+        except httpx.TimeoutException:
+            return 0, "timeout"
+        except httpx.ConnectError:
+            return 0, "connect_error"
         except httpx.HTTPError as exc:
-            return 0, f"{type(exc).__name__}: {exc}"[:300]
+            return 0, f"transport_error: {type(exc).__name__}"
         if 200 <= answer.status_code < 300:
             return answer.status_code, ""
-        return answer.status_code, f"HTTP {answer.status_code}"
+        return answer.status_code, f"http_{answer.status_code}"
 
     @wire.app.agent(wire.topic(t.WEBHOOKS, t.EVENTS), name="webhooks")
     async def webhooks_stage(stream):
@@ -187,7 +222,15 @@ def register(wire: Wire) -> None:
 
     @wire.app.task
     async def endpoints() -> None:
-        await book.follow(wire.settings, asyncio.Event())
+        """Follow the endpoints for as long as the worker runs; a failure restarts it."""
+        while True:
+            try:
+                await book.follow(wire.settings, asyncio.Event())
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("webhook endpoint book stopped; restarting")
+                await asyncio.sleep(1.0)
 
     nudger = Nudger(wire, t.WEBHOOKS, "webhook-sweeper", lambda key, due_ms: WebhookWake(
         queue=key, wake_ms=due_ms), "webhook wake")

@@ -67,15 +67,19 @@ from domain.ids import mandate_key_for, payment_id_for
 from domain.money import CURRENCY_EXPONENTS
 from domain.orders import FINAL_FOR_CLIENTS
 from domain.recon import ExceptionKind
-from domain.webhooks import Endpoint
+from domain.webhooks import REVIEWED, Endpoint
 from streams import topics as t
 from streams.app import now_ms
+from streams.egress import refusal
 from streams.envelope import child, encode
 from streams.settings import Settings
 
 IdempotencyKey = Annotated[str, Header(alias="Idempotency-Key", min_length=1, max_length=64,
                                        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 WAIT_S_MAX = 30
+OPS_KEY_LENGTH_MAX = 60
+"""An ops command's idempotency key is prefixed ``ops-`` (ops and the merchant never share
+one) and must still be an identifier."""
 CATCH_UP_S = 5
 READY_CACHE_S = 1.0
 _STOP_AT = {s.value for s in FINAL_FOR_CLIENTS}
@@ -102,10 +106,13 @@ class PaymentRequest(_Body):
     split: tuple[SplitShare, ...] = ()
 
 
+_CUSTOMER = "your customer's wallet: the ledger names it wallet:<merchant>.<this>:<CCY>"
+
+
 class TransferRequest(_Body):
     merchant_order_no: Identifier
-    from_account_id: Identifier
-    to_account_id: Identifier
+    from_account_id: Identifier = Field(description=_CUSTOMER)
+    to_account_id: Identifier = Field(description=_CUSTOMER)
     amount: AmountMinor
     currency: CurrencyCode
 
@@ -114,7 +121,7 @@ class WalletRequest(_Body):
     """A top-up (a channel pays into the wallet) or a withdrawal (the wallet pays out)."""
 
     merchant_order_no: Identifier
-    account_id: Identifier
+    account_id: Identifier = Field(description=_CUSTOMER)
     amount: AmountMinor
     currency: CurrencyCode
     method: Literal["card", "bank", "wallet"]
@@ -122,7 +129,7 @@ class WalletRequest(_Body):
 
 class MandateRequest(_Body):
     mandate_id: Identifier
-    payer_account_id: Identifier
+    payer_account_id: Identifier = Field(description=_CUSTOMER)
     currency: CurrencyCode
     amount_max: AmountMinor = Field(description="the most one collection may take")
 
@@ -149,7 +156,7 @@ class EndpointRequest(_Body):
 def create_api(settings: Settings) -> FastAPI:
     """The app: a producer to pay.commands and a read model following pay.events."""
     view = PaymentsView()
-    state: dict = {"ready_at": 0.0, "ready": None}
+    state: dict = {"ready_at": 0.0, "ready": None, "ready_lock": asyncio.Lock()}
     ring = KeyRing.from_settings(settings)
 
     @contextlib.asynccontextmanager
@@ -186,11 +193,18 @@ def create_api(settings: Settings) -> FastAPI:
     _product_routes(app, publish, keys)
     _mandate_routes(app, view, publish, keys)
     _account_routes(app, view, keys)
-    _webhook_routes(app, view, send, keys)
+    _webhook_routes(app, view, send, keys, settings)
     _ops_routes(app, view, publish, keys)
     _health_routes(app, view, state, settings)
     app.state.view = view
     return app
+
+
+def _wallet(who: Principal, customer: str) -> str:
+    """A merchant names its customers' wallets by its own ids; the ledger's wallet id is
+    ``<merchant>.<customer>`` (``wallet:<merchant>.<customer>:<CCY>``), so no merchant can
+    name, move or read another's customer's money."""
+    return f"{who.merchant_id}.{customer}"
 
 
 def _build(cls, **fields):
@@ -212,12 +226,23 @@ def _found(view: PaymentsView, payment_id: str, who: Principal) -> dict:
     return row
 
 
-def _answer(view: PaymentsView, row: dict) -> dict:
-    """A payment as clients see it: status, the three identifiers, the amounts, history."""
+def _visible(view: PaymentsView, payment_id: str, who: Principal) -> dict:
+    row = view.payments.get(payment_id)
+    return row if row is not None and who.owns(row["merchant_id"]) else {"history": ()}
+
+
+def _answer(view: PaymentsView, row: dict, who: Principal) -> dict:
+    """A payment as clients see it: status, the three identifiers, the amounts, history.
+    A merchant does not see ops' review notes nor ops' refused commands."""
     authorized = any(h["status"] in _AUTHORIZED for h in row["history"])
-    return {**row, "version": len(row["history"]),
+    history, rejections = row["history"], view.rejections.get(row["payment_id"], [])
+    if not who.ops:
+        history = [{**h, "reason": REVIEWED} if h["trigger"] == "review" else h
+                   for h in history]
+        rejections = [r for r in rejections if r["command_type"] != "review"]
+    return {**row, "history": history, "version": len(row["history"]),
             "authorized_minor": row["amount_minor"] if authorized else 0,
-            "rejections": view.rejections.get(row["payment_id"], [])}
+            "rejections": rejections}
 
 
 async def _until(view: PaymentsView, ready, timeout_s: float) -> bool:
@@ -246,7 +271,9 @@ def _payment_routes(app: FastAPI, view: PaymentsView, publish, keys: dict) -> No
         cmd = _build(Pay, merchant_id=who.merchant_id, idempotency_key=idempotency_key,
                      merchant_order_no=body.merchant_order_no, amount_minor=body.amount,
                      currency=body.currency, method=body.method, capture=body.capture,
-                     payer=body.payer, mandate_id=body.mandate_id, split=body.split)
+                     payer=body.payer.model_copy(update={"account_id": _wallet(
+                         who, body.payer.account_id)}) if body.payer.account_id else body.payer,
+                     mandate_id=body.mandate_id, split=body.split)
         await publish(cmd, cmd.merchant_order_no)
         payment_id = payment_id_for(cmd.merchant_id, cmd.merchant_order_no)
 
@@ -260,7 +287,7 @@ def _payment_routes(app: FastAPI, view: PaymentsView, publish, keys: dict) -> No
         row, rejection = view.payments.get(payment_id), refused()
         status = "rejected" if rejection else row["status"] if row else "accepted"
         return {"payment_id": payment_id, "status": status, "rejection": rejection,
-                "payment": _answer(view, row) if row else None}
+                "payment": _answer(view, row, who) if row else None}
 
     @app.get("/v1/payments/{payment_id}", response_model=PaymentView,
              responses=responses(401, 404, 409))
@@ -268,15 +295,15 @@ def _payment_routes(app: FastAPI, view: PaymentsView, publish, keys: dict) -> No
                           min_version: int = Query(default=0, ge=0, le=10_000)):
         """A payment. ``min_version`` (a ``version`` seen before, say from a ``wait``) makes
         this replica catch up to it first, so a read never goes back in time."""
-        if min_version:
-            await _until(view, lambda: len((view.payments.get(payment_id) or {
-                "history": ()})["history"]) >= min_version, CATCH_UP_S)
+        if min_version:  # absent and not theirs wait alike: the time tells nothing
+            await _until(view, lambda: len(_visible(view, payment_id, who)["history"])
+                         >= min_version, CATCH_UP_S)
             row = _found(view, payment_id, who)
             if len(row["history"]) < min_version:
                 raise Problem(409, "version_not_reached",
                               f"this replica has version {len(row['history'])} of the payment, "
                               f"not {min_version}; retry", headers={"Retry-After": "1"})
-        return _answer(view, _found(view, payment_id, who))
+        return _answer(view, _found(view, payment_id, who), who)
 
     @app.get("/v1/payments", response_model=PaymentView, responses=responses(401, 404))
     async def find_payment(merchant_order_no: str, who: Principal = Depends(caller),
@@ -286,7 +313,7 @@ def _payment_routes(app: FastAPI, view: PaymentsView, publish, keys: dict) -> No
         payment_id = view.by_order_no.get((owner or "", merchant_order_no))
         if payment_id is None or (merchant_id and not who.owns(merchant_id)):
             raise Problem(404, "payment_not_found", "no payment for that merchant order")
-        return _answer(view, _found(view, payment_id, who))
+        return _answer(view, _found(view, payment_id, who), who)
 
 
 def _follow_up_routes(app: FastAPI, view: PaymentsView, publish, keys: dict) -> None:
@@ -345,8 +372,9 @@ def _product_routes(app: FastAPI, publish, keys: dict) -> None:
         """Move money between two wallets (the source's funds are frozen first)."""
         return await accepted(_build(
             Transfer, merchant_id=who.merchant_id, idempotency_key=idempotency_key,
-            merchant_order_no=body.merchant_order_no, from_account_id=body.from_account_id,
-            to_account_id=body.to_account_id, amount_minor=body.amount,
+            merchant_order_no=body.merchant_order_no,
+            from_account_id=_wallet(who, body.from_account_id),
+            to_account_id=_wallet(who, body.to_account_id), amount_minor=body.amount,
             currency=body.currency))
 
     @app.post("/v1/topups", response_model=Accepted, status_code=202, responses=responses(401, 403))
@@ -355,7 +383,7 @@ def _product_routes(app: FastAPI, publish, keys: dict) -> None:
         """Recharge a wallet through a channel."""
         return await accepted(_build(TopUp, merchant_id=who.merchant_id,
                                      idempotency_key=idempotency_key,
-                                     **_wallet_fields(body)))
+                                     **_wallet_fields(who, body)))
 
     @app.post("/v1/withdrawals", response_model=Accepted,
               status_code=202, responses=responses(401, 403))
@@ -364,11 +392,12 @@ def _product_routes(app: FastAPI, publish, keys: dict) -> None:
         """Pay out of a wallet through a channel (frozen first, debited on success)."""
         return await accepted(_build(Withdraw, merchant_id=who.merchant_id,
                                      idempotency_key=idempotency_key,
-                                     **_wallet_fields(body)))
+                                     **_wallet_fields(who, body)))
 
 
-def _wallet_fields(body: WalletRequest) -> dict:
-    return {"merchant_order_no": body.merchant_order_no, "account_id": body.account_id,
+def _wallet_fields(who: Principal, body: WalletRequest) -> dict:
+    return {"merchant_order_no": body.merchant_order_no,
+            "account_id": _wallet(who, body.account_id),
             "amount_minor": body.amount, "currency": body.currency, "method": body.method}
 
 
@@ -389,7 +418,8 @@ def _mandate_routes(app: FastAPI, view: PaymentsView, publish, keys: dict) -> No
         """The payer signed a collection mandate: payments with method ``mandate`` may then
         collect up to ``amount_max`` each from the payer's wallet."""
         cmd = _build(SignMandate, merchant_id=who.merchant_id, idempotency_key=idempotency_key,
-                     mandate_id=body.mandate_id, payer_account_id=body.payer_account_id,
+                     mandate_id=body.mandate_id,
+                     payer_account_id=_wallet(who, body.payer_account_id),
                      currency=body.currency, amount_minor_max=body.amount_max)
         await publish(cmd)
         return {"mandate_id": body.mandate_id, "status": "sign_requested"}
@@ -422,7 +452,7 @@ def _account_routes(app: FastAPI, view: PaymentsView, keys: dict) -> None:
     @app.get("/v1/accounts/{account_id}/balance", response_model=Balance,
              responses=responses(401, 404))
     async def balance(account_id: str, who: Principal = Depends(caller)):
-        """A merchant sees its own accounts and the wallets its payments touched."""
+        """A merchant sees its own accounts and its customers' wallets."""
         visible(account_id, who)
         return view.balance(account_id)
 
@@ -430,10 +460,9 @@ def _account_routes(app: FastAPI, view: PaymentsView, keys: dict) -> None:
              responses=responses(401, 404))
     async def entries(account_id: str, who: Principal = Depends(caller),
                       limit: int = Query(default=100, ge=1, le=1_000)):
-        """The latest legs, newest first; on a wallet, a merchant sees its own payments'."""
+        """The latest legs, newest first."""
         visible(account_id, who)
-        legs = [leg for leg in reversed(view.journal.get(account_id, ()))
-                if view.leg_visible(account_id, leg, who)][:limit]
+        legs = list(reversed(view.journal.get(account_id, ())))[:limit]
         return {"account_id": account_id, "entries": [
             {"entry_id": leg.entry_id, "posting_id": leg.posting_id,
              "payment_id": leg.payment_id, "amount_minor": leg.amount_minor,
@@ -441,21 +470,30 @@ def _account_routes(app: FastAPI, view: PaymentsView, keys: dict) -> None:
              "row_total_minor": leg.total_minor} for leg in legs]}
 
 
-def _webhook_routes(app: FastAPI, view: PaymentsView, send, keys: dict) -> None:
+def _webhook_routes(app: FastAPI, view: PaymentsView, send, keys: dict,
+                    settings: Settings) -> None:
     merchant, caller = keys["merchant"], keys["caller"]
 
-    @app.put("/v1/webhooks/endpoint", response_model=EndpointCreated, responses=responses(401, 403))
+    @app.put("/v1/webhooks/endpoint", response_model=EndpointCreated,
+             responses=responses(401, 403))
     async def set_endpoint(body: EndpointRequest, who: Principal = Depends(merchant)):
-        """Register (or replace) where this merchant's events go. The answer carries the
-        signing secret, once: keep it to verify ``Paycore-Signature``."""
+        """Register (or replace) where this merchant's events go: an https URL whose host
+        is public. The answer carries the signing secret, once: keep it to verify
+        ``Paycore-Signature``. Events from the moment the workers read it are sent."""
+        refused = await refusal(str(body.url), settings.webhook_allow_private)
+        if refused:
+            raise Problem(422, "url_refused", f"url: {refused}",
+                          [{"field": "body.url", "message": refused}])
         endpoint = Endpoint(merchant_id=who.merchant_id, url=str(body.url),
                             secret=f"whsec_{secrets.token_urlsafe(32)}", version=now_ms(),
                             at_ms=now_ms())
-        await send(t.WEBHOOK_ENDPOINTS, who.merchant_id, endpoint)
-        ok = await _until(view, lambda: view.endpoint_version(who.merchant_id)
-                          >= endpoint.version, CATCH_UP_S)
-        return {"url": endpoint.url, "secret": endpoint.secret, "version": endpoint.version,
-                "active": ok}
+        return {**await put_endpoint(endpoint), "secret": endpoint.secret}
+
+    async def put_endpoint(endpoint: Endpoint) -> dict:
+        await send(t.WEBHOOK_ENDPOINTS, endpoint.merchant_id, endpoint)
+        ok = await _until(view, lambda: view.endpoint_is(endpoint.merchant_id,
+                                                         endpoint.version), CATCH_UP_S)
+        return {"url": endpoint.url, "version": endpoint.version, "active": ok}
 
     @app.get("/v1/webhooks/endpoint", response_model=EndpointView,
              responses=responses(401, 403, 404))
@@ -469,8 +507,8 @@ def _webhook_routes(app: FastAPI, view: PaymentsView, send, keys: dict) -> None:
     async def delete_endpoint(who: Principal = Depends(merchant)):
         """Stop sending; events not yet delivered keep retrying until the retry period ends
         (register again in time and they arrive)."""
-        await send(t.WEBHOOK_ENDPOINTS, who.merchant_id, Endpoint(
-            merchant_id=who.merchant_id, url="", secret="", version=now_ms(), at_ms=now_ms()))
+        await put_endpoint(Endpoint(merchant_id=who.merchant_id, url="", secret="",
+                                    version=now_ms(), at_ms=now_ms()))
         return Response(status_code=204)
 
     @app.get("/v1/payments/{payment_id}/webhooks", response_model=Deliveries,
@@ -492,7 +530,7 @@ def _ops_routes(app: FastAPI, view: PaymentsView, publish, keys: dict) -> None:
         """Payments held for a risk review, oldest first, with the rules that fired."""
         rows = sorted((view.payments[p] for p in view.in_review),
                       key=lambda r: r["history"][-1]["at_ms"])
-        return {"reviews": [_answer(view, r) for r in rows]}
+        return {"reviews": [_answer(view, r, who) for r in rows]}
 
     @app.post("/v1/ops/payments/{payment_id}/review", response_model=Accepted, status_code=202,
               responses=responses(401, 403, 404))
@@ -501,9 +539,13 @@ def _ops_routes(app: FastAPI, view: PaymentsView, publish, keys: dict) -> None:
         """Approve or reject a payment held in ``risk_review`` (a command, audited in the
         payment's history with the reviewer and comment)."""
         row = _found(view, payment_id, who)
+        if len(idempotency_key) > OPS_KEY_LENGTH_MAX:
+            raise Problem(422, "invalid_request", "Idempotency-Key: at most 60 characters "
+                          "for ops", [{"field": "header.Idempotency-Key",
+                                       "message": "at most 60 characters for ops"}])
         await publish(_build(Review, merchant_id=row["merchant_id"],
                              merchant_order_no=row["merchant_order_no"],
-                             idempotency_key=idempotency_key, decision=body.decision,
+                             idempotency_key=f"ops-{idempotency_key}", decision=body.decision,
                              reviewer=body.reviewer, comment=body.comment))
         return {"payment_id": payment_id, "status": "review_requested"}
 
@@ -546,9 +588,10 @@ def _health_routes(app: FastAPI, view: PaymentsView, state: dict, settings: Sett
             raise Problem(503, "not_ready", "read model stopped; see the API log")
         if not view.caught_up.is_set():
             raise Problem(503, "not_ready", "read model still catching up")
-        if time.monotonic() - state["ready_at"] > READY_CACHE_S:
-            state["ready"] = await _workers_assigned(settings)
-            state["ready_at"] = time.monotonic()
+        async with state["ready_lock"]:  # one broker check at a time, shared
+            if time.monotonic() - state["ready_at"] > READY_CACHE_S:
+                state["ready"] = await _workers_assigned(settings)
+                state["ready_at"] = time.monotonic()
         if state["ready"] is not None:
             raise Problem(503, "not_ready", state["ready"])
         return {"ok": True, "payments": len(view.payments)}

@@ -87,7 +87,8 @@ class KeyRing:
         path = settings.config_dir / "api_keys.yaml"
         if path.exists():
             entries += from_file(path)
-        for merchant, key in sorted(settings.api_keys.items()):
+        for merchant, secret in sorted(settings.api_keys.items()):
+            key = secret.get_secret_value()
             _usable(key, f"PAYCORE_API_KEYS[{merchant}]")
             entries.append((digest_of(key), Principal(merchant_id=merchant)))
         ops = settings.ops_key.get_secret_value()
@@ -132,7 +133,7 @@ def authenticator(ring: KeyRing):
 
     async def caller(credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
                      ) -> Principal:
-        if credentials is None or credentials.scheme.lower() != "bearer":
+        if credentials is None:  # absent, or not a Bearer scheme
             raise _unauthorized("an API key is required: Authorization: Bearer <key>")
         key = credentials.credentials
         principal = None

@@ -1,5 +1,6 @@
-"""What the API answers: every success response has a model, so the OpenAPI document says
-exactly what a client gets (and schemathesis can hold the API to it)."""
+"""What the API answers: every success response has a model (the recon report's shape is
+``paycore.recon_report.build``'s), so the OpenAPI document says what a client gets and
+schemathesis can hold the API to it."""
 
 from __future__ import annotations
 

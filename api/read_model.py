@@ -34,6 +34,10 @@ JOURNAL_KEPT = 1_000
 RECON_EXCEPTIONS_KEPT = 10_000
 FOLLOWED = (t.EVENTS, t.LEDGER_ENTRIES, t.RECON_STATUS, t.RECON_EXCEPTIONS,
             t.WEBHOOK_ENDPOINTS, t.WEBHOOK_DELIVERIES, t.AUDIT_STATUS)
+REJECTIONS_KEPT = 50
+"""Per payment: its most recent refused commands."""
+SEEN_IDS_KEPT = 1_000_000
+"""Message ids remembered to drop redelivered copies (a copy comes soon after its original)."""
 DELIVERIES_KEPT = 200
 """Per payment: the delivery state of its latest events (bounded)."""
 
@@ -92,40 +96,25 @@ class PaymentsView:
         self.endpoints: dict[str, Endpoint] = {}
         self.deliveries: dict[str, OrderedDict[str, WebhookDelivery]] = {}
         self.audit: AuditStatus | None = None
-        self.owners: dict[str, set[str]] = {}
-        """Wallet -> merchants whose payments posted on it (filled as they are asked for)."""
-        self._seen_ids: set[str] = set()
+        self._seen_ids: OrderedDict[str, None] = OrderedDict()
 
-    def endpoint_version(self, merchant_id: str) -> int:
+    def endpoint_is(self, merchant_id: str, version: int) -> bool:
         found = self.endpoints.get(merchant_id)
-        return found.version if found is not None else 0
+        return found is not None and found.version == version
 
     def may_see(self, account_id: str, who: Principal) -> bool:
-        """Ops see every account; a merchant its own (``merchant:<id>:...``) and the wallets
-        its payments posted on. Clearing, fee, cash and suspense accounts are ops' only."""
+        """Ops see every account; a merchant its own (``merchant:<id>:...``) and its
+        customers' wallets (``wallet:<id>.<customer>:<CCY>``, named so by the API).
+        Clearing, fee, cash and suspense accounts are ops' only."""
         if who.ops:
             return True
         if not who.merchant_id:
             return False
-        if kind_of_safe(account_id) in (AccountKind.merchant_pending,
-                                        AccountKind.merchant_settled):
-            return account_id.split(":")[1] == who.merchant_id
-        if kind_of_safe(account_id) is not AccountKind.customer_wallet:
-            return False
-        owners = self.owners.setdefault(account_id, set())
-        if who.merchant_id not in owners:
-            for leg in self.journal.get(account_id, ()):
-                row = self.payments.get(leg.payment_id)
-                if row is not None:
-                    owners.add(row["merchant_id"])
-        return who.merchant_id in owners
-
-    def leg_visible(self, account_id: str, leg: LegApplied, who: Principal) -> bool:
-        """On a wallet a merchant sees the legs of its own payments only."""
-        if who.ops or kind_of_safe(account_id) is not AccountKind.customer_wallet:
-            return True
-        row = self.payments.get(leg.payment_id)
-        return row is not None and row["merchant_id"] == who.merchant_id
+        kind, parts = kind_of_safe(account_id), account_id.split(":")
+        if kind in (AccountKind.merchant_pending, AccountKind.merchant_settled):
+            return parts[1] == who.merchant_id
+        return kind is AccountKind.customer_wallet and len(parts) > 2 and \
+            parts[1].startswith(f"{who.merchant_id}.")
 
     def apply(self, body) -> None:
         if isinstance(body, PaymentStatusChanged):
@@ -145,10 +134,11 @@ class PaymentsView:
             row.update(body.model_dump(exclude={"previous_status", "at_ms"}))
             row["history"].append({"status": body.status, "at_ms": body.at_ms})
         elif isinstance(body, CommandRejected):
-            self.rejections.setdefault(body.payment_id, []).append(body.model_dump())
+            kept = self.rejections.setdefault(body.payment_id, [])
+            kept.append(body.model_dump())
+            del kept[:-REJECTIONS_KEPT]
         elif isinstance(body, Endpoint):
-            if body.version >= self.endpoint_version(body.merchant_id):
-                self.endpoints[body.merchant_id] = body
+            self.endpoints[body.merchant_id] = body  # keyed by merchant: log order decides
         elif isinstance(body, WebhookDelivery):
             kept = self.deliveries.setdefault(body.queue, OrderedDict())
             before = kept.get(body.event_id)
@@ -199,5 +189,7 @@ class PaymentsView:
             return
         if env.message_id in self._seen_ids:
             return  # a redelivered copy: same deterministic id
-        self._seen_ids.add(env.message_id)
+        self._seen_ids[env.message_id] = None
+        if len(self._seen_ids) > SEEN_IDS_KEPT:
+            self._seen_ids.popitem(last=False)
         self.apply(env.body)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from enum import Enum
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
@@ -29,9 +29,12 @@ EVENT_ID_HEADER = "Paycore-Event-Id"
 TOLERANCE_S = 300
 """How old a signed timestamp a receiver accepts (``verify``)."""
 RECENT_KEPT = 64
-"""Event ids a queue remembers after delivering them, so a redelivered event is not sent
-twice (the envelope's id is deterministic)."""
+"""Event ids a queue remembers after delivering them, so an event redelivered while the
+queue still exists is not sent twice (the envelope's id is deterministic). An emptied queue
+is removed; an event replayed later than the retry period is not queued at all."""
 JITTER = 0.1
+REVIEWED = "decided in risk review"
+"""What a merchant reads instead of ops' review note (reviewer, comment)."""
 
 
 class Endpoint(Message):
@@ -138,7 +141,7 @@ def verify(secret: str, header: str, body: bytes, now_s: int,
     constant time."""
     parts = dict(p.split("=", 1) for p in header.split(",") if "=" in p)
     stamp, given = parts.get("t", ""), parts.get("v1", "")
-    if not (stamp.isascii() and stamp.isdigit() and given.isascii()):
+    if not (stamp.isascii() and stamp.isdigit() and len(stamp) <= 12 and given.isascii()):
         return False
     timestamp = int(stamp)
     if abs(now_s - timestamp) > tolerance_s:
@@ -157,7 +160,8 @@ def backoff_ms(attempts: int, event_id: str, policy: Policy) -> int:
 
 def enqueue(queue: Queue | None, merchant_id: str, event_id: str, event_type: str, body: str,
             at: int) -> Queue:
-    """The queue with the event at its tail (unchanged if it is queued or was delivered)."""
+    """The queue with the event at its tail (unchanged if it is queued or was delivered).
+    ``at`` is the event's creation: the retry period runs from it."""
     queue = queue or Queue(merchant_id=merchant_id)
     if event_id in queue.recent or any(p.event_id == event_id for p in queue.pending):
         return queue
@@ -166,9 +170,9 @@ def enqueue(queue: Queue | None, merchant_id: str, event_id: str, event_type: st
 
 
 def next_start(queue: Queue, at: int, policy: Policy) -> tuple[Queue, Start | None]:
-    """Start the head's next attempt if it is due and none is running (or the running one
-    was lost: no result within the timeout and a grace, say a crash took it; the stage
-    settles a lost attempt as failed first, ``settle_lost``)."""
+    """Start the head's next attempt if it is due and none is running. (The stage settles
+    a lost attempt as failed first, ``settle_lost``; restarting one found lost here is a
+    fallback for callers that do not.)"""
     if not queue.pending:
         return queue, None
     head = queue.pending[0]
@@ -233,6 +237,3 @@ def attempted(queue: Queue, result: WebhookAttempted, policy: Policy
         event_type=head.event_type, state=state, attempts=head.attempts,
         http_status=result.http_status, error=result.error, next_attempt_ms=next_ms, at_ms=at)
 
-
-EventType = Literal["payment.status_changed", "payment.command_rejected",
-                    "mandate.status_changed"]

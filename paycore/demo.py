@@ -15,8 +15,11 @@ import time
 import urllib.request
 from collections import Counter, defaultdict
 
+import httpx
+
 from domain import accounts
 from domain.money import fee_minor
+from paycore.hooks import Receiver
 from paycore.observe import Observer, command_producer, send_command
 from paycore.stack import Stack, wait_until_ready
 from paycore.tour import run_tour
@@ -63,12 +66,15 @@ def run_demo(settings: Settings, payments: int = 200, timeout_s: float = 120.0) 
               f"(warm-up payment took {warmup_s:.1f}s)", flush=True)
         observer = Observer(stack.settings.kafka_bootstrap, stack.settings.partitions,
                             merchant=MERCHANT)
+        hooks = Receiver(fail_first=1)
         try:
+            secret = _register_webhook(stack.settings, hooks)
             ok = _script(stack, observer, payments, timeout_s)
             ok = run_tour(stack.settings, timeout_s=30) and ok
-            summary_ok = _summarize(stack.settings, observer, started, ok)
+            summary_ok = _summarize(stack.settings, observer, started, ok, hooks, secret)
         finally:
             observer.close()
+            hooks.close()
     print(f"elapsed {time.monotonic() - started:.1f}s")
     return 0 if ok and summary_ok else 1
 
@@ -152,7 +158,8 @@ def _expected_merchant_balance(settings: Settings, observer: Observer) -> int:
     return expected
 
 
-def _summarize(settings: Settings, observer: Observer, started: float, ok: bool) -> bool:
+def _summarize(settings: Settings, observer: Observer, started: float, ok: bool,
+               hooks: Receiver, secret: str) -> bool:
     merchant = accounts.merchant_pending(MERCHANT, "USD")
     want = _expected_merchant_balance(settings, observer)
     observer.wait_until(lambda: observer.balances().get(merchant) == want, 15)
@@ -177,9 +184,42 @@ def _summarize(settings: Settings, observer: Observer, started: float, ok: bool)
     print(f"  reported balances equal rebuild from journal: {'OK' if rebuilt_ok else 'FAILED'}")
     print(f"  dead letters: {len(observer.deadletters)}")
     print(_reconciliation_line(settings))
-    good = ok and zero_sum and rebuilt_ok and balances.get(merchant, 0) == want
+    hooks_ok = _webhooks_line(observer, hooks, secret)
+    good = ok and zero_sum and rebuilt_ok and balances.get(merchant, 0) == want and hooks_ok
     print(f"\nRESULT: {'OK' if good else 'FAILED'}", file=sys.stdout, flush=True)
     return good
+
+
+def _register_webhook(settings: Settings, hooks: Receiver) -> str:
+    """The demo merchant's webhook endpoint, registered over the API with its key."""
+    print(f"  webhooks of {MERCHANT} go to {hooks.url} (it refuses each event once, to show "
+          "the retries)", flush=True)
+    key = settings.api_keys[MERCHANT].get_secret_value()
+    answer = httpx.put(f"http://{settings.api_host}:{settings.api_port}/v1/webhooks/endpoint",
+                       json={"url": hooks.url}, timeout=15,
+                       headers={"Authorization": f"Bearer {key}"})
+    answer.raise_for_status()
+    return answer.json()["secret"]
+
+
+def _webhooks_line(observer: Observer, hooks: Receiver, secret: str,
+                   timeout_s: float = 60) -> bool:
+    """Every status change of the demo's payments delivered, signed, in order per payment."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        observer.poll(200)
+        events = sum(len(h) for h in observer.history.values())
+        if sum(e["event"]["type"] == "payment.status_changed"
+               for e in hooks.delivered()) >= events:
+            break
+    delivered = [e for e in hooks.delivered() if e["event"]["type"] == "payment.status_changed"]
+    good, requests = hooks.verified(secret)
+    ok = len(delivered) == events and good == requests and hooks.in_order()
+    print(f"  webhooks: {len(delivered)}/{events} status changes delivered to {MERCHANT}'s "
+          f"endpoint in {requests} requests; signatures verified {good}/{requests}; "
+          f"order per payment {'kept' if hooks.in_order() else 'BROKEN'} -> "
+          f"{'OK' if ok else 'FAILED'}", flush=True)
+    return ok
 
 
 def _reconciliation_line(settings: Settings) -> str:

@@ -52,8 +52,13 @@ class Stack:
             # A fresh in-memory broker means fresh table state: old RocksDB rows would lie.
             for stale in self.settings.data_dir.glob("worker-*"):
                 shutil.rmtree(stale, ignore_errors=True)
-            self.settings = self.settings.model_copy(
-                update={"kafka_bootstrap": self.broker.bootstrap, "embedded_broker": True})
+            # The embedded default is a development stack: webhook receivers on 127.0.0.1
+            # (the demo's) are allowed unless the setting says otherwise.
+            private = self.settings.webhook_allow_private \
+                if "webhook_allow_private" in self.settings.model_fields_set else True
+            self.settings = self.settings.model_copy(update={
+                "kafka_bootstrap": self.broker.bootstrap, "embedded_broker": True,
+                "webhook_allow_private": private})
         else:
             wait_for_metadata(self.settings.kafka_bootstrap)
         ensure_topics(self.settings.kafka_bootstrap, t.ALL, self.settings.partitions)
@@ -75,6 +80,9 @@ class Stack:
 
     def _spawn(self, name: str, args: list[str], listens: str) -> Part:
         env = {**os.environ, **_settings_env(self.settings)}
+        if name != "api":
+            for secret in SECRETS:
+                env.pop(secret, None)
         log_path = self.settings.data_dir / "logs" / f"{name}.log"
         with open(log_path, "ab") as out:
             proc = subprocess.Popen([sys.executable, "-m", "paycore", *args], env=env,
@@ -144,7 +152,7 @@ def with_keys(settings: Settings) -> Settings:
     if not settings.ops_key.get_secret_value():
         update["ops_key"] = SecretStr(new_key())
     if not settings.api_keys and not from_file_exists(settings):
-        update["api_keys"] = {DEV_MERCHANT: new_key()}
+        update["api_keys"] = {DEV_MERCHANT: SecretStr(new_key())}
     return settings.model_copy(update=update) if update else settings
 
 
@@ -159,7 +167,8 @@ def write_keys(settings: Settings, path: Path) -> None:
     path.touch(mode=0o600)
     path.chmod(0o600)
     path.write_text(json.dumps({"ops_key": settings.ops_key.get_secret_value(),
-                                "merchant_keys": settings.api_keys}, indent=2))
+                                "merchant_keys": {m: k.get_secret_value() for m, k in
+                                                  settings.api_keys.items()}}, indent=2))
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:
@@ -172,14 +181,16 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
 def _settings_env(settings: Settings) -> dict[str, str]:
     env = {}
     for name, value in settings.model_dump(mode="json").items():
-        if name in _SECRETS:
-            value = getattr(settings, name).get_secret_value()
+        if name == "ops_key":
+            value = settings.ops_key.get_secret_value()
+        elif name == "api_keys":
+            value = {m: k.get_secret_value() for m, k in settings.api_keys.items()}
         env[f"PAYCORE_{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
     return env
 
 
-_SECRETS = ("ops_key",)
-"""Secret settings: dumped as ``**********`` unless asked for their value."""
+SECRETS = ("PAYCORE_OPS_KEY", "PAYCORE_API_KEYS")
+"""Only the API process gets the keys in its environment."""
 
 
 def pick_ports(settings: Settings) -> Settings:

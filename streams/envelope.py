@@ -85,7 +85,7 @@ _NATURAL_ID = {
     "ChannelRefundConfirmed": ("payment_id", "request_id"),
     "MandateCheckRequested": ("payment_id", "mandate_key"),
     "MandateChecked": ("payment_id", "mandate_key", "allowed", "code"),
-    "Endpoint": ("merchant_id", "version"),
+    "Endpoint": ("merchant_id", "version", "url", "secret"),
     "WebhookAttempted": ("queue", "event_id", "attempt"),
     "WebhookWake": ("queue", "wake_ms"),
     "WebhookDelivery": ("event_id", "attempts", "state"),

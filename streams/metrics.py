@@ -65,7 +65,8 @@ WEBHOOK_DELIVERIES = Counter("paycore_webhook_deliveries_total",
                              "Webhook attempts by result (delivered, retry, failed: given up)",
                              ["result"])
 WEBHOOK_SKIPPED = Counter("paycore_webhook_events_skipped_total",
-                          "Events not queued for a webhook: the merchant has no endpoint")
+                          "Events not queued for a webhook (no endpoint; a replay older than "
+                          "the retry period)", ["why"])
 WEBHOOK_SECONDS = Histogram("paycore_webhook_attempt_seconds",
                             "One webhook attempt, request to answer or error",
                             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))

@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     deadline_sweep_ms: int = Field(default=500, ge=50, le=60_000)
     """How often the order stage looks for orders past their deadline (timeouts, expiry)."""
 
-    api_keys: dict[str, str] = {}
+    api_keys: dict[str, SecretStr] = {}
     """API keys from the environment: a JSON object merchant id -> key
     (``PAYCORE_API_KEYS='{"shop-1": "pk_..."}'``). ``config/api_keys.yaml`` holds digests."""
 
@@ -84,6 +84,10 @@ class Settings(BaseSettings):
 
     webhook_backoff_max_ms: int = Field(default=600_000, ge=10)
     """... up to this."""
+
+    webhook_allow_private: bool = False
+    """Allow http and private addresses as webhook URLs: development stacks only
+    (``streams/egress.py``)."""
 
     webhook_retry_period_s: int = Field(default=24 * 3600, ge=1)
     """How long an event is retried before it is given up (and marked failed)."""

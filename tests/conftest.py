@@ -101,8 +101,8 @@ def stack_settings(broker, deterministic_config, tmp_path_factory) -> Settings:
         data_dir=tmp_path_factory.mktemp("paycore"), app_id=f"paycore-test-{run}",
         config_dir=deterministic_config, ops_key=OPS_KEY,
         api_keys={merchant: key for merchant, key in _api_merchants(run)},
-        webhook_backoff_ms=200, webhook_backoff_max_ms=1_000, webhook_timeout_s=2,
-        webhook_retry_period_s=4))
+        webhook_allow_private=True, webhook_backoff_ms=200, webhook_backoff_max_ms=1_000,
+        webhook_timeout_s=2, webhook_retry_period_s=8))
 
 
 def _api_merchants(run: str) -> list[tuple[str, str]]:
@@ -216,7 +216,7 @@ def shop(api_ready, stack_settings):
     free = [m for m in sorted(stack_settings.api_keys) if m not in _shops_taken]
     assert free, f"all {API_MERCHANTS} API merchants used: raise API_MERCHANTS"
     _shops_taken.append(free[0])
-    key = stack_settings.api_keys[free[0]]
+    key = stack_settings.api_keys[free[0]].get_secret_value()
     with _client(stack_settings, key) as client:
         yield Shop(free[0], key, client)
 
@@ -226,6 +226,6 @@ def other_shop(shop, api_ready, stack_settings):
     """A second merchant, for cross-merchant attempts."""
     free = [m for m in sorted(stack_settings.api_keys) if m not in _shops_taken]
     _shops_taken.append(free[0])
-    key = stack_settings.api_keys[free[0]]
+    key = stack_settings.api_keys[free[0]].get_secret_value()
     with _client(stack_settings, key) as client:
         yield Shop(free[0], key, client)

@@ -31,6 +31,7 @@ def test_demo_reaches_final_statuses_with_balanced_ledger(tmp_path):
     assert "zero-sum per currency: {'USD': 0} -> OK" in out
     assert "manual capture: succeeded" in out
     assert "partially_refunded" in out
+    assert "order per payment kept -> OK" in out  # webhooks: every status change delivered
     for channel in ("card_acquirer", "wallet"):
         assert channel in out
 

@@ -228,16 +228,45 @@ class TestProducts:
 
         assert {r.status_code for r in (topup, transfer, withdrawal)} == {202}
         # the card top-up's fee (180 + 20) stays with us: 10,000 - 200 - 4,000
-        alice_balance = _poll(lambda: api.get(f"/v1/accounts/wallet:{alice}:USD/balance"),
+        wallet_a, wallet_b = f"wallet:{shop.id}.{alice}:USD", f"wallet:{shop.id}.{bob}:USD"
+        alice_balance = _poll(lambda: api.get(f"/v1/accounts/{wallet_a}/balance"),
                               200, until=lambda b: b["total_minor"] == 5_800)
-        bob_balance = _poll(lambda: api.get(f"/v1/accounts/wallet:{bob}:USD/balance"), 200,
+        bob_balance = _poll(lambda: api.get(f"/v1/accounts/{wallet_b}/balance"), 200,
                             until=lambda b: b["total_minor"] == 2_500)
         assert (alice_balance["total_minor"], bob_balance["total_minor"]) == (5_800, 2_500)
-        entries = api.get(f"/v1/accounts/wallet:{bob}:USD/entries").json()["entries"]
+        entries = api.get(f"/v1/accounts/{wallet_b}/entries").json()["entries"]
         assert sorted(e["amount_minor"] for e in entries) == [-1_500, 4_000]
         # the wallet is this merchant's business, not another's
-        assert other_shop.client.get(
-            f"/v1/accounts/wallet:{bob}:USD/balance").status_code == 404
+        assert other_shop.client.get(f"/v1/accounts/{wallet_b}/balance").status_code == 404
+
+    def test_another_merchant_cannot_move_a_customers_money(self, shop, other_shop):
+        alice = "alice"
+        topup = shop.client.post("/v1/topups", json={
+            "merchant_order_no": "tu-mine", "account_id": alice, "amount": 5_000,
+            "currency": "USD", "method": "card"}, headers={"Idempotency-Key": "tu-mine"})
+        _wait_status(shop.client, topup.json()["payment_id"], "succeeded", captured=5_000)
+        mine = f"/v1/accounts/wallet:{shop.id}.{alice}:USD/balance"
+        before = _poll(lambda: shop.client.get(mine), 200)["total_minor"]
+
+        # the same customer name from another merchant is that merchant's own customer
+        theft = other_shop.client.post("/v1/transfers", json={
+            "merchant_order_no": "steal", "from_account_id": alice,
+            "to_account_id": "mule", "amount": 1_000, "currency": "USD"},
+            headers={"Idempotency-Key": "steal"})
+        payout = other_shop.client.post("/v1/withdrawals", json={
+            "merchant_order_no": "steal-2", "account_id": alice, "amount": 1_000,
+            "currency": "USD", "method": "bank"}, headers={"Idempotency-Key": "steal-2"})
+        charged = _sale(other_shop.client, "steal-3", amount=1_000, method="balance",
+                        payer={"account_id": alice})
+
+        assert theft.status_code == payout.status_code == 202
+        assert _wait_status(other_shop.client, theft.json()["payment_id"], "failed",
+                            captured=0)["status"] == "failed"
+        assert _wait_status(other_shop.client, payout.json()["payment_id"], "failed",
+                            captured=0)["status"] == "failed"
+        assert charged["status"] == "failed"
+        assert shop.client.get(mine).json()["total_minor"] == before
+        assert other_shop.client.get(mine).status_code == 404
 
     def test_a_wallet_product_names_its_fields(self, shop):
         response = shop.client.post("/v1/topups", json={
@@ -262,7 +291,7 @@ class TestMandates:
 
         assert (signed.status_code, ended.status_code) == (202, 202)
         assert row["status"] == "active"
-        assert (row["payer_account_id"], row["amount_minor_max"]) == ("iban-9", 9_000)
+        assert (row["payer_account_id"], row["amount_minor_max"]) == (f"{shop.id}.iban-9", 9_000)
         assert after["status"] == "terminated"
         assert api.get("/v1/mandates/md-none").status_code == 404
         assert other_shop.client.get("/v1/mandates/md-1").status_code == 404
@@ -377,6 +406,10 @@ class TestOps:
         assert decided.status_code == 202
         assert after["status"] == "succeeded"
         assert any("ana" in h["reason"] for h in after["history"]), after["history"]
+        seen_by_merchant = shop.client.get(f"/v1/payments/{held['payment_id']}").json()
+        reviewed = [h for h in seen_by_merchant["history"] if h["trigger"] == "review"]
+        assert reviewed and {h["reason"] for h in reviewed} == {"decided in risk review"}
+        assert "known customer" not in str(seen_by_merchant)
         assert held["payment_id"] not in [
             r["payment_id"] for r in api.get("/v1/ops/reviews").json()["reviews"]]
 
@@ -439,26 +472,31 @@ def _wait_status(api, payment_id: str, status: str, captured: int, timeout_s: fl
     return row
 
 
+def _replica(settings, log_path, **changes):
+    """Another API process on the shared broker (its own port and read model)."""
+    import os
+    import subprocess
+    import sys
+
+    from paycore.stack import _settings_env
+    from streams.broker import free_port
+
+    settings = settings.model_copy(update={"api_port": free_port(), **changes})
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "paycore", "api"],
+                                   env={**os.environ, **_settings_env(settings)},
+                                   stdout=log, stderr=subprocess.STDOUT)
+    return process, f"http://127.0.0.1:{settings.api_port}"
+
+
 class TestReplicas:
     def test_a_second_replica_reads_what_the_first_answered(self, shop, stack_settings,
                                                             tmp_path):
-        import os
-        import subprocess
-        import sys
-
         import httpx
 
-        from paycore.stack import _settings_env
-        from streams.broker import free_port
-
-        port = free_port()
-        env = {**os.environ, **_settings_env(stack_settings.model_copy(
-            update={"api_port": port}))}
-        with open(tmp_path / "api-2.log", "wb") as log:
-            replica = subprocess.Popen([sys.executable, "-m", "paycore", "api"], env=env,
-                                       stdout=log, stderr=subprocess.STDOUT)
+        replica, url = _replica(stack_settings, tmp_path / "api-2.log")
         try:
-            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=40,
+            with httpx.Client(base_url=url, timeout=40,
                               headers={"Authorization": f"Bearer {shop.key}"}) as second:
                 _poll(lambda: _get_or_503(second, "/readyz"), 200, timeout_s=30)
                 created = _sale(shop.client, "replica-1")
@@ -469,6 +507,45 @@ class TestReplicas:
             assert read.status_code == 200, read.text
             assert (read.json()["status"], read.json()["version"]) == (
                 created["status"], created["payment"]["version"])
+        finally:
+            replica.terminate()
+            replica.wait(10)
+
+    def test_a_production_replica_refuses_webhooks_into_its_own_network(
+            self, shop, stack_settings, tmp_path):
+        import httpx
+
+        replica, url = _replica(stack_settings, tmp_path / "api-4.log",
+                                webhook_allow_private=False)
+        try:
+            with httpx.Client(base_url=url, timeout=40,
+                              headers={"Authorization": f"Bearer {shop.key}"}) as strict:
+                _poll(lambda: _get_or_503(strict, "/readyz"), 200, timeout_s=30)
+                answers = [strict.put("/v1/webhooks/endpoint", json={"url": target})
+                           for target in ("http://127.0.0.1:9092/", "https://10.0.0.8/",
+                                          "https://169.254.169.254/")]
+
+            assert [a.status_code for a in answers] == [422, 422, 422]
+            assert {a.json()["code"] for a in answers} == {"url_refused"}
+            assert [a.json()["errors"][0]["field"] for a in answers] == ["body.url"] * 3
+        finally:
+            replica.terminate()
+            replica.wait(10)
+
+    def test_a_replica_whose_workers_are_gone_is_not_ready(self, api_ready, stack_settings,
+                                                          tmp_path):
+        import httpx
+
+        replica, url = _replica(stack_settings, tmp_path / "api-3.log",
+                                app_id="paycore-no-workers")
+        try:
+            with httpx.Client(base_url=url, timeout=40) as lonely:
+                answer = _poll(lambda: _get_or_503(lonely, "/readyz"), 503, timeout_s=30,
+                               until=lambda body: "worker" in body.get("detail", ""))
+
+            assert answer["code"] == "not_ready"
+            assert answer["detail"] == ("no worker in consumer group paycore-no-workers-v"
+                                        f"{stack_settings.app_version}")
         finally:
             replica.terminate()
             replica.wait(10)

@@ -3,61 +3,13 @@ the order per payment, the retries after failures, and that nothing is lost."""
 
 from __future__ import annotations
 
-import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from domain.webhooks import EVENT_ID_HEADER, SIGNATURE_HEADER, verify
+from paycore.hooks import Receiver
 
 pytestmark = pytest.mark.integration
-
-
-class Receiver:
-    """An HTTP endpoint that records every request and answers by a rule:
-    ``fail_first`` attempts of each event get a 500, then 200; ``always_fail`` never 2xx."""
-
-    def __init__(self, fail_first: int = 0, always_fail: bool = False) -> None:
-        self.fail_first, self.always_fail = fail_first, always_fail
-        self.requests: list[dict] = []
-        self.lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 (http.server's name)
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                with receiver.lock:
-                    event_id = self.headers.get(EVENT_ID_HEADER, "")
-                    tries = sum(1 for r in receiver.requests if r["event_id"] == event_id)
-                    ok = not receiver.always_fail and tries >= receiver.fail_first
-                    receiver.requests.append({
-                        "event_id": event_id, "body": body, "at": time.time(),
-                        "signature": self.headers.get(SIGNATURE_HEADER, ""), "ok": ok})
-                self.send_response(200 if ok else 500)
-                self.end_headers()
-
-            def log_message(self, *_args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def delivered(self) -> list[dict]:
-        """The first 2xx-answered request of each event, in the order they were answered."""
-        seen, out = set(), []
-        with self.lock:
-            for r in self.requests:
-                if r["ok"] and r["event_id"] not in seen:
-                    seen.add(r["event_id"])
-                    out.append({**r, "event": json.loads(r["body"])})
-        return out
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
@@ -127,10 +79,8 @@ def test_every_event_arrives_signed_in_order_after_retries(shop, receiver):
     want, delivered = found
 
     assert rejected.status_code == 202
-    now = int(time.time())
-    assert all(verify(secret, r["signature"], r["body"], now) for r in hooks.requests)
-    assert not any(verify(secret + "x", r["signature"], r["body"], now)
-                   for r in hooks.requests)
+    assert hooks.verified(secret) == (len(hooks.requests), len(hooks.requests))
+    assert hooks.verified(secret + "x")[0] == 0
     assert {r["event"]["data"]["merchant_id"] for r in delivered} == {shop.id}
     statuses = {p: [r["event"]["data"]["status"] for r in delivered
                     if r["event"]["type"] == "payment.status_changed"
@@ -142,7 +92,7 @@ def test_every_event_arrives_signed_in_order_after_retries(shop, receiver):
     for r in hooks.requests:
         attempts[r["event_id"]] = attempts.get(r["event_id"], 0) + 1
     assert set(attempts.values()) == {2}, attempts  # one failure, one success, no extra
-    _assert_in_order(hooks)
+    assert hooks.in_order()
     states = _until(lambda: _all_delivered(shop, held, len(want[held])), timeout_s=10)
     assert {(d["state"], d["attempts"], d["http_status"]) for d in states} == {
         ("delivered", 2, 200)}
@@ -152,26 +102,6 @@ def test_every_event_arrives_signed_in_order_after_retries(shop, receiver):
 def _all_delivered(shop, payment_id: str, events: int) -> list[dict] | None:
     rows = shop.client.get(f"/v1/payments/{payment_id}/webhooks").json()["deliveries"]
     return rows if sum(d["state"] == "delivered" for d in rows) == events else None
-
-
-def _assert_in_order(hooks: Receiver) -> None:
-    """No request for a payment's event before its previous event was answered 2xx."""
-    done_at: dict[str, float] = {}
-    order: dict[str, list[str]] = {}
-    with hooks.lock:
-        requests = list(hooks.requests)
-    for r in requests:
-        data = json.loads(r["body"])["data"]
-        queue = order.setdefault(data["payment_id"], [])
-        if r["event_id"] not in queue:
-            queue.append(r["event_id"])
-    for r in requests:
-        if r["ok"]:
-            done_at.setdefault(r["event_id"], r["at"])
-    for queue in order.values():
-        for before, after in zip(queue, queue[1:], strict=False):
-            first_after = min(r["at"] for r in requests if r["event_id"] == after)
-            assert done_at[before] <= first_after
 
 
 def test_an_endpoint_that_never_answers_2xx_is_given_up_and_shown(shop, receiver,
