@@ -42,7 +42,7 @@ def _schemathesis(settings, key: str, out: Path, *selection: str) -> tuple[int, 
          "--max-examples", str(MAX_EXAMPLES), "--seed", str(SEED), "--no-color",
          "--request-timeout", "40", "--report", "junit", "--report-dir", str(out),
          "--warnings", "off", *selection],
-        capture_output=True, text=True, timeout=600)
+        capture_output=True, text=True, timeout=600, cwd=out)
     return done.returncode, done.stdout + done.stderr
 
 
