@@ -12,16 +12,31 @@ from streams.app import Wire, create_app
 from streams.settings import Settings
 
 
-def build_worker(settings: Settings, worker_index: int = 0, **overrides) -> Wire:
+def build_worker(settings: Settings, worker_index: int | str = 0, **overrides) -> Wire:
     """The App with all stages; each worker on a host gets its own table directory."""
     datadir = str(settings.data_dir / f"worker-{worker_index}")
     return register_stages(create_app(settings, datadir=datadir, **overrides))
 
 
-def run_worker(settings: Settings, worker_index: int = 0, metrics_port: int | None = None
-               ) -> None:
+def webhooks_settings(settings: Settings) -> Settings:
+    """The webhook deliverer: the ``webhooks`` stage alone, as an app (consumer group,
+    tables, changelogs) of its own. Merchants' endpoints are outside our control; a slow
+    or failing one must never slow payments, so delivery runs beside the payment path, not
+    in it (a bulkhead): its own process and its own share of the CPU."""
+    return settings.model_copy(update={"app_id": f"{settings.app_id}-webhooks",
+                                       "stages": "webhooks"})
+
+
+def run_webhooks(settings: Settings) -> None:
+    run_worker(webhooks_settings(settings), worker_index="webhooks",
+               metrics_port=settings.webhooks_metrics_port)
+
+
+def run_worker(settings: Settings, worker_index: int | str = 0,
+               metrics_port: int | None = None) -> None:
     wire = build_worker(settings, worker_index)
-    port = settings.worker_web_port + worker_index if metrics_port is None else metrics_port
+    port = settings.worker_web_port + int(worker_index) if metrics_port is None \
+        else metrics_port
     if port:
         start_http_server(port, addr="127.0.0.1")
     logging.getLogger("paycore").info("worker %s metrics on 127.0.0.1:%s", worker_index, port)

@@ -516,9 +516,17 @@ def _webhook_routes(app: FastAPI, view: PaymentsView, send, keys: dict,
     async def deliveries(payment_id: str, who: Principal = Depends(caller)):
         """Each event's delivery: state (retrying, delivered, failed), attempts, last
         answer, next attempt."""
-        _found(view, payment_id, who)
-        return {"payment_id": payment_id, "deliveries": [
-            d.model_dump(mode="json") for d in view.deliveries.get(payment_id, {}).values()]}
+        row = _found(view, payment_id, who)
+        states = view.deliveries.get(payment_id, {})
+        endpoint = view.endpoints.get(row["merchant_id"])
+        since = endpoint.at_ms if endpoint is not None and endpoint.url else None
+        events = [(h["event_id"], h["at_ms"]) for h in row["history"]] + [
+            (r["event_id"], r["at_ms"]) for r in view.rejections.get(payment_id, [])
+            if r["command_type"] != "review"]
+        return {"payment_id": payment_id,
+                "deliveries": [d.model_dump(mode="json") for d in states.values()],
+                "pending": [] if since is None else [
+                    e for e, at in events if e not in states and at >= since]}
 
 
 def _ops_routes(app: FastAPI, view: PaymentsView, publish, keys: dict) -> None:

@@ -10,6 +10,8 @@ from domain.webhooks import WebhookDelivery
 
 
 class HistoryItem(BaseModel):
+    event_id: str
+    """The event's id: the ``id`` of its webhook."""
     status: str
     reason: str
     trigger: str
@@ -28,6 +30,7 @@ class Rejection(BaseModel):
     code: str
     reason: str
     at_ms: int
+    event_id: str
 
 
 class PaymentView(BaseModel):
@@ -134,6 +137,10 @@ class EndpointView(BaseModel):
 class Deliveries(BaseModel):
     payment_id: str
     deliveries: list[WebhookDelivery]
+    """Each attempted event's latest state (retrying, delivered, failed)."""
+    pending: list[str]
+    """Events of the payment since the endpoint was registered and not attempted yet
+    (queued behind another, or just created), by event id."""
 
 
 class Reviews(BaseModel):

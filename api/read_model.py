@@ -116,11 +116,12 @@ class PaymentsView:
         return kind is AccountKind.customer_wallet and len(parts) > 2 and \
             parts[1].startswith(f"{who.merchant_id}.")
 
-    def apply(self, body) -> None:
+    def apply(self, body, event_id: str = "") -> None:
         if isinstance(body, PaymentStatusChanged):
             row = self.payments.setdefault(body.payment_id, {"history": []})
             row.update(body.model_dump(exclude={"previous_status", "reason", "trigger", "at_ms"}))
-            row["history"].append({"status": body.status, "reason": body.reason,
+            row["history"].append({"event_id": event_id, "status": body.status,
+                                   "reason": body.reason,
                                    "trigger": body.trigger, "at_ms": body.at_ms})
             self.by_order_no[(body.merchant_id, body.merchant_order_no)] = body.payment_id
             if row["status"] == "risk_review":
@@ -135,7 +136,7 @@ class PaymentsView:
             row["history"].append({"status": body.status, "at_ms": body.at_ms})
         elif isinstance(body, CommandRejected):
             kept = self.rejections.setdefault(body.payment_id, [])
-            kept.append(body.model_dump())
+            kept.append({**body.model_dump(), "event_id": event_id})
             del kept[:-REJECTIONS_KEPT]
         elif isinstance(body, Endpoint):
             self.endpoints[body.merchant_id] = body  # keyed by merchant: log order decides
@@ -192,4 +193,4 @@ class PaymentsView:
         self._seen_ids[env.message_id] = None
         if len(self._seen_ids) > SEEN_IDS_KEPT:
             self._seen_ids.popitem(last=False)
-        self.apply(env.body)
+        self.apply(env.body, env.message_id)

@@ -50,6 +50,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_webhooks(args: argparse.Namespace) -> int:
+    from agents.worker import run_webhooks
+
+    run_webhooks(Settings())
+    return 0
+
+
 def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -269,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("--index", type=int, default=0, help="worker number on this host")
     worker.set_defaults(run=cmd_worker)
     sub.add_parser("api", help="the HTTP API").set_defaults(run=cmd_api)
+    sub.add_parser("webhooks", help="the webhook deliverer (its own consumer group)"
+                   ).set_defaults(run=cmd_webhooks)
     _add_simulate(sub)
     sub.add_parser("audit", help="the ledger auditor (all partitions)").set_defaults(
         run=cmd_audit)

@@ -14,10 +14,13 @@ from domain.webhooks import EVENT_ID_HEADER, SIGNATURE_HEADER, verify
 
 class Receiver:
     """An HTTP endpoint that records every request and answers by a rule:
-    ``fail_first`` attempts of each event get a 500, then 200; ``always_fail`` never 2xx."""
+    ``fail_first`` attempts of each event (of every ``fail_every``-th event seen) get a 500,
+    then 200; ``always_fail`` never 2xx."""
 
-    def __init__(self, fail_first: int = 0, always_fail: bool = False) -> None:
-        self.fail_first, self.always_fail = fail_first, always_fail
+    def __init__(self, fail_first: int = 0, always_fail: bool = False,
+                 fail_every: int = 1) -> None:
+        self.fail_first, self.always_fail, self.fail_every = fail_first, always_fail, fail_every
+        self.seen: dict[str, int] = {}
         self.requests: list[dict] = []
         self.tries: dict[str, int] = defaultdict(int)
         self.lock = threading.Lock()
@@ -28,8 +31,10 @@ class Receiver:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 with receiver.lock:
                     event_id = self.headers.get(EVENT_ID_HEADER, "")
-                    ok = not receiver.always_fail and \
-                        receiver.tries[event_id] >= receiver.fail_first
+                    index = receiver.seen.setdefault(event_id, len(receiver.seen))
+                    failing = index % receiver.fail_every == 0
+                    ok = not receiver.always_fail and (
+                        not failing or receiver.tries[event_id] >= receiver.fail_first)
                     receiver.tries[event_id] += 1
                     receiver.requests.append({
                         "event_id": event_id, "body": body, "at": time.time(),

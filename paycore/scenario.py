@@ -1621,7 +1621,8 @@ def _embedded(scenario: Scenario, settings: Settings, config_dir: Path, out_dir:
 
     update = {"config_dir": config_dir, "data_dir": out_dir / "stack",
               "simulator_seed": scenario.seed, "api_port": 0, "worker_web_port": 0,
-              "simulator_metrics_port": 0, "auditor_metrics_port": 0}
+              "simulator_metrics_port": 0, "auditor_metrics_port": 0,
+              "webhooks_metrics_port": 0}
     merchant = f"scn-{scenario.name}-{scenario.seed}"
     if settings.kafka_bootstrap:  # a shared broker: state and payments of this run's own
         tag = _run_tag()

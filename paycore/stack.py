@@ -41,6 +41,7 @@ class Stack:
     with_api: bool = True
     with_simulator: bool = True
     with_auditor: bool = True
+    with_webhooks: bool = True
     broker: EmbeddedBroker | None = None
     parts: list[Part] = field(default_factory=list)
 
@@ -76,6 +77,9 @@ class Stack:
         if self.with_auditor:
             self._spawn("auditor", ["audit"],
                         f"metrics http://127.0.0.1:{self.settings.auditor_metrics_port}")
+        if self.with_webhooks:
+            self._spawn("webhooks", ["webhooks"],
+                        f"metrics http://127.0.0.1:{self.settings.webhooks_metrics_port}")
         return self
 
     def _spawn(self, name: str, args: list[str], listens: str) -> Part:
@@ -195,7 +199,8 @@ SECRETS = ("PAYCORE_OPS_KEY", "PAYCORE_API_KEYS")
 
 def pick_ports(settings: Settings) -> Settings:
     """A free port for every listener configured as 0, so stacks and tests never collide."""
-    names = ("api_port", "worker_web_port", "simulator_metrics_port", "auditor_metrics_port")
+    names = ("api_port", "worker_web_port", "simulator_metrics_port", "auditor_metrics_port",
+             "webhooks_metrics_port")
     return settings.model_copy(update={n: getattr(settings, n) or free_port() for n in names})
 
 

@@ -45,6 +45,7 @@ class Settings(BaseSettings):
 
     simulator_metrics_port: int = 9310
     auditor_metrics_port: int = 9311
+    webhooks_metrics_port: int = 9312
 
     config_dir: Path = ROOT / "config"
     """Folder with routing.yaml, risk.yaml and channels.yaml."""
@@ -58,8 +59,9 @@ class Settings(BaseSettings):
     log_level: str = "WARNING"
     """Log level of every process (DEBUG, INFO, WARNING, ERROR)."""
 
-    stages: str = "intake,dedup,risk,orders,mandates,ledger,recon,webhooks"
-    """Comma-separated stages this worker runs (all by default; tests may isolate one)."""
+    stages: str = "intake,dedup,risk,orders,mandates,ledger,recon"
+    """Comma-separated stages this worker runs (the payment path by default; tests may
+    isolate one). ``webhooks`` runs in its own process: ``paycore webhooks``."""
 
     rebalance_timeout_s: int = 5
     """Faust broker_rebalance_timeout: how long a group join waits for members."""

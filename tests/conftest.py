@@ -98,6 +98,7 @@ def stack_settings(broker, deterministic_config, tmp_path_factory) -> Settings:
     return pick_ports(Settings(
         kafka_bootstrap=broker[0], embedded_broker=broker[1], partitions=PARTITIONS,
         api_port=0, worker_web_port=0, simulator_metrics_port=0, auditor_metrics_port=0,
+        webhooks_metrics_port=0,
         data_dir=tmp_path_factory.mktemp("paycore"), app_id=f"paycore-test-{run}",
         config_dir=deterministic_config, ops_key=OPS_KEY,
         api_keys={merchant: key for merchant, key in _api_merchants(run)},
@@ -116,7 +117,8 @@ def own_settings(deterministic_config, tmp_path) -> Settings:
     processes and must not disturb the shared stack."""
     return pick_ports(Settings(
         kafka_bootstrap="", partitions=PARTITIONS, api_port=0, worker_web_port=0,
-        simulator_metrics_port=0, auditor_metrics_port=0, data_dir=tmp_path,
+        simulator_metrics_port=0, auditor_metrics_port=0, webhooks_metrics_port=0,
+        data_dir=tmp_path,
         config_dir=deterministic_config))
 
 

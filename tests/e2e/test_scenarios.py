@@ -29,7 +29,8 @@ def _run(name: str, tmp_path) -> dict:
     scenario = sc.load_scenario(sc.SCENARIOS_DIR / f"{name}.yaml")
     settings = Settings(kafka_bootstrap=os.environ.get("PAYCORE_KAFKA_BOOTSTRAP", ""),
                         partitions=PARTITIONS, data_dir=tmp_path, api_port=0,
-                        worker_web_port=0, simulator_metrics_port=0, auditor_metrics_port=0)
+                        worker_web_port=0, simulator_metrics_port=0, auditor_metrics_port=0,
+                        webhooks_metrics_port=0)
     said: list[str] = []
     started = time.monotonic()
 

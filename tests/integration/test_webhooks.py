@@ -97,6 +97,13 @@ def test_every_event_arrives_signed_in_order_after_retries(shop, receiver):
     assert {(d["state"], d["attempts"], d["http_status"]) for d in states} == {
         ("delivered", 2, 200)}
     assert len(states) == len(want[held])
+    answer = shop.client.get(f"/v1/payments/{held}/webhooks").json()
+    assert answer["pending"] == []
+    history_ids = [h["event_id"] for h in shop.client.get(f"/v1/payments/{held}").json()[
+        "history"]]
+    assert sorted(d["event_id"] for d in answer["deliveries"]) == sorted(history_ids)
+    assert [r["event_id"] for r in delivered if r["event"]["data"].get(
+        "payment_id") == held] == history_ids  # the webhook id is the event id
 
 
 def _all_delivered(shop, payment_id: str, events: int) -> list[dict] | None:
