@@ -579,7 +579,7 @@ def _ops_routes(app: FastAPI, view: PaymentsView, publish, keys: dict) -> None:
         status = view.audit
         if status is None:
             raise Problem(503, "not_ready", "the auditor has not reported yet")
-        return {"ok": status.ok, "age_ms": max(0, now_ms() - status.at_ms),
+        return {"ok": status.clean, "age_ms": max(0, now_ms() - status.at_ms),
                 **status.model_dump(mode="json")}
 
 

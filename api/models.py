@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
+from domain.audit import AuditStatus
+from domain.events import CommandRejected
 from domain.webhooks import WebhookDelivery
 
 
@@ -19,17 +21,9 @@ class HistoryItem(BaseModel):
     at_ms: int
 
 
-class Rejection(BaseModel):
+class Rejection(CommandRejected):
     """A well-formed command the core refused, with its stable code and reason."""
 
-    payment_id: str
-    merchant_id: str
-    merchant_order_no: str
-    command_type: str
-    idempotency_key: str
-    code: str
-    reason: str
-    at_ms: int
     event_id: str
 
 
@@ -152,16 +146,11 @@ class ReconExceptions(BaseModel):
     total: int
 
 
-class AuditView(BaseModel):
+class AuditView(AuditStatus):
     ok: bool
+    """No check has ever failed."""
     age_ms: int
-    checks: dict[str, int]
-    violations: dict[str, int]
-    entries_completed: int
-    open_entries: int
-    in_flight: dict[str, int]
-    copies_dropped: int
-    at_ms: int
+    """How old the auditor's latest status is (it reports at least every 30 s)."""
 
 
 class Ready(BaseModel):

@@ -65,7 +65,7 @@ class AuditStatus(Message):
     at_ms: int
 
     @property
-    def ok(self) -> bool:
+    def clean(self) -> bool:
         return not any(self.violations.values())
 
 

@@ -178,41 +178,23 @@ class TestFromFile:
 
         assert f"{path}:5: merchants.0.key_sha256.1:" in str(raised.value)
 
-    def test_bad_ops_digest_names_file_and_line(self, tmp_path):
-        path = keys_file(tmp_path, (
-            "merchants:\n"
-            "  - merchant: shop-1\n"
-            f"    key_sha256: [{digest_of(SHOP_1_KEY)}]\n"
-            "ops_key_sha256:\n"
-            "  - not-a-digest\n"))
+    @pytest.mark.parametrize("text, where", [
+        ("merchants:\n  - merchant: shop-1\n"
+         f"    key_sha256: [{digest_of(SHOP_1_KEY)}]\n"
+         "ops_key_sha256:\n  - not-a-digest\n", "5: ops_key_sha256.0"),
+        ("merchants:\n  - merchant: shop-1\n"
+         f"    key_sha256: [{digest_of(SHOP_1_KEY)}]\n"
+         f"    key: {SHOP_1_KEY}\n", "4: merchants.0.key"),
+        ("merchants:\n  - merchant: shop-1\n    key_sha256: []\n",
+         "3: merchants.0.key_sha256"),
+    ], ids=["bad-ops-digest", "key-in-clear", "merchant-without-digests"])
+    def test_a_bad_line_is_refused_with_file_and_line(self, tmp_path, text, where):
+        path = keys_file(tmp_path, text)
 
         with pytest.raises(ConfigError) as raised:
             from_file(path)
 
-        assert f"{path}:5: ops_key_sha256.0:" in str(raised.value)
-
-    def test_key_in_clear_under_unknown_field_is_refused_with_line(self, tmp_path):
-        path = keys_file(tmp_path, (
-            "merchants:\n"
-            "  - merchant: shop-1\n"
-            f"    key_sha256: [{digest_of(SHOP_1_KEY)}]\n"
-            f"    key: {SHOP_1_KEY}\n"))
-
-        with pytest.raises(ConfigError) as raised:
-            from_file(path)
-
-        assert f"{path}:4: merchants.0.key:" in str(raised.value)
-
-    def test_merchant_without_digests_is_refused_with_line(self, tmp_path):
-        path = keys_file(tmp_path, (
-            "merchants:\n"
-            "  - merchant: shop-1\n"
-            "    key_sha256: []\n"))
-
-        with pytest.raises(ConfigError) as raised:
-            from_file(path)
-
-        assert f"{path}:3: merchants.0.key_sha256:" in str(raised.value)
+        assert f"{path}:{where}:" in str(raised.value)
 
 
 def settings_for(tmp_path: Path, api_keys: dict[str, str] | None = None, ops_key: str = ""
