@@ -32,6 +32,7 @@ from api.models import (
     Entries,
     Health,
     MandateAccepted,
+    MandateDeliveries,
     MandateView,
     PaymentCreated,
     PaymentView,
@@ -517,16 +518,34 @@ def _webhook_routes(app: FastAPI, view: PaymentsView, send, keys: dict,
         """Each event's delivery: state (retrying, delivered, failed), attempts, last
         answer, next attempt."""
         row = _found(view, payment_id, who)
-        states = view.deliveries.get(payment_id, {})
-        endpoint = view.endpoints.get(row["merchant_id"])
-        since = endpoint.at_ms if endpoint is not None and endpoint.url else None
-        events = [(h["event_id"], h["at_ms"]) for h in row["history"]] + [
-            (r["event_id"], r["at_ms"]) for r in view.rejections.get(payment_id, [])
-            if r["command_type"] != "review"]
-        return {"payment_id": payment_id,
-                "deliveries": [d.model_dump(mode="json") for d in states.values()],
-                "pending": [] if since is None else [
-                    e for e, at in events if e not in states and at >= since]}
+        return {"payment_id": payment_id, **_delivery_log(view, payment_id, row)}
+
+    @app.get("/v1/mandates/{mandate_id}/webhooks", response_model=MandateDeliveries,
+             responses=responses(401, 404))
+    async def mandate_deliveries(mandate_id: str, who: Principal = Depends(caller),
+                                 merchant_id: str | None = Query(
+                                     default=None, description="ops only: whose mandate")):
+        """The mandate's events' delivery, as for a payment."""
+        owner = merchant_id if who.ops else who.merchant_id
+        key = mandate_key_for(owner or "", mandate_id)
+        row = view.mandates.get(key)
+        if row is None or (merchant_id and not who.owns(merchant_id)):
+            raise Problem(404, "mandate_not_found", f"mandate {mandate_id} not found")
+        return {"mandate_id": mandate_id, **_delivery_log(view, key, row)}
+
+
+def _delivery_log(view: PaymentsView, queue: str, row: dict) -> dict:
+    """Each attempted event's latest state, and the events since the endpoint was
+    registered that no attempt has reached yet."""
+    states = view.deliveries.get(queue, {})
+    endpoint = view.endpoints.get(row["merchant_id"])
+    since = endpoint.at_ms if endpoint is not None and endpoint.url else None
+    events = [(h["event_id"], h["at_ms"]) for h in row["history"]] + [
+        (r["event_id"], r["at_ms"]) for r in view.rejections.get(queue, [])
+        if r["command_type"] != "review"]
+    return {"deliveries": [d.model_dump(mode="json") for d in states.values()],
+            "pending": [] if since is None else [
+                e for e, at in events if e not in states and at >= since]}
 
 
 def _ops_routes(app: FastAPI, view: PaymentsView, publish, keys: dict) -> None:

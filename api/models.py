@@ -72,6 +72,7 @@ class MandateAccepted(BaseModel):
 
 
 class MandateHistoryItem(BaseModel):
+    event_id: str
     status: str
     at_ms: int
 
@@ -128,13 +129,20 @@ class EndpointView(BaseModel):
     version: int
 
 
-class Deliveries(BaseModel):
-    payment_id: str
+class DeliveryLog(BaseModel):
     deliveries: list[WebhookDelivery]
     """Each attempted event's latest state (retrying, delivered, failed)."""
     pending: list[str]
-    """Events of the payment since the endpoint was registered and not attempted yet
-    (queued behind another, or just created), by event id."""
+    """Events since the endpoint was registered and not attempted yet (queued behind
+    another, or just created), by event id."""
+
+
+class Deliveries(DeliveryLog):
+    payment_id: str
+
+
+class MandateDeliveries(DeliveryLog):
+    mandate_id: str
 
 
 class Reviews(BaseModel):

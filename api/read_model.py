@@ -133,7 +133,8 @@ class PaymentsView:
         elif isinstance(body, MandateStatusChanged):
             row = self.mandates.setdefault(body.mandate_key, {"history": []})
             row.update(body.model_dump(exclude={"previous_status", "at_ms"}))
-            row["history"].append({"status": body.status, "at_ms": body.at_ms})
+            row["history"].append({"event_id": event_id, "status": body.status,
+                                   "at_ms": body.at_ms})
         elif isinstance(body, CommandRejected):
             kept = self.rejections.setdefault(body.payment_id, [])
             kept.append({**body.model_dump(), "event_id": event_id})

@@ -152,3 +152,27 @@ def test_events_of_a_merchant_without_endpoint_are_not_sent(shop, other_shop, re
 
     assert _until(lambda: len(hooks.delivered()) >= 3)
     assert {r["event"]["data"]["payment_id"] for r in hooks.delivered()} == {other}
+
+
+def test_mandate_events_are_delivered_and_their_state_shown(shop, other_shop, receiver):
+    hooks = receiver()
+    _register(shop, hooks.url)
+    signed = shop.client.post("/v1/mandates", json={
+        "mandate_id": "wh-md", "payer_account_id": "payer-1", "currency": "EUR",
+        "amount_max": 5_000}, headers={"Idempotency-Key": "wh-md"})
+    assert signed.status_code == 202
+
+    def delivered():
+        rows = shop.client.get("/v1/mandates/wh-md/webhooks")
+        return rows.json() if rows.status_code == 200 and rows.json()["deliveries"] and all(
+            d["state"] == "delivered" for d in rows.json()["deliveries"]) else None
+
+    log = _until(delivered)
+
+    assert log, shop.client.get("/v1/mandates/wh-md/webhooks").text
+    events = [e["event"] for e in hooks.delivered()]
+    assert [e["type"] for e in events] == ["mandate.status_changed"]
+    assert events[0]["data"]["status"] == "active"
+    assert [d["event_id"] for d in log["deliveries"]] == [e["id"] for e in events]
+    assert log["pending"] == []
+    assert other_shop.client.get("/v1/mandates/wh-md/webhooks").status_code == 404
