@@ -219,17 +219,29 @@ def _build(cls, **fields):
                       errors) from exc
 
 
-def _found(view: PaymentsView, payment_id: str, who: Principal) -> dict:
-    """The payment if this caller may see it; 404 alike for absent and not theirs."""
+def _visible(view: PaymentsView, payment_id: str, who: Principal) -> dict | None:
+    """The payment if this caller may see it (None alike for absent and not theirs)."""
     row = view.payments.get(payment_id)
-    if row is None or not who.owns(row["merchant_id"]):
+    return row if row is not None and who.owns(row["merchant_id"]) else None
+
+
+def _found(view: PaymentsView, payment_id: str, who: Principal) -> dict:
+    row = _visible(view, payment_id, who)
+    if row is None:
         raise Problem(404, "payment_not_found", f"payment {payment_id} not found")
     return row
 
 
-def _visible(view: PaymentsView, payment_id: str, who: Principal) -> dict:
-    row = view.payments.get(payment_id)
-    return row if row is not None and who.owns(row["merchant_id"]) else {"history": ()}
+def _mandate(view: PaymentsView, mandate_id: str, who: Principal,
+             merchant_id: str | None = None) -> tuple[str, dict]:
+    """A mandate's key and row if this caller may see it: a merchant its own, ops any
+    merchant's it names. 404 alike for absent and not theirs."""
+    owner = merchant_id if who.ops else who.merchant_id
+    key = mandate_key_for(owner or "", mandate_id)
+    row = view.mandates.get(key)
+    if row is None or not owner or (merchant_id and not who.owns(merchant_id)):
+        raise Problem(404, "mandate_not_found", f"mandate {mandate_id} not found")
+    return key, row
 
 
 def _answer(view: PaymentsView, row: dict, who: Principal) -> dict:
@@ -297,8 +309,8 @@ def _payment_routes(app: FastAPI, view: PaymentsView, publish, keys: dict) -> No
         """A payment. ``min_version`` (a ``version`` seen before, say from a ``wait``) makes
         this replica catch up to it first, so a read never goes back in time."""
         if min_version:  # absent and not theirs wait alike: the time tells nothing
-            await _until(view, lambda: len(_visible(view, payment_id, who)["history"])
-                         >= min_version, CATCH_UP_S)
+            await _until(view, lambda: len((_visible(view, payment_id, who) or {
+                "history": ()})["history"]) >= min_version, CATCH_UP_S)
             row = _found(view, payment_id, who)
             if len(row["history"]) < min_version:
                 raise Problem(409, "version_not_reached",
@@ -405,13 +417,6 @@ def _wallet_fields(who: Principal, body: WalletRequest) -> dict:
 def _mandate_routes(app: FastAPI, view: PaymentsView, publish, keys: dict) -> None:
     merchant, caller = keys["merchant"], keys["caller"]
 
-    def mandate_of(mandate_id: str, owner: str) -> dict:
-        key = mandate_key_for(owner, mandate_id)
-        row = view.mandates.get(key)
-        if row is None:
-            raise Problem(404, "mandate_not_found", f"mandate {mandate_id} not found")
-        return {**row, "rejections": view.rejections.get(key, [])}
-
     @app.post("/v1/mandates", response_model=MandateAccepted,
               status_code=202, responses=responses(401, 403))
     async def sign_mandate(body: MandateRequest, idempotency_key: IdempotencyKey,
@@ -429,7 +434,7 @@ def _mandate_routes(app: FastAPI, view: PaymentsView, publish, keys: dict) -> No
                 status_code=202, responses=responses(401, 403, 404))
     async def terminate_mandate(mandate_id: str, idempotency_key: IdempotencyKey,
                                 who: Principal = Depends(merchant)):
-        mandate_of(mandate_id, who.merchant_id)
+        _mandate(view, mandate_id, who)
         await publish(_build(TerminateMandate, merchant_id=who.merchant_id,
                              idempotency_key=idempotency_key, mandate_id=mandate_id))
         return {"mandate_id": mandate_id, "status": "terminate_requested"}
@@ -438,9 +443,8 @@ def _mandate_routes(app: FastAPI, view: PaymentsView, publish, keys: dict) -> No
     async def get_mandate(mandate_id: str, who: Principal = Depends(caller),
                           merchant_id: str | None = Query(
                               default=None, description="ops only: whose mandate")):
-        if merchant_id and not who.owns(merchant_id) or who.ops and not merchant_id:
-            raise Problem(404, "mandate_not_found", f"mandate {mandate_id} not found")
-        return mandate_of(mandate_id, merchant_id if who.ops else who.merchant_id)
+        key, row = _mandate(view, mandate_id, who, merchant_id)
+        return {**row, "rejections": view.rejections.get(key, [])}
 
 
 def _account_routes(app: FastAPI, view: PaymentsView, keys: dict) -> None:
@@ -526,11 +530,7 @@ def _webhook_routes(app: FastAPI, view: PaymentsView, send, keys: dict,
                                  merchant_id: str | None = Query(
                                      default=None, description="ops only: whose mandate")):
         """The mandate's events' delivery, as for a payment."""
-        owner = merchant_id if who.ops else who.merchant_id
-        key = mandate_key_for(owner or "", mandate_id)
-        row = view.mandates.get(key)
-        if row is None or (merchant_id and not who.owns(merchant_id)):
-            raise Problem(404, "mandate_not_found", f"mandate {mandate_id} not found")
+        key, row = _mandate(view, mandate_id, who, merchant_id)
         return {"mandate_id": mandate_id, **_delivery_log(view, key, row)}
 
 

@@ -6,7 +6,9 @@ it is given up and marked ``failed``), and only then does the next event go. Ret
 off exponentially with a little jitter drawn from the event id (the same event retries on
 the same schedule after a replay). The retry period runs from the event's creation: an event
 queued behind a failing one spends its period waiting too (a receiver wants no event days
-late), and every event gets at least one attempt. Delivery is at least once: a receiver
+late); every event the deliverer reads within its period gets at least one attempt, one
+read later (a replay of old history, a deliverer that lagged the whole period) is counted
+as skipped and not sent. Delivery is at least once: a receiver
 deduplicates by the event id, which is the event's deterministic message id.
 
 Signature: ``Paycore-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>``
