@@ -22,7 +22,7 @@ from faust.exceptions import ProducerSendError
 
 from streams.app import Wire
 from streams.envelope import child
-from streams.metrics import STAGE_EVENTS, STAGE_SECONDS
+from streams.metrics import DUE_ROWS, OVERDUE, STAGE_EVENTS, STAGE_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,8 @@ def _give_up(stage: str, where: str, why: str) -> None:
 
 RENUDGE_MS = 10_000
 """A nudge not acted on by then (lost in a crash) is sent again."""
+OVERDUE_MS = 3 * RENUDGE_MS
+"""A row this far past its deadline was nudged three times and is still there: stuck."""
 
 
 class Nudger:
@@ -105,8 +107,16 @@ class Nudger:
             wire, topic, source, nudge, what)
         self.nudged: dict[tuple[bytes, int], int] = {}
 
-    async def sweep(self, index, at_ms: int) -> None:
-        due = [(key, int(value)) for key, value in index.items() if int(value) <= at_ms]
+    async def sweep(self, index, at_ms: int, gauge: str | None = None) -> None:
+        """``gauge`` names the index in ``paycore_deadline_index_rows`` and
+        ``paycore_overdue_rows`` (rows still there ``OVERDUE_MS`` past their deadline: the
+        nudge was sent, nothing moved them; for orders, stuck payments)."""
+        rows = [(key, int(value)) for key, value in index.items()]
+        due = [(key, due_ms) for key, due_ms in rows if due_ms <= at_ms]
+        if gauge is not None:
+            DUE_ROWS.labels(index=gauge).set(len(rows))
+            OVERDUE.labels(index=gauge).set(
+                sum(1 for _key, due_ms in due if at_ms - due_ms > OVERDUE_MS))
         for key, due_ms in due:
             if at_ms - self.nudged.get((key, due_ms), -RENUDGE_MS) < RENUDGE_MS:
                 continue

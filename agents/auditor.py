@@ -15,7 +15,7 @@ import time
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from domain.audit import Auditor, AuditStatus, Violation
+from domain.audit import AuditCheck, Auditor, AuditStatus, Violation
 from domain.events import HoldChanged, LegApplied
 from streams import topics as t
 from streams.accounts_config import load_accounts
@@ -38,6 +38,8 @@ dead one must look different: ``age_ms`` in the API's ledger audit status)."""
 
 async def run_auditor(settings: Settings, stop: asyncio.Event) -> Auditor:
     auditor = Auditor(load_accounts(settings.config_dir).limit_of)
+    for check in AuditCheck:  # zeros, not gaps: "no violation" is a value an alert can see
+        AUDIT_VIOLATIONS.labels(check=check.value)
     bootstrap = settings.bootstrap_servers()
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                 auto_offset_reset="earliest")

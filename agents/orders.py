@@ -60,6 +60,8 @@ from streams.metrics import (
     BREAKER_STATE,
     CALLBACKS,
     CHANNEL_ATTEMPTS,
+    CHANNEL_SECONDS,
+    END_TO_END_SECONDS,
     CHANNEL_SUCCESS_RATE,
     COMMANDS,
     FAILOVERS,
@@ -208,7 +210,7 @@ def register(wire: Wire) -> None:
     async def sweep_deadlines() -> None:
         """Nudge the owner of every order past its deadline; the order decides what it
         means. Reads only this worker's partitions of the (small) deadline index."""
-        await sweeper.sweep(deadlines, now_ms())
+        await sweeper.sweep(deadlines, now_ms(), gauge="orders")
 
 
 _BREAKER_LEVEL = {Breaker.closed: 0, Breaker.half_open: 1, Breaker.open: 2}
@@ -236,6 +238,9 @@ def _observe(health: ChannelHealth, before: Order | None, body, decision: Decisi
         latency = (body.responded_at_ms or at) - started if started else -1
         health.record(request.channel, outcome, latency, at)
         CHANNEL_ATTEMPTS.labels(channel=request.channel, outcome=outcome.value).inc()
+        if latency >= 0:
+            CHANNEL_SECONDS.labels(channel=request.channel, outcome=outcome.value).observe(
+                latency / 1000)
         if len(decision.order.retry_routes) > len(before.retry_routes):
             FAILOVERS.labels(from_channel=request.channel, cause="retriable_decline",
                              to_channel=decision.order.retry_routes[-1].channel).inc()
@@ -287,6 +292,9 @@ def _count(body, decision: Decision) -> None:
                 and decision.order is not None:
             PAYMENTS_FINAL.labels(status=output.status, method=decision.order.method,
                                   channel=output.channel).inc()
+            if output.previous_status not in _FINAL:  # the first final, not a later refund
+                END_TO_END_SECONDS.labels(status=output.status).observe(
+                    max(0, output.at_ms - decision.order.created_at_ms) / 1000)
 
 
 def _outgoing(env: Envelope, decision: Decision, key: str, at: int, place

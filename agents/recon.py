@@ -15,6 +15,7 @@ the order stage on ``pay.orders``.
 from __future__ import annotations
 
 import logging
+from datetime import date
 
 from kafka.partitioner.default import murmur2
 from pydantic import BaseModel, ConfigDict
@@ -23,6 +24,7 @@ from agents._outbox import OutboxEntry, Outgoing, recall, remember
 from agents._stage import Nudger, consume, table
 from domain.events import ChannelResponded, LegApplied, PaymentStatusChanged, SettlementReported
 from domain.recon import (
+    ExceptionKind,
     ReconItem,
     ReconStatus,
     ReconWake,
@@ -33,6 +35,7 @@ from domain.recon import (
     Tally,
     by_serial,
     closed_tally,
+    day_of,
     observe,
     period_closed,
     raised_tally,
@@ -48,7 +51,7 @@ from streams.metrics import (
     RECON_OPEN,
     RECON_RESIDUAL,
 )
-from streams.rules_config import watch_recon
+from streams.rules_config import load_routing, watch_recon
 
 log = logging.getLogger(__name__)
 _TAKEN = (PaymentStatusChanged, ChannelResponded, LegApplied, SettlementReported, ReconWake)
@@ -84,6 +87,11 @@ def register(wire: Wire) -> None:
     expiries = table(wire, "recon_expiries", "payment id -> ms its matched item goes")
     rules = watch_recon(wire.settings.config_dir)
     partitions = wire.settings.partitions
+    for channel in load_routing(wire.settings.config_dir).channels:  # zeros, not gaps
+        RECON_MATCHED.labels(channel=channel.name)
+        for kind in ExceptionKind:
+            RECON_EXCEPTIONS.labels(kind=kind.value, channel=channel.name)
+            RECON_AUTO_RESOLVED.labels(kind=kind.value, channel=channel.name)
     dirty: set[int] = set(range(partitions))
 
     def tally_key(partition: int) -> bytes:
@@ -262,7 +270,7 @@ def register(wire: Wire) -> None:
     @wire.app.timer(interval=wire.settings.deadline_sweep_ms / 1000, name="recon_sweeper")
     async def sweep() -> None:
         """Wake the items whose time came (a grace ran out, a line waited long enough)."""
-        await nudger.sweep(wakes, now_ms())
+        await nudger.sweep(wakes, now_ms(), gauge="recon")
 
     @wire.app.timer(interval=EXPIRY_SWEEP_S, name="recon_expiry")
     async def expire() -> None:
@@ -287,23 +295,42 @@ def register(wire: Wire) -> None:
             log.exception("recon status publish failed")
 
 
-_GAUGED: set[tuple[str, str, str]] = set()
+_GAUGED: set[tuple[str, ...]] = set()
 
 
 def _gauges(tallies: list[Tally]) -> None:
     """Open items and residuals on this worker's partitions (zeroed when they go away)."""
-    for name, a, b in _GAUGED:
-        (RECON_OPEN.labels(channel=a, state=b) if name == "open"
-         else RECON_RESIDUAL.labels(channel=a, currency=b)).set(0)
+    for labels in _GAUGED:
+        (RECON_OPEN if labels[0] == "open" else RECON_RESIDUAL).labels(*labels[1:]).set(0)
     total = Tally()
     for tally in tallies:
         total = total.add(tally)
-    for (channel, state), n in _by_first_two(total.open).items():
-        RECON_OPEN.labels(channel=channel, state=state).set(n)
-        _GAUGED.add(("open", channel, state))
+    today = date.fromisoformat(day_of(now_ms()))
+    for (channel, state, age), n in open_by_age(total.open, today).items():
+        RECON_OPEN.labels(channel, state, age).set(n)
+        _GAUGED.add(("open", channel, state, age))
     for (channel, ccy), n in _by_first_two(total.residual).items():
-        RECON_RESIDUAL.labels(channel=channel, currency=ccy).set(n)
+        RECON_RESIDUAL.labels(channel, ccy).set(n)
         _GAUGED.add(("residual", channel, ccy))
+
+
+AGE_BUCKETS = ((0, "0d"), (1, "1d"), (2, "2-6d"), (7, "7d+"))
+"""An open item's age in whole days since it opened: bounded labels for the gauge."""
+
+
+def open_by_age(counts: dict[str, int], today: date) -> dict[tuple[str, str, str], int]:
+    """``channel|state|opened_on`` counts summed per (channel, state, age bucket)."""
+    out: dict[tuple[str, str, str], int] = {}
+    for key, n in counts.items():
+        channel, state, opened_on = key.split("|")
+        try:
+            days = (today - date.fromisoformat(opened_on)).days
+        except ValueError:
+            days = 0
+        age = next(label for floor, label in reversed(AGE_BUCKETS) if days >= floor) \
+            if days >= 0 else "0d"
+        out[(channel, state, age)] = out.get((channel, state, age), 0) + n
+    return out
 
 
 def _by_first_two(counts: dict[str, int]) -> dict[tuple[str, str], int]:

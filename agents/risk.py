@@ -12,7 +12,7 @@ import logging
 from agents._stage import consume, table
 from domain.events import RiskScreened
 from domain.orders import fingerprint_of
-from domain.risk import PayerActivity, screen
+from domain.risk import PayerActivity, RiskDecision, screen
 from streams import topics as t
 from streams.app import Wire
 from streams.envelope import child, decode
@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 def register(wire: Wire) -> None:
     payers = table(wire, "risk_payers", "payer -> recent payments and verdicts")
     rules = watch_risk(wire.settings.config_dir)
+    for decision in RiskDecision:  # zeros, not gaps
+        RISK_DECISIONS.labels(decision=decision.value)
+    for rule in rules.current.rules:  # (a rule added by a reload starts at its first hit)
+        RISK_RULE_HITS.labels(rule=rule.id)
 
     async def handle(event) -> None:
         env = decode(event.message.value)

@@ -115,6 +115,10 @@ def register(wire: Wire) -> None:
     wakes = table(wire, "webhook_wakes", "payment id -> ms its queue's head is due")
     policy = policy_of(wire.settings)
     book = EndpointBook()
+    for result in _RESULT.values():  # zeros, not gaps
+        WEBHOOK_DELIVERIES.labels(result=result)
+    for why in ("no_endpoint", "older_than_retry_period"):
+        WEBHOOK_SKIPPED.labels(why=why)
     running: set[asyncio.Task] = set()
     slots = asyncio.Semaphore(CONCURRENT_MAX)
     merchant_slots: defaultdict[str, asyncio.Semaphore] = defaultdict(
@@ -238,4 +242,4 @@ def register(wire: Wire) -> None:
     @wire.app.timer(interval=wire.settings.deadline_sweep_ms / 1000, name="webhook_sweeper")
     async def sweep() -> None:
         """Wake the queues whose head is due (a retry, or an attempt whose outcome was lost)."""
-        await nudger.sweep(wakes, now_ms())
+        await nudger.sweep(wakes, now_ms(), gauge="webhooks")

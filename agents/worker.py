@@ -8,7 +8,7 @@ from faust import Worker
 from prometheus_client import start_http_server
 
 from agents import register_stages
-from streams.app import Wire, create_app
+from streams.app import Wire, create_app, webhooks_app_id
 from streams.settings import Settings
 
 
@@ -23,7 +23,7 @@ def webhooks_settings(settings: Settings) -> Settings:
     tables, changelogs) of its own. Merchants' endpoints are outside our control; a slow
     or failing one must never slow payments, so delivery runs beside the payment path, not
     in it (a bulkhead): its own process and its own share of the CPU."""
-    return settings.model_copy(update={"app_id": f"{settings.app_id}-webhooks",
+    return settings.model_copy(update={"app_id": webhooks_app_id(settings),
                                        "stages": "webhooks"})
 
 
@@ -38,6 +38,7 @@ def run_worker(settings: Settings, worker_index: int | str = 0,
     port = settings.worker_web_port + int(worker_index) if metrics_port is None \
         else metrics_port
     if port:
-        start_http_server(port, addr="127.0.0.1")
-    logging.getLogger("paycore").info("worker %s metrics on 127.0.0.1:%s", worker_index, port)
+        start_http_server(port, addr=settings.metrics_host)
+    logging.getLogger("paycore").info("worker %s metrics on %s:%s", worker_index,
+                                      settings.metrics_host, port)
     Worker(wire.app, loglevel=settings.log_level, quiet=True).execute_from_commandline()

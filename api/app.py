@@ -70,7 +70,7 @@ from domain.orders import FINAL_FOR_CLIENTS
 from domain.recon import ExceptionKind
 from domain.webhooks import REVIEWED, Endpoint
 from streams import topics as t
-from streams.app import now_ms
+from streams.app import group_of, now_ms
 from streams.egress import refusal
 from streams.envelope import child, encode
 from streams.settings import Settings
@@ -642,12 +642,6 @@ async def _workers_assigned(settings: Settings) -> str | None:
             await admin.close()
     members = _members(groups)
     return None if members else f"no worker in consumer group {group_of(settings)}"
-
-
-def group_of(settings: Settings) -> str:
-    """The workers' consumer group: Faust names it after the app id and its version."""
-    return settings.app_id if settings.app_version == 1 else \
-        f"{settings.app_id}-v{settings.app_version}"
 
 
 def _members(groups) -> int:

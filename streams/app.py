@@ -10,7 +10,7 @@ import faust
 
 from streams import topics as t
 from streams.envelope import Envelope, dead_letter, encode
-from streams.metrics import DEADLETTERS
+from streams.metrics import ASSIGNED_PARTITIONS, DEADLETTERS, REBALANCE_SECONDS, REBALANCES
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,36 @@ class Wire:
         await self.topics[t.DEADLETTER].send(key=msg.key, value=record)
 
 
+class RebalanceSensor(faust.Sensor):
+    """Rebalances this process went through, how long each took (table recovery
+    included), and how many partitions it holds afterwards."""
+
+    def __init__(self, app_id: str) -> None:
+        super().__init__()
+        self.app_id = app_id
+        REBALANCES.labels(app=app_id)  # zero before the first: increase() sees that one
+
+    def on_rebalance_start(self, app) -> dict:
+        REBALANCES.labels(app=self.app_id).inc()
+        return {"time_start": time.monotonic()}
+
+    def on_rebalance_end(self, app, state: dict) -> None:
+        REBALANCE_SECONDS.labels(app=self.app_id).observe(
+            time.monotonic() - state["time_start"])
+        ASSIGNED_PARTITIONS.labels(app=self.app_id).set(len(app.consumer.assignment()))
+
+
+def group_of(settings: Settings) -> str:
+    """The app's consumer group: Faust names it after the app id and its version."""
+    return settings.app_id if settings.app_version == 1 else \
+        f"{settings.app_id}-v{settings.app_version}"
+
+
+def webhooks_app_id(settings: Settings) -> str:
+    """The webhook deliverer's app id (its consumer group, tables and changelogs)."""
+    return f"{settings.app_id}-webhooks"
+
+
 def create_app(settings: Settings, **overrides) -> Wire:
     """Build the Faust App and declare every topic. Stages attach themselves afterwards."""
     brokers = [f"kafka://{h}" for h in settings.bootstrap_servers().split(",")]
@@ -78,6 +108,7 @@ def create_app(settings: Settings, **overrides) -> Wire:
         patch_faust_highwaters(settings.bootstrap_servers())
         patch_faust_fetch_wait()
     app = faust.App(settings.app_id, **conf)
+    app.sensors.add(RebalanceSensor(settings.app_id))
     wire = Wire(app=app, settings=settings)
     for name in t.ALL:
         wire.topics[name] = wire.topic(name)

@@ -19,7 +19,9 @@ POSTINGS = Counter("paycore_ledger_postings_total", "Ledger legs and holds by re
 CHANNEL_REQUESTS = Counter("paycore_channel_requests_total", "Simulated channel answers",
                            ["channel", "operation", "outcome"])
 END_TO_END_SECONDS = Histogram(
-    "paycore_payment_e2e_seconds", "Command accepted to final status", ["status"],
+    "paycore_payment_e2e_seconds",
+    "Order opened (the command accepted by intake, dedup and risk) to its first final status",
+    ["status"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
 AUDIT_CHECKS = Counter("paycore_audit_checks_total", "Ledger audit checks run", ["check"])
@@ -56,8 +58,9 @@ RECON_AUTO_RESOLVED = Counter("paycore_recon_auto_resolved_total",
                               "Discrepancies resolved by a configured rule", ["kind", "channel"])
 RECON_MATCHED = Counter("paycore_recon_matched_total",
                         "Payments whose order, ledger and settlement line all agree", ["channel"])
-RECON_OPEN = Gauge("paycore_recon_open_items", "Open reconciliation items on this worker",
-                   ["channel", "state"])
+RECON_OPEN = Gauge("paycore_recon_open_items",
+                   "Open reconciliation items on this worker, by age in days (0d, 1d, 2-6d, 7d+)",
+                   ["channel", "state", "age"])
 RECON_RESIDUAL = Gauge("paycore_recon_clearing_residual_minor",
                        "What channels still owe us on clearing (this worker's partitions)",
                        ["channel", "currency"])
@@ -70,3 +73,27 @@ WEBHOOK_SKIPPED = Counter("paycore_webhook_events_skipped_total",
 WEBHOOK_SECONDS = Histogram("paycore_webhook_attempt_seconds",
                             "One webhook attempt, request to answer or error",
                             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+CHANNEL_SECONDS = Histogram(
+    "paycore_channel_attempt_seconds", "Attempt sent to the channel's first final answer",
+    ["channel", "outcome"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+OVERDUE = Gauge("paycore_overdue_rows",
+                "Rows of a deadline index still there well past their deadline (index=orders: "
+                "stuck payments), on this worker's partitions", ["index"])
+DUE_ROWS = Gauge("paycore_deadline_index_rows",
+                 "Rows waiting in a deadline index (open orders, recon items, webhook retries)",
+                 ["index"])
+REBALANCES = Counter("paycore_rebalances_total", "Consumer group rebalances this process went "
+                     "through", ["app"])
+REBALANCE_SECONDS = Histogram("paycore_rebalance_seconds",
+                              "Rebalance start to end, table recovery included", ["app"],
+                              buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+ASSIGNED_PARTITIONS = Gauge("paycore_assigned_partitions",
+                            "Partitions assigned to this process after its last rebalance",
+                            ["app"])
+CONSUMER_LAG = Gauge("paycore_consumer_lag_messages",
+                     "Log end offset minus the group's committed offset",
+                     ["group", "topic", "partition"])
+CONSUMER_LAG_CHECKS = Counter("paycore_consumer_lag_checks_total",
+                              "Lag measurements by result (ok, failed)", ["result"])

@@ -56,6 +56,8 @@ class Watched(Generic[M]):
         self._stamp = self._stat()
         self._refused: str = ""
         CONFIG_VERSION.labels(file=path.name).info({"version": self.version})
+        for result in ("applied", "refused"):  # zeros, not gaps
+            CONFIG_RELOADS.labels(file=path.name, result=result)
 
     @property
     def version(self) -> str:

@@ -43,6 +43,15 @@ class Settings(BaseSettings):
     worker_web_port: int = 6066
     """Faust worker web server (serves /metrics)."""
 
+    metrics_host: str = "127.0.0.1"
+    """Where every process's /metrics listens (0.0.0.0 in containers, for Prometheus)."""
+
+    prometheus_port: int = 9090
+    """The embedded stack's own Prometheus (started when the ``prometheus`` binary exists)."""
+
+    prometheus_scrape_interval: str = "2s"
+    """Its scrape and rule evaluation interval (the shipped production config says 5s)."""
+
     simulator_metrics_port: int = 9310
     auditor_metrics_port: int = 9311
     webhooks_metrics_port: int = 9312
