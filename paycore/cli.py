@@ -25,7 +25,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from paycore.stack import Stack
 
     signal.signal(signal.SIGTERM, _raise_stop)
-    stack = Stack(Settings(), workers=args.workers)
+    stack = Stack(Settings(), workers=args.workers, with_prometheus=None)
     try:
         stack.start()
         for name, where in stack.describe():
@@ -73,7 +73,7 @@ def _serve(metrics_port: int, run) -> int:
     from prometheus_client import start_http_server
 
     if metrics_port:
-        start_http_server(metrics_port, addr="127.0.0.1")
+        start_http_server(metrics_port, addr=Settings().metrics_host)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -103,10 +103,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from agents.auditor import run_auditor
+    from streams.lag import run_lag_exporter
 
     settings = Settings()
     logging.getLogger("agents.auditor").setLevel(logging.INFO)
-    return _serve(settings.auditor_metrics_port, lambda stop: run_auditor(settings, stop))
+
+    async def audit_and_measure_lag(stop: asyncio.Event) -> None:
+        await asyncio.gather(run_auditor(settings, stop), run_lag_exporter(settings, stop))
+
+    return _serve(settings.auditor_metrics_port, audit_and_measure_lag)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -263,6 +268,43 @@ def cmd_api_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dashboards(args: argparse.Namespace) -> int:
+    from paycore import dashboards as d
+
+    if args.verb == "build":
+        for path in d.build():
+            print(f"wrote {path}")
+        return 0
+    end = time.time()
+    if args.verb == "check":
+        answers = d.evaluate(args.prometheus, d.panel_queries(), args.window)
+        print(d.check_table(answers))
+        return 0 if all(a.series for a in answers) else 1
+    for path in d.render(args.prometheus, d.OUT_DIR, args.out, end - args.minutes * 60, end,
+                         args.window):
+        print(f"wrote {path}")
+    return 0
+
+
+def _add_dashboards(sub) -> None:
+    """``paycore dashboards build|check|render``."""
+    from pathlib import Path
+
+    parser = sub.add_parser("dashboards", help="Grafana dashboards: regenerate, or run their "
+                            "queries on a Prometheus")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+    verbs.add_parser("build", help="write dashboards/grafana/*.json from paycore/dashboards.py")
+    for verb, text in (("check", "run every panel's query; exit 1 if any returns nothing"),
+                       ("render", "draw every dashboard to PNG from the scraped series")):
+        cmd = verbs.add_parser(verb, help=text)
+        cmd.add_argument("--prometheus", default="http://127.0.0.1:9090")
+        cmd.add_argument("--window", type=int, default=60, help="rate window, seconds")
+        if verb == "render":
+            cmd.add_argument("--minutes", type=float, default=15.0)
+            cmd.add_argument("--out", type=Path, default=Path("dashboards-png"))
+    parser.set_defaults(run=cmd_dashboards)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("kafka", "aiokafka"):
@@ -287,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.set_defaults(run=cmd_demo)
     _add_rules_commands(sub)
     _add_recon(sub)
+    _add_dashboards(sub)
     key = sub.add_parser("api-key", help="a new API key and the line for config/api_keys.yaml")
     key.add_argument("merchant", nargs="?", help="the merchant the key acts for")
     key.add_argument("--ops", action="store_true", help="an ops key instead")

@@ -54,11 +54,12 @@ def demo_commands(payments: int) -> list[dict]:
 def run_demo(settings: Settings, payments: int = 200, timeout_s: float = 120.0) -> int:
     settings = settings.model_copy(update={
         "data_dir": settings.data_dir / "demo", "api_port": 0, "worker_web_port": 0,
-        "simulator_metrics_port": 0, "auditor_metrics_port": 0, "webhooks_metrics_port": 0})
+        "simulator_metrics_port": 0, "auditor_metrics_port": 0, "webhooks_metrics_port": 0,
+        "prometheus_port": 0})
     started = time.monotonic()
     print(f"paycore demo: {payments} sales, one manual capture, one refund, a product tour",
           flush=True)
-    with Stack(settings) as stack:
+    with Stack(settings, with_prometheus=None) as stack:
         for name, where in stack.describe():
             print(f"  {name:<10} {where}")
         warmup_s = wait_until_ready(stack.settings)
@@ -72,6 +73,7 @@ def run_demo(settings: Settings, payments: int = 200, timeout_s: float = 120.0) 
             ok = _script(stack, observer, payments, timeout_s)
             ok = run_tour(stack.settings, timeout_s=30) and ok
             summary_ok = _summarize(stack.settings, observer, started, ok, hooks, secret)
+            _dashboards(stack, started)
         finally:
             observer.close()
             hooks.close()
@@ -188,6 +190,29 @@ def _summarize(settings: Settings, observer: Observer, started: float, ok: bool,
     good = ok and zero_sum and rebuilt_ok and balances.get(merchant, 0) == want and hooks_ok
     print(f"\nRESULT: {'OK' if good else 'FAILED'}", file=sys.stdout, flush=True)
     return good
+
+
+def _dashboards(stack: Stack, started: float) -> None:
+    """Every Grafana panel's query on the stack's own Prometheus, and the dashboards drawn
+    to PNG from what it scraped (when Prometheus is installed)."""
+    from paycore import dashboards
+
+    if not any(p.name == "prometheus" and p.process.poll() is None for p in stack.parts):
+        print("  dashboards: no Prometheus here (apt-get install prometheus to see them)")
+        return
+    url, end = stack.prometheus_url(), time.time()
+    try:
+        answers = dashboards.evaluate(url, dashboards.panel_queries(), window_s=30)
+        pngs = dashboards.render(url, dashboards.OUT_DIR, stack.settings.data_dir / "dashboards",
+                                 end - (time.monotonic() - started), end, window_s=30)
+    except Exception as exc:  # the demo's payments are done: report, do not fail
+        print(f"  dashboards: Prometheus at {url} did not answer ({exc!r})")
+        return
+    empty = [a.query.panel for a in answers if not a.series]
+    print(f"  dashboards: {len(answers) - len(empty)}/{len(answers)} panel queries return "
+          f"data on Prometheus {url}; PNGs: {pngs[0].parent}"
+          + (f"\n    no data (nothing of the kind happened): {', '.join(sorted(set(empty)))}"
+             if empty else ""))
 
 
 def _register_webhook(settings: Settings, hooks: Receiver) -> str:

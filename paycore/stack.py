@@ -18,6 +18,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from api.auth import from_file, new_key
+from paycore import prometheus
 from streams import topics as t
 from streams.broker import EmbeddedBroker, ensure_topics, free_port, wait_for_metadata
 from streams.settings import Settings
@@ -32,6 +33,8 @@ class Part:
     listens: str
     log_path: Path
     args: list[str]
+    external: bool = False
+    """``args`` is a whole command line (Prometheus), not ``paycore`` arguments."""
 
 
 @dataclass
@@ -42,6 +45,8 @@ class Stack:
     with_simulator: bool = True
     with_auditor: bool = True
     with_webhooks: bool = True
+    with_prometheus: bool | None = False
+    """None: start Prometheus when its binary is installed (``up`` and the demo)."""
     broker: EmbeddedBroker | None = None
     parts: list[Part] = field(default_factory=list)
 
@@ -80,19 +85,29 @@ class Stack:
         if self.with_webhooks:
             self._spawn("webhooks", ["webhooks"],
                         f"metrics http://127.0.0.1:{self.settings.webhooks_metrics_port}")
+        if self.with_prometheus or (self.with_prometheus is None and prometheus.available()):
+            config = prometheus.write_config(self.settings, {p.name for p in self.parts},
+                                             self.workers)
+            self._spawn("prometheus", prometheus.command(self.settings, config),
+                        f"{self.prometheus_url()} (alert rules: dashboards/alerts.yml)",
+                        external=True)
         return self
 
-    def _spawn(self, name: str, args: list[str], listens: str) -> Part:
+    def prometheus_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.prometheus_port}"
+
+    def _spawn(self, name: str, args: list[str], listens: str, external: bool = False
+               ) -> Part:
         env = {**os.environ, **_settings_env(self.settings)}
         if name != "api":
             for secret in SECRETS:
                 env.pop(secret, None)
         log_path = self.settings.data_dir / "logs" / f"{name}.log"
+        line = args if external else [sys.executable, "-m", "paycore", *args]
         with open(log_path, "ab") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "paycore", *args], env=env,
-                                    stdout=out, stderr=subprocess.STDOUT,
+            proc = subprocess.Popen(line, env=env, stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
-        part = Part(name, proc, listens, log_path, args)
+        part = Part(name, proc, listens, log_path, args, external)
         self.parts.append(part)
         return part
 
@@ -110,7 +125,7 @@ class Stack:
         old = self.part(name)
         assert old.process.poll() is not None, f"{name} is still running"
         self.parts.remove(old)
-        return self._spawn(name, old.args, old.listens)
+        return self._spawn(name, old.args, old.listens, old.external)
 
     def describe(self) -> list[tuple[str, str]]:
         rows = [("broker", self.settings.kafka_bootstrap +
@@ -121,7 +136,9 @@ class Stack:
         return rows
 
     def dead_parts(self) -> list[Part]:
-        return [p for p in self.parts if p.process.poll() is not None]
+        """paycore's own parts that exited (Prometheus is a bystander: its death is
+        reported by whoever looks at it, and payments go on)."""
+        return [p for p in self.parts if p.process.poll() is not None and not p.external]
 
     def stop(self) -> None:
         """SIGTERM every process group, wait, then SIGKILL what is left."""
@@ -200,7 +217,7 @@ SECRETS = ("PAYCORE_OPS_KEY", "PAYCORE_API_KEYS")
 def pick_ports(settings: Settings) -> Settings:
     """A free port for every listener configured as 0, so stacks and tests never collide."""
     names = ("api_port", "worker_web_port", "simulator_metrics_port", "auditor_metrics_port",
-             "webhooks_metrics_port")
+             "webhooks_metrics_port", "prometheus_port")
     return settings.model_copy(update={n: getattr(settings, n) or free_port() for n in names})
 
 

@@ -34,6 +34,8 @@ def test_demo_reaches_final_statuses_with_balanced_ledger(tmp_path):
     assert "order per payment kept -> OK" in out  # webhooks: every status change delivered
     for channel in ("card_acquirer", "wallet"):
         assert channel in out
+    assert "panel queries return data on Prometheus" in out  # make test installs it
+    assert len(list((tmp_path / "demo" / "dashboards").glob("*.png"))) == 5
 
 
 def test_up_stops_everything_on_sigterm_within_10s(tmp_path):
