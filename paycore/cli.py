@@ -31,8 +31,15 @@ def cmd_up(args: argparse.Namespace) -> int:
         for name, where in stack.describe():
             print(f"  {name:<12} {where}")
         print("paycore is up; Ctrl-C stops it.", flush=True)
+        warned = False
         while not stack.dead_parts():
             time.sleep(0.5)
+            gone = [p for p in stack.parts if p.external and p.process.poll() is not None]
+            if gone and not warned:  # payments go on without it; say so once
+                warned = True
+                print(f"prometheus exited ({gone[0].process.returncode}; port "
+                      f"{stack.settings.prometheus_port} taken?); see {gone[0].log_path}",
+                      flush=True)
         for part in stack.dead_parts():
             print(f"{part.name} exited with {part.process.returncode}; see {part.log_path}")
         return 1

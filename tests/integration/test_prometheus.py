@@ -64,6 +64,8 @@ MAY_STAY_ZERO = {
     "Violations by check": "a violation is a failure of this run",
     "Money in flight by currency (minor units)": "an entry is in flight between two legs "
     "being applied: usually for less than a scrape interval",
+    "Entries in flight": "the same moment counted in entries: a gauge that is back at zero "
+    "before most scrapes (it failed CI once by staying zero)",
     "Rebalances (1h)": "one member per group here: each process's only rebalance is its "
     "first join, before its first scrape (the next panel shows it)",
 }
