@@ -131,7 +131,8 @@ def register(wire: Wire) -> None:
             del dues[key]
         channel = step.item.channel if step.item is not None else "?"
         for e in step.exceptions:
-            RECON_EXCEPTIONS.labels(kind=e.kind.value, channel=e.channel or "?").inc()
+            if not e.cleared:  # a clearing record resolves one raised before
+                RECON_EXCEPTIONS.labels(kind=e.kind.value, channel=e.channel or "?").inc()
             if e.resolution:
                 RECON_AUTO_RESOLVED.labels(kind=e.kind.value, channel=e.channel or "?").inc()
         if step.matched and step.item is not None and step.item.counted == "matched":

@@ -65,8 +65,8 @@ class ReconView:
             kept = self.statuses.get(body.partition)
             if kept is None or body.at_ms >= kept.at_ms:
                 self.statuses[body.partition] = body
-        elif body.exception_id not in self.exceptions:
-            self.exceptions[body.exception_id] = body
+        elif body.exception_id not in self.exceptions or body.cleared:
+            self.exceptions[body.exception_id] = body  # a clearing record replaces it
             while len(self.exceptions) > self.exceptions_max:
                 self.exceptions.popitem(last=False)
 

@@ -271,6 +271,9 @@ class ReconException(Message):
     reported_minor: int | None = None
     resolution: str = ""
     """What reconciliation did about it ('' : it waits for ops)."""
+    cleared: bool = False
+    """This record clears an exception raised before under the same ``exception_id``: its
+    records came in after ``grace_ms`` (a stage ran late) or were corrected, and agree."""
     order: OrderView | None = None
     callbacks: tuple[CallbackSeen, ...] = ()
     ledger: LedgerSeen = LedgerSeen()
@@ -293,6 +296,9 @@ class ReconItem(BaseModel):
     """The kind of each raised discrepancy, in order, waiting for ops or resolved."""
     asked: tuple[str, ...] = ()
     """Automatic resolutions sent to the order stage (each once)."""
+    cleared: tuple[str, ...] = ()
+    """Raised keys the records made good since (``_caught_up``): late legs or callbacks,
+    a correcting entry."""
     asked_ms: dict[str, int] = Field(default_factory=dict)
     """When each was sent: one that has not taken effect ``2 * grace_ms`` later is raised
     again, for ops."""
@@ -498,6 +504,21 @@ class _Eval:
             resolution=resolution, order=it.order, callbacks=it.callbacks, ledger=it.ledger,
             lines=tuple(s.line for s in it.lines)))
 
+    def clear(self, key: str, reason: str, line_id: str = "") -> None:
+        """A raised lag finding whose records have since come in: said again, cleared."""
+        it = self.item
+        assert key in it.raised, key
+        if key in it.cleared:
+            return
+        kind = it.kinds[it.raised.index(key)]
+        self.item = it.model_copy(update={"cleared": it.cleared + (key,)})
+        self.exceptions.append(ReconException(
+            exception_id=derive_id("rx", it.payment_id, key), payment_id=it.payment_id,
+            channel=it.channel, kind=kind, reason=reason, detected_at_ms=self.at,
+            line_id=line_id, resolution="cleared: the records agree now", cleared=True,
+            order=it.order,
+            callbacks=it.callbacks, ledger=it.ledger, lines=tuple(s.line for s in it.lines)))
+
     def set_line(self, index: int, state: str) -> None:
         lines = list(self.item.lines)
         booked = {"booked_ms": self.at} if state == "booked" else {}
@@ -515,6 +536,7 @@ def evaluate(item: ReconItem, at_ms: int, rules: ReconRules) -> Step:
     _orphan_callbacks(ev)
     _missing(ev)
     _unbooked(ev)
+    _caught_up(ev, live_agree)
     item = ev.item
     due = _due(item, rule)
     matched = False
@@ -872,9 +894,32 @@ def _unbooked(ev: _Eval) -> None:
                        _booked_minor(item), item.ledger.settled_minor, last.line.line_id))
 
 
+LIVE_FINDINGS = ("currency:callback", "amount:ledger", "amount:channel", "status:channel")
+"""Keys of the live sides' findings (order, callbacks, ledger): raised once the records
+differ for ``grace_ms``, so that money stuck between stages is seen."""
+
+
+def _caught_up(ev: _Eval, live_agree: bool) -> None:
+    """Clear the findings the records have since made good: a late leg or callback (a
+    backlog, a worker restarting) or a correcting entry. Those an automatic resolution
+    was sent for are settled by it instead."""
+    item = ev.item
+    for key in item.raised:
+        if key in item.cleared or key in item.asked:
+            continue
+        if key.startswith(LIVE_FINDINGS) and live_agree:
+            ev.clear(key, "cleared: order, channel and ledger agree now (records that came "
+                          "after grace_ms, or an entry that corrected them)")
+        elif key.startswith("unbooked:") and \
+                item.ledger.settled_minor == _booked_minor(item):
+            ev.clear(key, "cleared: the order stage booked the line after the exception",
+                     key.removeprefix("unbooked:"))
+
+
 def _all_resolved(item: ReconItem) -> bool:
-    """Raised discrepancies that an automatic resolution has since settled."""
-    return all(key in item.asked for key in item.raised)
+    """Raised discrepancies that an automatic resolution has since settled, or that cleared
+    by themselves."""
+    return all(key in item.asked or key in item.cleared for key in item.raised)
 
 
 def period_closed(item: ReconItem, closed: SettlementClosed, at_ms: int, rules: ReconRules
@@ -1050,7 +1095,7 @@ class Tally(BaseModel):
 
 def open_state(item: ReconItem) -> str:
     """Why an open item is open, for the report's ageing."""
-    if any(key not in item.asked for key in item.raised):
+    if not _all_resolved(item):
         return "exception"
     if item.order is None:
         return "awaiting_order"
@@ -1108,6 +1153,6 @@ class ReconStatus(Message):
 
 def raised_tally(step: Step) -> Tally:
     """The discrepancies this step raised, by kind (cumulative counters)."""
-    kinds = Counter(e.kind.value for e in step.exceptions)
+    kinds = Counter(e.kind.value for e in step.exceptions if not e.cleared)
     auto = Counter(e.kind.value for e in step.exceptions if e.resolution)
     return Tally(exceptions=dict(kinds), auto_resolved=dict(auto))

@@ -817,13 +817,14 @@ def recon_section(rec: Recorded) -> dict:
     injected = {(d["payment_id"], CAUSES[d["kind"]]) for d in rec.injections
                 if d["kind"] in CAUSES}
     exceptions = [e for e in rec.recon if not e.get("line_id") and e["kind"] !=
-                  "missing_at_channel"]
+                  "missing_at_channel" and not e.get("cleared")]
     unexplained = [e for e in exceptions if (e["payment_id"], e["kind"]) not in injected]
     missed = sorted(p for p, kind in injected
                     if not any(e["payment_id"] == p and e["kind"] == kind for e in exceptions))
     unresolved = sorted(payment_id for payment_id, kind in live_resolutions(rec.injections)
                         if not resolved(kind, rec.histories.get(payment_id, [])))
     return {"exceptions": len(exceptions), "unresolved": unresolved,
+            "cleared": sum(1 for e in rec.recon if e.get("cleared")),
             "by_kind": dict(sorted(Counter(e["kind"] for e in exceptions).items())),
             "auto_resolved": sum(1 for e in exceptions if e.get("resolution")),
             "expected": len(injected), "missed": missed,
@@ -858,6 +859,8 @@ def invariants(rec: Recorded, terms: dict[str, ChannelTerms], report: dict) -> l
         "reconciliation: live records agree (or the fault is reported)",
         not recon["unexplained"] and not recon["missed"] and not recon["unresolved"],
         f"{recon['exceptions']} exceptions {recon['by_kind']}, {recon['expected']} expected" +
+        (f" ({recon['cleared']} more cleared by late records)" if recon.get("cleared")
+         else "") +
         (f"; unexplained: {recon['unexplained'][0]['kind']} {recon['unexplained'][0]['reason']}"
          if recon["unexplained"] else "") +
         (f"; missed: {', '.join(recon['missed'][:3])}" if recon["missed"] else "") +
@@ -871,6 +874,8 @@ def invariants(rec: Recorded, terms: dict[str, ChannelTerms], report: dict) -> l
                              (f"; missed: {', '.join(missed[:5])}" if missed else "")))
         checks.append(_check("reconciliation: nothing else reported", not alarms,
                              f"{len(alarms)} false alarms" + (
+                                 f" ({rec.settlement['cleared']} cleared by late records)"
+                                 if rec.settlement.get("cleared") else "") + (
                                  f": {alarms[0]['kind']} {alarms[0]['reason']}"
                                  if alarms else "")))
     return checks
@@ -982,7 +987,11 @@ def settlement_section(reports: list[stl.Report], histories: dict[str, list],
                        exceptions: list[ReconException], files: list[str]) -> dict:
     """Each line sent and what reconciliation made of it; each injected discrepancy and the
     exception that reported it; and the exceptions no injection explains (false alarms).
-    Precision and recall are over the payments of these reports and of the run."""
+    Precision and recall are over the payments of these reports and of the run. Exceptions
+    later cleared (their records came late, ``ReconException.cleared``) are counted apart:
+    they stand for no discrepancy."""
+    cleared = sum(1 for exc in exceptions if exc.cleared)
+    exceptions = [exc for exc in exceptions if not exc.cleared]
     by_line: dict[str, list[ReconException]] = defaultdict(list)
     for exc in exceptions:
         if exc.line_id:
@@ -1020,7 +1029,7 @@ def settlement_section(reports: list[stl.Report], histories: dict[str, list],
     return {"files": files, "lines_sent": len(lines),
             "by_result": dict(sorted(Counter(x["result"] for x in lines).items())),
             "orders_settled": len(settled), "injected": len(rows), "flagged": true_found,
-            "exceptions": len(exceptions),
+            "exceptions": len(exceptions), "cleared": cleared,
             "exceptions_by_kind": dict(sorted(Counter(e.kind.value for e in exceptions)
                                               .items())),
             "recall": true_found / len(rows) if rows else 1.0,

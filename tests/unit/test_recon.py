@@ -331,6 +331,43 @@ class TestThreeWayMatch:
         assert (again.exceptions, run.item.closed_ms, step.matched) == ((), 0, False)
         assert open_state(run.item) == "exception"
 
+    def test_unbooked_line_clears_when_the_order_stage_posts_it_late(self):
+        run = booked_run()
+        raised = run.wake(run.item.lines[0].booked_ms + GRACE_MS).exceptions
+
+        steps = [run.feed(leg) for leg in clearing_legs(LINE)]
+
+        cleared = [e for s in steps for e in s.exceptions]
+        assert [(e.exception_id, e.kind, e.cleared, e.line_id) for e in cleared] == [
+            (raised[0].exception_id, K.status_mismatch, True, "line-1")]
+        assert cleared[0].resolution == "cleared: the records agree now"
+        assert run.item.cleared == ("unbooked:line-1",)
+        assert (steps[-1].matched, run.item.closed_ms) == (True, run.now)
+        assert open_state(run.item) != "exception"
+
+    def test_clearing_counts_as_resolved_not_as_raised_again(self):
+        run = booked_run()
+        raised = run.wake(run.item.lines[0].booked_ms + GRACE_MS)
+
+        steps = [run.feed(leg) for leg in clearing_legs(LINE)]
+
+        assert raised_tally(raised).exceptions == {"status_mismatch": 1}
+        assert raised_tally(raised).auto_resolved == {}
+        clearing = next(s for s in steps if s.exceptions)
+        assert raised_tally(clearing).exceptions == {}
+        assert raised_tally(clearing).auto_resolved == {"status_mismatch": 1}
+
+    def test_cleared_finding_is_cleared_once_whatever_comes_after(self):
+        run = booked_run()
+        run.wake(run.item.lines[0].booked_ms + GRACE_MS)
+        for leg_applied in clearing_legs(LINE):
+            run.feed(leg_applied)
+
+        later = [run.wake(LATER), run.feed(*clearing_legs(LINE))]
+
+        assert [e for s in later for e in s.exceptions] == []
+        assert sum(e.cleared for e in run.exceptions) == 1
+
     def test_payment_refunded_in_full_before_settlement_closes_without_a_line(self):
         run = Run()
 
@@ -576,6 +613,31 @@ class TestAmountMismatch:
         assert [(e.kind, e.expected_minor, e.reported_minor) for e in step.exceptions] == [
             (K.amount_mismatch, 3, 2)]
 
+    def test_ledger_legs_after_grace_clear_the_exception_and_the_line_is_booked(self):
+        run = Run()
+        run.feed(PROCESSING, SUCCEEDED, callback(), *capture_legs()[:2])
+        raised = run.wake(run.now + GRACE_MS).exceptions
+
+        late = run.feed(capture_legs()[2], LINE)
+
+        assert [e.kind for e in raised] == [K.amount_mismatch]
+        assert [(e.exception_id, e.cleared) for e in run.exceptions[1:]] == [
+            (raised[0].exception_id, True)]
+        assert late.to_orders == (LINE,)
+        assert run.item.cleared == run.item.raised
+
+    def test_callback_after_grace_clears_the_status_mismatch_it_caused(self):
+        run = Run()
+        run.feed(PROCESSING, SUCCEEDED, *capture_legs())
+        raised = run.wake(run.now + GRACE_MS).exceptions
+
+        late = run.feed(callback())
+
+        assert [e.kind for e in raised] == [K.status_mismatch]
+        assert [(e.exception_id, e.cleared) for e in late.exceptions] == [
+            (raised[0].exception_id, True)]
+        assert open_state(run.item) == "awaiting_line"
+
     def test_a_second_different_ledger_discrepancy_is_raised_too(self):
         run = Run()
         first = run.feed(PROCESSING, SUCCEEDED, callback(), *capture_legs(AMOUNT - 3))
@@ -604,7 +666,10 @@ class TestAmountMismatch:
 
         assert [(e.kind, e.line_id) for e in raised] == [(K.amount_mismatch, "")]
         assert (waited.exceptions, waited.to_orders) == ((), ())
-        assert (run.exceptions, fixed.to_orders, run.states()) == (raised, (LINE,), ["booked"])
+        assert (fixed.to_orders, run.states()) == ((LINE,), ["booked"])
+        assert [(e.exception_id, e.cleared) for e in fixed.exceptions] == [
+            (raised[0].exception_id, True)]  # the correction cleared it: said once more
+        assert run.exceptions[:-1] == raised
 
 
 def ledger_fix(amount: int) -> tuple[LegApplied, ...]:

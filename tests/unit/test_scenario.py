@@ -505,6 +505,15 @@ class TestReconSection:
         assert [e["payment_id"] for e in section["unexplained"]] == ["p2"]
         assert section["missed"] == ["p1"]
 
+    def test_exception_cleared_by_late_records_is_counted_apart_not_unexplained(self):
+        cleared = {**self._exc("status_mismatch", "p2", "cleared: the records agree now"),
+                   "cleared": True}
+
+        section = self._section([], [cleared, self._exc("amount_mismatch", "p1")])
+
+        assert [e["payment_id"] for e in section["unexplained"]] == ["p1"]
+        assert (section["cleared"], section["exceptions"]) == (1, 1)
+
     def test_resolution_must_show_in_the_history(self):
         resolved = _paid("p1") + [_event("p1", "succeeded", "failed", START_MS + 900,
                                          "by reconciliation: x; captured", captured_minor=1_000,
