@@ -34,6 +34,12 @@ def run_webhooks(settings: Settings) -> None:
 
 def run_worker(settings: Settings, worker_index: int | str = 0,
                metrics_port: int | None = None) -> None:
+    if settings.event_loop == "uvloop":  # before anything makes a loop
+        import asyncio
+
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     wire = build_worker(settings, worker_index)
     port = settings.worker_web_port + int(worker_index) if metrics_port is None \
         else metrics_port

@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 import time
+from pathlib import Path
 
 from streams.settings import Settings
 
@@ -312,6 +313,34 @@ def _add_dashboards(sub) -> None:
     parser.set_defaults(run=cmd_dashboards)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from paycore.bench import BenchOptions, run_bench
+
+    options = BenchOptions(payments=args.payments, rates=tuple(args.rate.split(",")),
+                           workers=tuple(int(w) for w in args.workers.split(",")),
+                           out_dir=args.out, profile=args.profile,
+                           relay_messages=args.relay_messages, restart=args.restart)
+    return run_bench(Settings(), options)
+
+
+def _add_bench(sub) -> None:
+    bench = sub.add_parser("bench", help="throughput and latency of the whole payment path, "
+                           "against the ceiling of the same broker (paycore/bench.py)")
+    bench.add_argument("--payments", type=int, default=5_000, help="sales per run")
+    bench.add_argument("--rate", default="max,half", help="offered rates per run, in order: "
+                       "max (all at once), N per second, half (of the max run before it)")
+    bench.add_argument("--workers", default="1,2", help="worker counts: a run (or a run per "
+                       "rate) each")
+    bench.add_argument("--out", type=Path, default=Path(".paycore/bench"))
+    bench.add_argument("--profile", action="store_true",
+                       help="record worker 0 with py-spy and list where its time goes")
+    bench.add_argument("--relay-messages", type=int, default=100_000,
+                       help="records through the plain relay that measures the ceiling")
+    bench.add_argument("--restart", action="store_true", help="after each run, SIGKILL "
+                       "worker 0, restart it on its state and time it until a payment passes")
+    bench.set_defaults(run=cmd_bench)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("kafka", "aiokafka"):
@@ -337,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_rules_commands(sub)
     _add_recon(sub)
     _add_dashboards(sub)
+    _add_bench(sub)
     key = sub.add_parser("api-key", help="a new API key and the line for config/api_keys.yaml")
     key.add_argument("merchant", nargs="?", help="the merchant the key acts for")
     key.add_argument("--ops", action="store_true", help="an ops key instead")

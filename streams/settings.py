@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -71,6 +72,10 @@ class Settings(BaseSettings):
     stages: str = "intake,dedup,risk,orders,mandates,ledger,recon"
     """Comma-separated stages this worker runs (the payment path by default; tests may
     isolate one). ``webhooks`` runs in its own process: ``paycore webhooks``."""
+
+    event_loop: Literal["asyncio", "uvloop"] = "asyncio"
+    """The workers' event loop: uvloop (libuv) costs less per message than asyncio's own
+    (measured by ``paycore bench``, docs/performance.md)."""
 
     rebalance_timeout_s: int = 5
     """Faust broker_rebalance_timeout: how long a group join waits for members."""
