@@ -113,7 +113,9 @@ def register(wire: Wire) -> None:
         timer reads once a minute, so the sweeper's index stays the rows still at work."""
         wake_in, other = (expiries, wakes) if expiry else (wakes, expiries)
         if wake_ms:
-            wake_in[key] = str(wake_ms).encode()
+            value = str(wake_ms).encode()
+            if wake_in.get(key) != value:  # unchanged: no changelog message
+                wake_in[key] = value
         elif wake_in.get(key) is not None:
             del wake_in[key]
         if other.get(key) is not None:
@@ -126,7 +128,9 @@ def register(wire: Wire) -> None:
              .add(closed_tally(before, step.item)))
         set_wake(key, step.wake_ms, step.item is not None and step.item.closed_ms > 0)
         if step.due is not None:
-            dues[key] = "|".join(step.due).encode()
+            due = "|".join(step.due).encode()
+            if dues.get(key) != due:
+                dues[key] = due
         elif dues.get(key) is not None:
             del dues[key]
         channel = step.item.channel if step.item is not None else "?"
