@@ -105,9 +105,13 @@ def payload(env, event_type: str) -> str:
                        "data": data}, separators=(",", ":"))
 
 
+OPS_COMMANDS = frozenset({"review", "resolve_exception"})
+
+
 def for_merchant(body) -> bool:
-    """Ops' own refused commands (a review decision) are not the merchant's events."""
-    return not (isinstance(body, CommandRejected) and body.command_type == "review")
+    """Ops' own refused commands (a review decision, an exception's resolution) are not the
+    merchant's events."""
+    return not (isinstance(body, CommandRejected) and body.command_type in OPS_COMMANDS)
 
 
 def register(wire: Wire) -> None:
