@@ -25,12 +25,6 @@ from streams import topics as t
 from streams.app import Wire, now_ms
 from streams.envelope import child, decode, encode
 
-REPLAYABLE = frozenset({t.COMMANDS, t.DEDUP, t.RISK, t.ORDERS, t.MANDATES,
-                        t.CHANNEL_CALLBACKS, t.LEDGER_POSTINGS, t.SETTLEMENTS})
-"""Topics a corrected copy may go back to: the payment path's inputs. Not the ledger's own
-events (the auditor's dead letters: discard them), nor outputs read by merchants."""
-
-
 class DeadLetterRow(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -53,7 +47,7 @@ def register(wire: Wire) -> None:
         if again is not None:
             await wire.send_all(again)
             return
-        decision = decide_dead_letter(row.state, env.body, REPLAYABLE, at)
+        decision = decide_dead_letter(row.state, env.body, t.REPLAYABLE, at)
         outgoing = [Outgoing(topic=out.topic, key=out.key or "", value=out.value)
                     if isinstance(out, Redelivery) else
                     Outgoing(topic=t.DEADLETTER_ACTIONS, key=key.decode(),

@@ -155,7 +155,7 @@ def preview(payment_id: str, merchant_id: str, cmd: ResolveException,
     suspense = accounts.suspense(ccy)
     if cmd.action is A.write_off:
         entries: tuple = (write_off_entry(payment_id, cmd, 0),)
-        effects = (f"booked to {suspense}: {cmd.comment}",)
+        effects = (f"booked to {suspense}, kept there to be investigated",)
     elif cmd.action is A.refund:
         entries = (_shown("parked", [Leg(account_id=clearing, currency=ccy, amount_minor=-amount),
                                      Leg(account_id=suspense, currency=ccy, amount_minor=amount)],

@@ -40,11 +40,11 @@ async def follow(bootstrap: str, topics: tuple[str, ...], partitions: int,
 
 
 async def follow_records(bootstrap: str, topics: tuple[str, ...], partitions: int,
-                         apply: Callable[[str, bytes | None, bytes], None],
+                         apply: Callable[[str, bytes | None, bytes, int], None],
                          caught_up: asyncio.Event, stop: asyncio.Event,
                          on_batch: Callable[[], object] | None = None) -> None:
     """``follow`` for a reader that needs to know where each record came from: ``apply``
-    gets the topic, the key and the value."""
+    gets the topic, the key, the value and the record's timestamp (ms)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                 auto_offset_reset="earliest")
     await consumer.start()
@@ -57,7 +57,7 @@ async def follow_records(bootstrap: str, topics: tuple[str, ...], partitions: in
             batch = await consumer.getmany(timeout_ms=200, max_records=1000)
             for tp, records in batch.items():
                 for record in records:
-                    apply(tp.topic, record.key, record.value)
+                    apply(tp.topic, record.key, record.value, record.timestamp)
             if not caught_up.is_set():
                 positions = [await consumer.position(tp) for tp in tps]
                 if all(pos >= ends[tp] for pos, tp in zip(positions, tps, strict=True)):
