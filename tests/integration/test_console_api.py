@@ -80,8 +80,10 @@ class TestTimeline:
         assert [i["at_ms"] for i in items] == sorted(i["at_ms"] for i in items)
         assert kinds.index("routing") < kinds.index("channel") < kinds.index("callback")
         answered = [i for i in items if i["kind"] == "callback"]
-        assert [(i["count"], i["note"]) for i in answered] == [
-            (2, "1 copy of the same answer again: ignored")]
+        copies = answered[0]["count"] - 1  # it answers, notifies, and (207) answers again
+        assert len(answered) == 1 and copies >= 1
+        assert answered[0]["note"] == (f"{copies} {'copy' if copies == 1 else 'copies'} of the "
+                                       "same answer again: ignored")
         assert timeline["payment"]["status"] == "succeeded"
         assert "risk approve" in items[0]["detail"]
 

@@ -408,3 +408,16 @@ def test_a_resolution_applied_many_times_applies_once_and_balances(
     assert later.order == first.order
     if times > 1:
         assert (later.outputs, later.status) == ((), C.duplicate)
+
+
+@pytest.mark.parametrize("command_type,delivered", [
+    ("review", False), ("resolve_exception", False), ("refund", True)])
+def test_a_refused_ops_command_is_not_the_merchants_webhook(command_type, delivered):
+    from agents.webhooks import for_merchant
+    from domain.events import CommandRejected
+
+    refused = CommandRejected(payment_id=PID, merchant_id=MERCHANT, merchant_order_no=ORDER_NO,
+                              command_type=command_type, idempotency_key="ops-k",
+                              code="exception_already_resolved", reason="", at_ms=NOW)
+
+    assert for_merchant(refused) is delivered

@@ -107,6 +107,8 @@ function showKeyGate(why) {
   sessionStorage.removeItem(KEY);
   stopStrip();
   const main = document.getElementById("main");
+  const shown = document.getElementById("key-form");
+  if (shown && shown.dataset.why === why) return;  // the strip and the page both refused
   const keyInput = el("input", {id: "ops-key", type: "password", autocomplete: "off",
     placeholder: "pk_…"});
   const whoInput = el("input", {id: "operator", placeholder: "your name, e.g. ana",
@@ -131,6 +133,7 @@ function showKeyGate(why) {
   el("div", {class: "row gap-top"},
     el("button", {type: "submit", id: "sign-in"}, "Open the console")),
   why ? message("error", why, "refused") : null);
+  form.dataset.why = why;
   main.replaceChildren(form);
   document.getElementById("who").replaceChildren();
   document.getElementById("strip").replaceChildren(
@@ -269,11 +272,12 @@ function reviewRow(p) {
       await api("POST", `/v1/ops/payments/${encodeURIComponent(p.payment_id)}/review`,
         {decision, reviewer: operator(), comment: comment.value}, {"Idempotency-Key": key});
       const after = await until(() => api("GET", `/v1/payments/${p.payment_id}`),
-        (x) => x.status !== "risk_review");
+        (x) => !["risk_review", "created", "processing"].includes(x.status));
       outcome.replaceChildren(after.status === "risk_review" ?
         message("error", "No outcome yet: look again later.") :
-        message(after.status === "failed" ? "error" : "ok",
-          `${decision}d: the payment is now ${after.status}`, `outcome-${p.payment_id}`));
+        message(after.status === "failed" ? "error" : "ok", `${decision === "approve" ?
+          "approved" : "rejected"}: the payment is now ${after.status}`,
+        `outcome-${p.payment_id}`));
     } catch (error) {
       outcome.replaceChildren(message("error", problemText(error)));
       buttons.forEach((b) => { b.disabled = false; });
