@@ -25,6 +25,7 @@ from streams import topics as t
 from streams.app import Wire, now_ms
 from streams.envelope import child, decode, encode
 
+
 class DeadLetterRow(BaseModel):
     model_config = ConfigDict(frozen=True)
 

@@ -50,6 +50,7 @@ from domain.commands import (
     Capture,
     CaptureMode,
     Command,
+    OPS_COMMAND_TYPES,
     Identifier,
     Method,
     Pay,
@@ -86,8 +87,6 @@ one) and must still be an identifier."""
 CATCH_UP_S = 5
 READY_CACHE_S = 1.0
 _STOP_AT = {s.value for s in FINAL_FOR_CLIENTS}
-OPS_COMMANDS = frozenset({"review", "resolve_exception"})
-"""Ops' commands: their refusals are ops' business, not the merchant's."""
 _AUTHORIZED = {"authorized", "succeeded"}
 
 CurrencyCode = Literal[tuple(sorted(CURRENCY_EXPONENTS))]  # type: ignore[valid-type]
@@ -267,7 +266,7 @@ def _answer(view: PaymentsView, row: dict, who: Principal) -> dict:
     if not who.ops:
         history = [{**h, "reason": REVIEWED} if h["trigger"] == "review" else h
                    for h in history]
-        rejections = [r for r in rejections if r["command_type"] not in OPS_COMMANDS]
+        rejections = [r for r in rejections if r["command_type"] not in OPS_COMMAND_TYPES]
     return {**row, "history": history, "version": len(row["history"]),
             "authorized_minor": row["amount_minor"] if authorized else 0,
             "rejections": rejections}
@@ -557,7 +556,7 @@ def _delivery_log(view: PaymentsView, queue: str, row: dict) -> dict:
     since = endpoint.at_ms if endpoint is not None and endpoint.url else None
     events = [(h["event_id"], h["at_ms"]) for h in row["history"]] + [
         (r["event_id"], r["at_ms"]) for r in view.rejections.get(queue, [])
-        if r["command_type"] not in OPS_COMMANDS]
+        if r["command_type"] not in OPS_COMMAND_TYPES]
     return {"deliveries": [d.model_dump(mode="json") for d in states.values()],
             "pending": [] if since is None else [
                 e for e, at in events if e not in states and at >= since]}

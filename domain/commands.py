@@ -309,5 +309,7 @@ PaymentCommand = Annotated[
 ]
 COMMAND_TYPES = ("pay", "capture", "void", "refund", "revoke", "transfer", "topup", "withdraw",
                  "review", "sign_mandate", "terminate_mandate", "resolve_exception")
+OPS_COMMAND_TYPES = frozenset({"review", "resolve_exception"})
+"""Ops' commands: their refusals are ops' business, not the merchant's events."""
 SCREENED = (Pay, Transfer, TopUp, Withdraw)
 """Commands that move new money: risk screens them before their order exists."""

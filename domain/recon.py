@@ -331,10 +331,10 @@ class Step(NamedTuple):
     due: tuple[str, str] | None = None
     """(channel, YYYY-MM-DD): the item waits for that channel's report of that day."""
     matched: bool = False
-    resolutions: tuple[ReconExceptionResolved, ...] = ()
-    """Ops' resolutions this step took in, as reconciliation now sees them (for ops)."""
     """Closed by this step, counted anew: all records agree (for the first time, or now
     settled by a line where it first closed with nothing to settle)."""
+    resolutions: tuple[ReconExceptionResolved, ...] = ()
+    """Ops' resolutions this step took in, as reconciliation now sees them (for ops)."""
 
 
 # ---------------------------------------------------------------- reading the sides
@@ -869,7 +869,7 @@ def _unbooked(ev: _Eval) -> None:
 
 
 def _all_resolved(item: ReconItem) -> bool:
-    """Raised discrepancies that an automatic resolution has since settled."""
+    """Raised discrepancies that an automatic resolution, or ops, have since settled."""
     return all(key in item.asked or key in item.ops_resolved for key in item.raised)
 
 

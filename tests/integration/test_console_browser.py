@@ -4,7 +4,8 @@ payment found by its order number shows its whole timeline; a review approved mo
 payment on; a reconciliation exception is resolved after its entries are previewed; a dead
 letter is corrected and replayed. Each page is drawn to ``.paycore/artifacts/console/``.
 
-One browser for the module, the session's one stack for everything.
+One browser for the module, the session's one stack for everything (so it sits with the
+integration tests: the stack is up already, and the e2e tests' own stacks run without it).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from console_flows import dead_lettered, duplicate_settlement, held_for_review, 
 
 from streams.settings import ROOT
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 ARTIFACTS = ROOT / ".paycore" / "artifacts" / "console"
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
