@@ -358,20 +358,8 @@ def _checked_copy(topic: str, value: str) -> str:
     return ""
 
 
-def _dead_letter_routes(app: FastAPI, console: ConsoleView, send_raw, keys: dict) -> None:
+def _dead_letter_list(app: FastAPI, console: ConsoleView, keys: dict) -> None:
     ops = keys["ops"]
-    scoped = responses(401, 403, 404, 409, 422)
-
-    def found(dead_letter_id: str, open_only: bool = False) -> dict:
-        entry = console.dead_letters.get(dead_letter_id)
-        if entry is None:
-            raise Problem(404, "dead_letter_not_found", f"dead letter {dead_letter_id} "
-                          "not found")
-        if open_only and entry["state"] != "open":
-            raise Problem(409, f"dead_letter_already_{entry['state']}",
-                          f"dead letter {dead_letter_id} was {entry['state']} by "
-                          f"{entry['resolved'].operator}")
-        return entry
 
     @app.get("/v1/ops/deadletters", response_model=DeadLetters, responses=responses(401, 403))
     async def dead_letters(who: Principal = Depends(ops), stage: str | None = None,
@@ -391,6 +379,23 @@ def _dead_letter_routes(app: FastAPI, console: ConsoleView, send_raw, keys: dict
             reasons[why] = reasons.get(why, 0) + 1
         return {"dead_letters": [_dead_letter_item(d) for d in chosen[:limit]],
                 "total": len(chosen), "stages": stages, "reasons": reasons}
+
+
+def _dead_letter_routes(app: FastAPI, console: ConsoleView, send_raw, keys: dict) -> None:
+    ops = keys["ops"]
+    scoped = responses(401, 403, 404, 409, 422)
+    _dead_letter_list(app, console, keys)
+
+    def found(dead_letter_id: str, open_only: bool = False) -> dict:
+        entry = console.dead_letters.get(dead_letter_id)
+        if entry is None:
+            raise Problem(404, "dead_letter_not_found", f"dead letter {dead_letter_id} "
+                          "not found")
+        if open_only and entry["state"] != "open":
+            raise Problem(409, f"dead_letter_already_{entry['state']}",
+                          f"dead letter {dead_letter_id} was {entry['state']} by "
+                          f"{entry['resolved'].operator}")
+        return entry
 
     @app.get("/v1/ops/deadletters/{dead_letter_id}", response_model=DeadLetterDetail,
              responses=responses(401, 403, 404))

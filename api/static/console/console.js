@@ -474,10 +474,12 @@ async function deadLettersPage(params) {
 async function deadLetterPage(id) {
   const d = await api("GET", `/v1/ops/deadletters/${encodeURIComponent(id)}`);
   const raw = d.value_text !== null ? d.value_text : `base64: ${d.value_base64}`;
+  const r = d.resolved;
+  const stateText = r ? `${d.state} by ${r.operator} at ${when(r.at_ms)}` +
+    (r.note ? ` — “${r.note}”` : "") : d.state;
   const facts = el("dl", {class: "facts"},
     el("dt", {}, "state"), el("dd", {}, el("span", {class: `badge ${d.state}`,
-      id: "dead-letter-state"}, d.resolved ? `${d.state} by ${d.resolved.operator} at ` +
-      `${when(d.resolved.at_ms)}${d.resolved.note ? ` — “${d.resolved.note}”` : ""}` : d.state)),
+      id: "dead-letter-state"}, stateText)),
     el("dt", {}, "stage"), el("dd", {}, d.stage),
     el("dt", {}, "reason"), el("dd", {id: "dead-letter-reason"}, d.reason),
     el("dt", {}, "from"), el("dd", {class: "mono"}, `${d.topic}[${d.partition}]@${d.offset}`),
