@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from agents import dedup, intake, ledger, mandates, orders, recon, risk, webhooks
+from agents import deadletters, dedup, intake, ledger, mandates, orders, recon, risk, webhooks
 from streams.app import Wire
 
-STAGES = (intake, dedup, risk, orders, mandates, ledger, recon, webhooks)
+STAGES = (intake, dedup, risk, orders, mandates, ledger, recon, deadletters, webhooks)
 """Listed explicitly, in flow order: no blind autodiscovery."""
 
 

@@ -15,6 +15,7 @@ from domain.events import (
     ChannelResponded,
     CommandRejected,
     DeadlineReached,
+    ExceptionResolved,
     HoldReleaseRequested,
     HoldRequested,
     HoldResolved,
@@ -327,7 +328,7 @@ def _rejection(env: Envelope, decision: Decision, key: str, at: int) -> Outgoing
 
 def _routes(body, place) -> list[tuple[str, str]]:
     """Topic and key for an output; a journal entry goes once to each account's partition."""
-    if isinstance(body, PaymentStatusChanged):
+    if isinstance(body, (PaymentStatusChanged, ExceptionResolved)):
         return [(t.EVENTS, body.payment_id)]
     if isinstance(body, ChannelRequested):
         return [(t.CHANNEL_REQUESTS, body.payment_id)]

@@ -22,7 +22,13 @@ from pydantic import BaseModel, ConfigDict
 
 from agents._outbox import OutboxEntry, Outgoing, recall, remember
 from agents._stage import Nudger, consume, table
-from domain.events import ChannelResponded, LegApplied, PaymentStatusChanged, SettlementReported
+from domain.events import (
+    ChannelResponded,
+    ExceptionResolved,
+    LegApplied,
+    PaymentStatusChanged,
+    SettlementReported,
+)
 from domain.recon import (
     ExceptionKind,
     ReconItem,
@@ -54,7 +60,8 @@ from streams.metrics import (
 from streams.rules_config import load_routing, watch_recon
 
 log = logging.getLogger(__name__)
-_TAKEN = (PaymentStatusChanged, ChannelResponded, LegApplied, SettlementReported, ReconWake)
+_TAKEN = (PaymentStatusChanged, ChannelResponded, LegApplied, SettlementReported, ReconWake,
+          ExceptionResolved)
 EXPIRY_SWEEP_S = 60.0
 PUBLISH_EVERY_S = 1.0
 
@@ -149,6 +156,9 @@ def register(wire: Wire) -> None:
         out += [Outgoing(topic=t.ORDERS, key=key,
                          value=encode(child(env, m, i, at)).decode())
                 for i, m in enumerate(step.to_orders)]
+        out += [Outgoing(topic=t.RECON_EXCEPTIONS, key=key,  # ops' resolutions, as seen here
+                         value=encode(child(env, r, i, at)).decode())
+                for i, r in enumerate(step.resolutions)]
         return out
 
     async def handle(event) -> None:

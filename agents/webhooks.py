@@ -27,6 +27,7 @@ import time
 import httpx
 
 from agents._stage import Nudger, consume, table
+from domain.commands import OPS_COMMAND_TYPES
 from domain.events import CommandRejected, MandateStatusChanged, PaymentStatusChanged
 from domain.webhooks import (
     EVENT_ID_HEADER,
@@ -106,8 +107,9 @@ def payload(env, event_type: str) -> str:
 
 
 def for_merchant(body) -> bool:
-    """Ops' own refused commands (a review decision) are not the merchant's events."""
-    return not (isinstance(body, CommandRejected) and body.command_type == "review")
+    """Ops' own refused commands (a review decision, an exception's resolution) are not the
+    merchant's events."""
+    return not (isinstance(body, CommandRejected) and body.command_type in OPS_COMMAND_TYPES)
 
 
 def register(wire: Wire) -> None:

@@ -41,6 +41,8 @@ from api.models import (
     Reviews,
 )
 from api.auth import KeyRing, Principal, authenticator
+from api.console import exception_state, exception_view, install_console
+from api.console_model import ConsoleView
 from api.problems import COMMON, Problem, field_errors, install, responses
 from api.read_model import PaymentsView
 from domain.commands import (
@@ -48,6 +50,7 @@ from domain.commands import (
     Capture,
     CaptureMode,
     Command,
+    OPS_COMMAND_TYPES,
     Identifier,
     Method,
     Pay,
@@ -155,8 +158,11 @@ class EndpointRequest(_Body):
 
 
 def create_api(settings: Settings) -> FastAPI:
-    """The app: a producer to pay.commands and a read model following pay.events."""
+    """The app: a producer to pay.commands and a read model following pay.events; the
+    ops console's pages and their read model."""
     view = PaymentsView()
+    console = ConsoleView()
+    view.observers.append(console.observe)
     state: dict = {"ready_at": 0.0, "ready": None, "ready_lock": asyncio.Lock()}
     ring = KeyRing.from_settings(settings)
 
@@ -168,17 +174,23 @@ def create_api(settings: Settings) -> FastAPI:
         state["producer"] = producer
         state["follower"] = asyncio.create_task(
             view.follow(settings.bootstrap_servers(), settings.partitions, stop))
+        state["console"] = asyncio.create_task(
+            console.follow(settings.bootstrap_servers(), settings.partitions, stop))
         try:
             yield
         finally:
             stop.set()
             await asyncio.wait_for(state["follower"], 5)
+            await asyncio.wait_for(state["console"], 5)
             await producer.stop()
 
     async def publish(cmd: Command, key: str = "") -> None:
         raw = cmd.model_dump_json().encode()
         key = key or getattr(cmd, "merchant_order_no", "") or cmd.subject_id()
         await state["producer"].send_and_wait(t.COMMANDS, key=key.encode(), value=raw)
+
+    async def send_raw(topic: str, key: str, value: bytes) -> None:
+        await state["producer"].send_and_wait(topic, key=key.encode(), value=value)
 
     async def send(topic: str, key: str, body) -> None:
         at = now_ms()
@@ -195,9 +207,11 @@ def create_api(settings: Settings) -> FastAPI:
     _mandate_routes(app, view, publish, keys)
     _account_routes(app, view, keys)
     _webhook_routes(app, view, send, keys, settings)
-    _ops_routes(app, view, publish, keys)
-    _health_routes(app, view, state, settings)
+    _ops_routes(app, view, console, publish, keys)
+    install_console(app, view, console, publish, send_raw, keys, settings, _answer)
+    _health_routes(app, view, state, settings, console)
     app.state.view = view
+    app.state.console = console
     return app
 
 
@@ -252,7 +266,7 @@ def _answer(view: PaymentsView, row: dict, who: Principal) -> dict:
     if not who.ops:
         history = [{**h, "reason": REVIEWED} if h["trigger"] == "review" else h
                    for h in history]
-        rejections = [r for r in rejections if r["command_type"] != "review"]
+        rejections = [r for r in rejections if r["command_type"] not in OPS_COMMAND_TYPES]
     return {**row, "history": history, "version": len(row["history"]),
             "authorized_minor": row["amount_minor"] if authorized else 0,
             "rejections": rejections}
@@ -542,13 +556,14 @@ def _delivery_log(view: PaymentsView, queue: str, row: dict) -> dict:
     since = endpoint.at_ms if endpoint is not None and endpoint.url else None
     events = [(h["event_id"], h["at_ms"]) for h in row["history"]] + [
         (r["event_id"], r["at_ms"]) for r in view.rejections.get(queue, [])
-        if r["command_type"] != "review"]
+        if r["command_type"] not in OPS_COMMAND_TYPES]
     return {"deliveries": [d.model_dump(mode="json") for d in states.values()],
             "pending": [] if since is None else [
                 e for e, at in events if e not in states and at >= since]}
 
 
-def _ops_routes(app: FastAPI, view: PaymentsView, publish, keys: dict) -> None:
+def _ops_routes(app: FastAPI, view: PaymentsView, console: ConsoleView, publish,
+                keys: dict) -> None:
     ops = keys["ops"]
     only = responses(401, 403)
 
@@ -585,11 +600,16 @@ def _ops_routes(app: FastAPI, view: PaymentsView, publish, keys: dict) -> None:
     @app.get("/v1/ops/recon/exceptions", response_model=ReconExceptions, responses=only)
     async def recon_exceptions(who: Principal = Depends(ops), kind: ExceptionKind | None = None,
                                channel: str | None = None,
+                               state: Literal["open", "resolving", "resolved",
+                                              "resolved_by_rule"] | None = None,
                                limit: int = Query(default=100, ge=1, le=1_000)):
-        """Reconciliation exceptions, newest first, with every record involved."""
+        """Reconciliation exceptions, newest first, with every record involved, their age,
+        state (open, resolving, resolved by ops, resolved by rule) and allowed actions."""
+        at = now_ms()
         found = [e for e in reversed(view.recon.exceptions.values())
-                 if (kind is None or e.kind == kind) and (channel is None or e.channel == channel)]
-        return {"exceptions": [e.model_dump(mode="json") for e in found[:limit]],
+                 if (kind is None or e.kind == kind) and (channel is None or e.channel == channel)
+                 and (state is None or exception_state(view, console, e)["state"] == state)]
+        return {"exceptions": [exception_view(view, console, e, at) for e in found[:limit]],
                 "total": len(found)}
 
     @app.get("/v1/ops/ledger/audit", response_model=AuditView, responses=responses(401, 403, 503))
@@ -602,7 +622,8 @@ def _ops_routes(app: FastAPI, view: PaymentsView, publish, keys: dict) -> None:
                 **status.model_dump(mode="json")}
 
 
-def _health_routes(app: FastAPI, view: PaymentsView, state: dict, settings: Settings) -> None:
+def _health_routes(app: FastAPI, view: PaymentsView, state: dict, settings: Settings,
+                   console: ConsoleView) -> None:
     @app.get("/healthz", response_model=Health)
     async def healthz():
         return {"ok": True}
@@ -615,6 +636,10 @@ def _health_routes(app: FastAPI, view: PaymentsView, state: dict, settings: Sett
             raise Problem(503, "not_ready", "read model stopped; see the API log")
         if not view.caught_up.is_set():
             raise Problem(503, "not_ready", "read model still catching up")
+        if state["console"].done():
+            raise Problem(503, "not_ready", "console read model stopped; see the API log")
+        if not console.caught_up.is_set():
+            raise Problem(503, "not_ready", "console read model still catching up")
         async with state["ready_lock"]:  # one broker check at a time, shared
             if time.monotonic() - state["ready_at"] > READY_CACHE_S:
                 state["ready"] = await _workers_assigned(settings)

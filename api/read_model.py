@@ -22,7 +22,7 @@ from domain.events import (
     MandateStatusChanged,
     PaymentStatusChanged,
 )
-from domain.recon import ReconException, ReconStatus
+from domain.recon import ReconException, ReconExceptionResolved, ReconStatus
 from domain.webhooks import Endpoint, WebhookDelivery
 from paycore import recon_report
 from streams import topics as t
@@ -51,7 +51,8 @@ def kind_of_safe(account_id: str) -> AccountKind | None:
 
 class ReconView:
     """Each recon partition's latest status and the most recent exceptions (bounded),
-    deduplicated by ``exception_id``: the inputs of ``paycore.recon_report.build``."""
+    deduplicated by ``exception_id``: the inputs of ``paycore.recon_report.build``; and how
+    reconciliation took in ops' resolutions of them."""
 
     def __init__(self, exceptions_max: int = RECON_EXCEPTIONS_KEPT) -> None:
         assert exceptions_max > 0
@@ -59,9 +60,17 @@ class ReconView:
         self.exceptions: OrderedDict[str, ReconException] = OrderedDict()
         """exception id -> the exception, oldest received first."""
         self.exceptions_max = exceptions_max
+        self.resolutions: OrderedDict[str, ReconExceptionResolved] = OrderedDict()
+        """exception id -> reconciliation's latest word on ops' resolution of it."""
 
-    def apply(self, body: ReconStatus | ReconException) -> None:
-        if isinstance(body, ReconStatus):
+    def apply(self, body: ReconStatus | ReconException | ReconExceptionResolved) -> None:
+        if isinstance(body, ReconExceptionResolved):
+            kept = self.resolutions.get(body.exception_id)
+            if kept is None or body.at_ms >= kept.at_ms:
+                self.resolutions[body.exception_id] = body
+            while len(self.resolutions) > self.exceptions_max:
+                self.resolutions.popitem(last=False)
+        elif isinstance(body, ReconStatus):
             kept = self.statuses.get(body.partition)
             if kept is None or body.at_ms >= kept.at_ms:
                 self.statuses[body.partition] = body
@@ -96,6 +105,8 @@ class PaymentsView:
         self.endpoints: dict[str, Endpoint] = {}
         self.deliveries: dict[str, OrderedDict[str, WebhookDelivery]] = {}
         self.audit: AuditStatus | None = None
+        self.observers: list = []
+        """Called with every envelope applied (the console's timelines)."""
         self._seen_ids: OrderedDict[str, None] = OrderedDict()
 
     def endpoint_is(self, merchant_id: str, version: int) -> bool:
@@ -186,8 +197,9 @@ class PaymentsView:
         except UndecodableEnvelope as exc:
             log.warning("read model skipped an undecodable event: %s", exc)
             return
-        if isinstance(env.body, (ReconStatus, ReconException)):
+        if isinstance(env.body, (ReconStatus, ReconException, ReconExceptionResolved)):
             self.recon.apply(env.body)  # idempotent as it is: no message id kept
+            self._observed(env)
             return
         if env.message_id in self._seen_ids:
             return  # a redelivered copy: same deterministic id
@@ -195,3 +207,8 @@ class PaymentsView:
         if len(self._seen_ids) > SEEN_IDS_KEPT:
             self._seen_ids.popitem(last=False)
         self.apply(env.body, env.message_id)
+        self._observed(env)
+
+    def _observed(self, env) -> None:
+        for observer in self.observers:
+            observer(env)

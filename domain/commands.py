@@ -21,6 +21,7 @@ from pydantic import (
 
 from domain.ids import mandate_key_for, payment_id_for
 from domain.money import AMOUNT_MINOR_MAX, is_known_currency
+from domain.recon_kinds import ExceptionKind
 
 # ASCII only: no look-alike unicode, no control characters, and none of the separators
 # account ids and keys are built with (":" in account ids, "#" in sub-accounts, "~" in
@@ -240,6 +241,46 @@ class Review(OrderCommand):
     comment: Annotated[str, StringConstraints(max_length=500)] = ""
 
 
+class ResolutionAction(str, Enum):
+    """What ops may do about a reconciliation exception (which kind allows which:
+    ``domain.resolutions.ALLOWED``)."""
+
+    accept_channel_result = "accept_channel_result"
+    """The channel's word stands: the order takes what the channel says happened."""
+    refund = "refund"
+    """Money the order must not keep goes to suspense and back to the payer through the
+    channel."""
+    write_off = "write_off"
+    """The difference is booked to ``suspense:<CCY>`` and investigated there."""
+
+
+Comment = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=500)]
+
+
+class ResolveException(OrderCommand):
+    """An ops resolution of one reconciliation exception of this payment (ops only, like
+    ``review``). The exception's facts (kind, channel, amounts, line) travel with it, copied
+    from the exception by the API; the order stage checks them against the order.
+    ``preview_digest`` binds the command to the entries ops were shown."""
+
+    type: Literal["resolve_exception"] = "resolve_exception"
+    exception_id: Identifier
+    kind: ExceptionKind
+    action: ResolutionAction
+    resolver: Identifier
+    comment: Comment
+    channel: Identifier
+    currency: Currency
+    amount_minor: Annotated[StrictInt, Field(ge=0, le=AMOUNT_MINOR_MAX)] = 0
+    """The money the exception is about: the channel's amount for a status or amount
+    mismatch, the line's gross for a duplicate settlement, ours for a missing line."""
+    fee_minor: Annotated[StrictInt, Field(ge=0, le=AMOUNT_MINOR_MAX)] = 0
+    """The line's fee (a duplicate settlement: the channel kept it)."""
+    line_id: Annotated[str, StringConstraints(strict=True, max_length=128)] = ""
+    preview_digest: Annotated[str, StringConstraints(strict=True, max_length=64)] = ""
+    """``domain.resolutions.digest_of`` the previewed entries ('' : not previewed)."""
+
+
 class MandateCommand(Command):
     mandate_id: Identifier
 
@@ -263,10 +304,12 @@ class TerminateMandate(MandateCommand):
 
 PaymentCommand = Annotated[
     Union[Pay, Capture, Void, Refund, Revoke, Transfer, TopUp, Withdraw, Review, SignMandate,
-          TerminateMandate],
+          TerminateMandate, ResolveException],
     Field(discriminator="type"),
 ]
 COMMAND_TYPES = ("pay", "capture", "void", "refund", "revoke", "transfer", "topup", "withdraw",
-                 "review", "sign_mandate", "terminate_mandate")
+                 "review", "sign_mandate", "terminate_mandate", "resolve_exception")
+OPS_COMMAND_TYPES = frozenset({"review", "resolve_exception"})
+"""Ops' commands: their refusals are ops' business, not the merchant's events."""
 SCREENED = (Pay, Transfer, TopUp, Withdraw)
 """Commands that move new money: risk screens them before their order exists."""

@@ -270,3 +270,21 @@ class RiskScreened(Message):
     verdict: Verdict
     screened_at_ms: int
     """When the command reached risk (its velocity time): a backtest replays by this."""
+
+
+class ExceptionResolved(Message):
+    """The order stage applied ops' resolution of a reconciliation exception (on
+    ``pay.events``, keyed by payment id): reconciliation marks the discrepancy resolved and
+    the console shows who did what and why. Ops' note, not the merchant's event."""
+
+    payment_id: str
+    merchant_id: str
+    exception_id: str
+    kind: str
+    action: str
+    resolver: str
+    comment: str
+    line_id: str = ""
+    entry_ids: tuple[str, ...] = ()
+    """The journal entries the resolution decided (posted through the ledger)."""
+    at_ms: int

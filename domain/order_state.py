@@ -123,6 +123,20 @@ class CommandStatus(IntEnum):
     confirmation_not_applicable = 34
     """Reconciliation confirmed a channel success or refund the order cannot take (another
     amount, no such attempt, a status it cannot leave): the exception stays with ops."""
+    exception_already_resolved = 35
+    """Another action already resolved this reconciliation exception (the same action again
+    is a duplicate)."""
+    action_not_allowed_for_kind = 36
+    """The action does not apply to this kind of exception (``domain.resolutions.ALLOWED``)."""
+    resolution_facts_differ_from_order = 37
+    """The exception names another channel, currency or amount than the order has."""
+    resolution_not_applicable_in_status = 38
+    """The order's status (or an open refund, a settlement) rules the action out now."""
+    resolution_differs_from_preview = 39
+    """The entries the order would post are not the ones ops confirmed: preview again."""
+    refund_not_allowed_for_settled_line = 40
+    """The channel has already paid the money over in a settlement line: refunding it through
+    the channel would take it twice; accept the channel's result, then refund the payment."""
 
     def transient(self) -> bool:
         return False
@@ -193,6 +207,14 @@ class AppliedRequest(Message):
     """When it was applied: a replay re-emits its effects stamped with this, byte-identical."""
 
 
+class Resolution(Message):
+    """One ops resolution the order applied (``resolve_exception``)."""
+
+    exception_id: str
+    action: str
+    at_ms: int
+
+
 class Order(Message):
     payment_id: str
     merchant_id: str
@@ -243,6 +265,8 @@ class Order(Message):
     requests: tuple[ChannelRequested, ...] = ()
     applied: tuple[AppliedRequest, ...] = ()
     history: tuple[HistoryItem, ...] = ()
+    resolutions: tuple[Resolution, ...] = ()
+    """Reconciliation exceptions of this payment that ops resolved, each once."""
     created_at_ms: int
     updated_at_ms: int
 

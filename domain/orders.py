@@ -24,6 +24,7 @@ from domain.commands import (
     OrderCommand,
     Pay,
     Refund,
+    ResolveException,
     Review,
     ReviewDecision,
     Revoke,
@@ -73,6 +74,7 @@ from domain.order_state import (
     transition,
 )
 from domain.postings import capture_entry, refund_entry, revocation_amounts
+from domain.resolutions import decide_resolution
 from domain.risk import RiskDecision, Verdict
 from domain.routing import Route, RoutePlan, internal_plan
 
@@ -116,6 +118,8 @@ def decide_command(order: Order | None, cmd: Message, plan: RoutePlan | Route | 
         return Decision(None, (), CommandStatus.order_not_found)
     if isinstance(cmd, Review):
         return _review(order, cmd, now_ms)
+    if isinstance(cmd, ResolveException):
+        return decide_resolution(order, cmd, now_ms)
     if order.kind is not OrderKind.payment:
         return Decision(order, (), CommandStatus.command_not_allowed_for_kind)
     if isinstance(cmd, Capture):

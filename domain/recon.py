@@ -27,7 +27,6 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import date, datetime, timedelta, timezone
-from enum import Enum
 from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
@@ -35,35 +34,19 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from domain.commands import Message
 from domain.events import (
     ChannelResponded,
+    ExceptionResolved,
     LegApplied,
     PaymentStatusChanged,
     SettlementReported,
 )
 from domain.ids import derive_id
+from domain.recon_kinds import ExceptionKind
 from domain.routing import INTERNAL_CHANNEL
 
 DAY_MS = 86_400_000
-
-
-class ExceptionKind(str, Enum):
-    """What reconciliation can find wrong. Values never change (ops tooling keys on them)."""
-
-    missing_at_channel = "missing_at_channel"
-    """We captured it; the channel's reports up to T+N do not settle it."""
-    missing_in_ours = "missing_in_ours"
-    """The channel settled (or reported success for) a payment we have no record of."""
-    amount_mismatch = "amount_mismatch"
-    """Two sides name different amounts (a line's gross, a callback, the ledger)."""
-    fee_mismatch = "fee_mismatch"
-    """The line's fee differs from ours by more than the channel's tolerance."""
-    status_mismatch = "status_mismatch"
-    """The channel says succeeded and the order says failed or unknown, or the reverse."""
-    duplicate_settlement = "duplicate_settlement"
-    """A second line settles a payment already settled."""
-    currency_mismatch = "currency_mismatch"
-    """A line or a callback in another currency than the order."""
-    date_out_of_window = "date_out_of_window"
-    """A line dated outside its report's period or outside T..T+N(+window)."""
+WRITE_OFF = "write_off"
+"""The reason of ops' write-off entries (``domain.resolutions``): their clearing legs are
+a receivable given up, not a capture."""
 
 
 K = ExceptionKind
@@ -242,6 +225,9 @@ class LedgerSeen(BaseModel):
     """Posting ids seen: a leg delivered twice counts once."""
     entries: dict[str, tuple[int, int]] = Field(default_factory=dict)
     """entry id -> (legs seen, legs in the entry): an entry is posted when all are seen."""
+    written_off_minor: int = 0
+    """Legs on the clearing account from ops' write-offs (a receivable the channel will not
+    pay, booked to suspense): no longer owed, and not a capture to compare."""
 
     def incomplete(self) -> list[str]:
         return [e for e, (seen, size) in self.entries.items() if seen < size]
@@ -252,8 +238,9 @@ class LineSeen(BaseModel):
 
     line: SettlementReported
     arrived_ms: int
-    state: Literal["waiting", "booked", "part", "held"] = "waiting"
-    """``part``: matched as one of several lines for the payment, booked with the last."""
+    state: Literal["waiting", "booked", "part", "held", "resolved"] = "waiting"
+    """``part``: matched as one of several lines for the payment, booked with the last.
+    ``resolved``: held, then settled by ops (written off, say): it no longer waits."""
     booked_ms: int = 0
 
 
@@ -313,6 +300,9 @@ class ReconItem(BaseModel):
     """When everything matched (0: open). Kept ``retention_days``, then removed."""
     matched_ms: int = 0
     """When everything first matched (counted once even if a later record reopens it)."""
+    ops_resolved: tuple[str, ...] = ()
+    """Keys of raised discrepancies ops resolved (``resolve_exception``, applied by the order
+    stage): like an automatic resolution, they no longer keep the item open."""
     counted: Literal["", "agreed", "matched"] = ""
     """How the report counts it once closed: settled by a line, or nothing to settle (a
     declined payment a late success reopened may end up settled: counted again, moved)."""
@@ -349,6 +339,8 @@ class Step(NamedTuple):
     matched: bool = False
     """Closed by this step, counted anew: all records agree (for the first time, or now
     settled by a line where it first closed with nothing to settle)."""
+    resolutions: tuple[ReconExceptionResolved, ...] = ()
+    """Ops' resolutions this step took in, as reconciliation now sees them (for ops)."""
 
 
 # ---------------------------------------------------------------- reading the sides
@@ -401,7 +393,9 @@ def _channel_refunds(item: ReconItem) -> int:
 
 def observe(item: ReconItem | None, body: Message, at_ms: int, rules: ReconRules) -> Step:
     """Take one record (a status event, a callback, a posted leg, a settlement line, a
-    wake-up) and evaluate the payment again."""
+    wake-up, ops' resolution) and evaluate the payment again."""
+    if isinstance(body, ExceptionResolved):
+        return resolved_by_ops(item, body, at_ms, rules)
     payment_id = body.payment_id
     if item is None:
         if isinstance(body, ReconWake):
@@ -440,7 +434,9 @@ def _taken(item: ReconItem, body: Message, at_ms: int) -> ReconItem | None:
         seen, _ = ledger.entries.get(body.entry_id, (0, body.entry_legs))
         update = {"postings": ledger.postings + (body.posting_id,),
                   "entries": {**ledger.entries, body.entry_id: (seen + 1, body.entry_legs)}}
-        if kind == "clearing" and body.reason == "settlement_clearing":
+        if kind == "clearing" and body.reason == WRITE_OFF:
+            update["written_off_minor"] = ledger.written_off_minor + body.amount_minor
+        elif kind == "clearing" and body.reason == "settlement_clearing":
             update["settled_minor"] = ledger.settled_minor + body.amount_minor
         elif kind == "clearing":
             update["clearing_minor"] = ledger.clearing_minor + body.amount_minor
@@ -868,7 +864,7 @@ def _settled_through(item: ReconItem, live_agree: bool) -> bool:
     if item.ledger.settled_minor != _booked_minor(item):
         return False
     if expects_line(item):
-        return any(s.state == "booked" for s in item.lines)
+        return any(s.state == "booked" for s in item.lines) or "missing" in item.ops_resolved
     return True
 
 
@@ -905,7 +901,7 @@ def _caught_up(ev: _Eval, live_agree: bool) -> None:
     was sent for are settled by it instead."""
     item = ev.item
     for key in item.raised:
-        if key in item.cleared or key in item.asked:
+        if key in item.cleared or key in item.asked or key in item.ops_resolved:
             continue
         if key.startswith(LIVE_FINDINGS) and live_agree:
             ev.clear(key, "cleared: order, channel and ledger agree now (records that came "
@@ -917,9 +913,10 @@ def _caught_up(ev: _Eval, live_agree: bool) -> None:
 
 
 def _all_resolved(item: ReconItem) -> bool:
-    """Raised discrepancies that an automatic resolution has since settled, or that cleared
-    by themselves."""
-    return all(key in item.asked or key in item.cleared for key in item.raised)
+    """Raised discrepancies that an automatic resolution, or ops, have since settled, or
+    that the records made good by themselves (``_caught_up``)."""
+    return all(key in item.asked or key in item.ops_resolved or key in item.cleared
+               for key in item.raised)
 
 
 def period_closed(item: ReconItem, closed: SettlementClosed, at_ms: int, rules: ReconRules
@@ -1115,7 +1112,8 @@ def standing(item: ReconItem | None) -> Tally:
     channel, ccy = item.channel or "?", item.currency or "?"
     day = (item.order.captured_on if item.order and item.order.captured_on
            else day_of(item.first_ms))
-    owed = -(item.ledger.clearing_minor + item.ledger.settled_minor)
+    owed = -(item.ledger.clearing_minor + item.ledger.settled_minor +
+             item.ledger.written_off_minor)
     tally = Tally(residual={f"{channel}|{ccy}|{day}": owed} if owed else {})
     if not item.closed_ms:
         tally.open = {f"{channel}|{open_state(item)}|{day_of(item.first_ms)}": 1}
@@ -1156,3 +1154,52 @@ def raised_tally(step: Step) -> Tally:
     kinds = Counter(e.kind.value for e in step.exceptions if not e.cleared)
     auto = Counter(e.kind.value for e in step.exceptions if e.resolution)
     return Tally(exceptions=dict(kinds), auto_resolved=dict(auto))
+
+
+# ---------------------------------------------------------------- ops' resolutions
+
+
+class ReconExceptionResolved(Message):
+    """Reconciliation took in ops' resolution of one of its exceptions
+    (``pay.recon.exceptions``): what was done, by whom and why, and where the item stands."""
+
+    exception_id: str
+    payment_id: str
+    kind: str
+    action: str
+    resolver: str
+    comment: str
+    at_ms: int
+    item_state: str
+    """``closed`` (everything agrees now), an open state (``open_state``: what it still
+    waits for), or ``unknown`` (no such exception on the payment's item)."""
+
+
+def resolved_by_ops(item: ReconItem | None, resolved: ExceptionResolved, at_ms: int,
+                    rules: ReconRules) -> Step:
+    """Ops resolved one of the item's discrepancies (the order stage applied it): it no
+    longer keeps the item open. A line held for it is looked at again when the order took
+    the channel's result, and settled by the resolution otherwise. Applied once."""
+    key = None if item is None else next(
+        (k for k in item.raised
+         if derive_id("rx", item.payment_id, k) == resolved.exception_id), None)
+    if item is None or key is None:
+        return Step(item, resolutions=(_resolution(resolved, at_ms, "unknown"),))
+    if key not in item.ops_resolved:
+        again = "waiting" if resolved.action == "accept_channel_result" else "resolved"
+        lines = tuple(s.model_copy(update={"state": again})
+                      if s.state == "held" and s.line.line_id == resolved.line_id
+                      and resolved.line_id else s for s in item.lines)
+        item = item.model_copy(update={"ops_resolved": item.ops_resolved + (key,),
+                                       "lines": lines, "changed_ms": at_ms})
+    step = evaluate(item, at_ms, rules)
+    state = "closed" if step.item is not None and step.item.closed_ms else \
+        open_state(step.item) if step.item is not None else "unknown"
+    return step._replace(resolutions=(_resolution(resolved, at_ms, state),))
+
+
+def _resolution(resolved: ExceptionResolved, at_ms: int, state: str) -> ReconExceptionResolved:
+    return ReconExceptionResolved(
+        exception_id=resolved.exception_id, payment_id=resolved.payment_id, kind=resolved.kind,
+        action=resolved.action, resolver=resolved.resolver, comment=resolved.comment,
+        at_ms=at_ms, item_state=state)

@@ -133,6 +133,8 @@ class Stack:
         rows += [(p.name, p.listens) for p in self.parts]
         if self.with_api:
             rows.append(("api keys", str(self.settings.data_dir / "api-keys.json")))
+            rows.append(("ops console", f"http://{self.settings.api_host}:"
+                         f"{self.settings.api_port}/console (the ops key)"))
         return rows
 
     def dead_parts(self) -> list[Part]:

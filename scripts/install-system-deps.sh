@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Debian packages the tests need: kcat (a non-Python Kafka client proves the wire format) and
+# Debian packages the tests need: kcat (a non-Python Kafka client proves the wire format),
 # prometheus (promtool checks and unit-tests dashboards/alerts.yml; the prometheus binary
-# runs the local stack's Prometheus).
+# runs the local stack's Prometheus), and chromium with chromium-driver (the ops console's
+# tests drive a real headless browser; never a downloaded one).
 # Installs only what is missing, and only when it can (root with apt-get).
 set -euo pipefail
 
@@ -10,6 +11,8 @@ command -v kcat >/dev/null 2>&1 || missing+=(kcat)
 if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
   missing+=(prometheus)  # Debian's package ships both binaries
 fi
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then

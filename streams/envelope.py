@@ -10,7 +10,7 @@ import base64
 import json
 from typing import NamedTuple
 
-from domain import audit, commands, events, recon, webhooks
+from domain import audit, commands, dead_letters, events, recon, webhooks
 from domain.commands import Message
 from domain.ids import derive_id
 
@@ -31,6 +31,11 @@ KINDS: dict[str, type[Message]] = {
         webhooks.WebhookWake, webhooks.WebhookDelivery, audit.AuditStatus,
     )
 }
+
+KINDS.update({cls.__name__: cls for cls in (  # the ops console's (issue 12)
+    commands.ResolveException, events.ExceptionResolved, recon.ReconExceptionResolved,
+    dead_letters.ReplayDeadLetter, dead_letters.DiscardDeadLetter,
+    dead_letters.DeadLetterResolved)})
 
 
 class Envelope(NamedTuple):
@@ -89,6 +94,10 @@ _NATURAL_ID = {
     "WebhookAttempted": ("queue", "event_id", "attempt"),
     "WebhookWake": ("queue", "wake_ms"),
     "WebhookDelivery": ("event_id", "attempts", "state"),
+    "ExceptionResolved": ("exception_id",),
+    "ReplayDeadLetter": ("action_id",),
+    "DiscardDeadLetter": ("action_id",),
+    "DeadLetterResolved": ("dead_letter_id", "action_id"),
 }
 
 

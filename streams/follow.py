@@ -37,3 +37,32 @@ async def follow(bootstrap: str, topics: tuple[str, ...], partitions: int,
                 await on_batch()
     finally:
         await consumer.stop()
+
+
+async def follow_records(bootstrap: str, topics: tuple[str, ...], partitions: int,
+                         apply: Callable[[str, bytes | None, bytes, int], None],
+                         caught_up: asyncio.Event, stop: asyncio.Event,
+                         on_batch: Callable[[], object] | None = None) -> None:
+    """``follow`` for a reader that needs to know where each record came from: ``apply``
+    gets the topic, the key, the value and the record's timestamp (ms)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for topic in topics for p in range(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await true_end_offsets(consumer, bootstrap, tps)
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=200, max_records=1000)
+            for tp, records in batch.items():
+                for record in records:
+                    apply(tp.topic, record.key, record.value, record.timestamp)
+            if not caught_up.is_set():
+                positions = [await consumer.position(tp) for tp in tps]
+                if all(pos >= ends[tp] for pos, tp in zip(positions, tps, strict=True)):
+                    caught_up.set()
+            if batch and on_batch is not None:
+                await on_batch()
+    finally:
+        await consumer.stop()

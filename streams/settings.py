@@ -30,7 +30,7 @@ class Settings(BaseSettings):
     app_id: str = "paycore"
     """Faust application id: the consumer group and the prefix of changelog topics."""
 
-    app_version: int = 8
+    app_version: int = 9
     """Bump when a table's key or row layout changes: the new version starts fresh state."""
 
     table_store: str = "rocksdb://"
@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     log_level: str = "WARNING"
     """Log level of every process (DEBUG, INFO, WARNING, ERROR)."""
 
-    stages: str = "intake,dedup,risk,orders,mandates,ledger,recon"
+    stages: str = "intake,dedup,risk,orders,mandates,ledger,recon,deadletters"
     """Comma-separated stages this worker runs (the payment path by default; tests may
     isolate one). ``webhooks`` runs in its own process: ``paycore webhooks``."""
 

@@ -20,9 +20,9 @@ from streams.broker import EmbeddedBroker  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 
 PARTITIONS = 4
-API_MERCHANTS = 48
+API_MERCHANTS = 64
 """Merchants with an API key on the shared stack; each test that asks for ``shop`` gets one
-of its own (``m-api-00`` ... ``m-api-47``)."""
+of its own (``m-api-00`` ... ``m-api-63``)."""
 OPS_KEY = f"ops-test-key-{uuid.uuid4().hex}"
 CALLBACK_TIMEOUT_MS = 2_000
 STATUS_QUERY_TIMEOUT_MS = 500
