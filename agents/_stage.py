@@ -15,16 +15,14 @@ import asyncio
 import logging
 import os
 import time
-import weakref
 from typing import Awaitable, Callable
 
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 from faust.exceptions import ProducerSendError
-from faust.streams import _current_event, current_event
 
 from streams.app import Wire
 from streams.envelope import child
-from streams.metrics import BATCH_EVENTS, DUE_ROWS, OVERDUE, STAGE_EVENTS, STAGE_SECONDS
+from streams.metrics import DUE_ROWS, OVERDUE, STAGE_EVENTS, STAGE_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -47,31 +45,14 @@ BACKOFF_S_MAX = 5.0
 EXIT_CANNOT_PROCEED = 75  # EX_TEMPFAIL: the supervisor restarts us, the input is redelivered
 
 
-BATCH_EVENTS_MAX = 500
-"""Events a stage takes at once: each table key it writes is written (one changelog message)
-once per batch, however many of the batch's events changed it."""
-BATCH_WITHIN_S = 0.004
-"""How long a stage waits for more events before it handles a batch that is not full: the
-latency a quiet stage adds per hop, traded for fewer changelog messages under load."""
-
-
 async def consume(stage: str, wire: Wire, stream, handle: Handler) -> None:
-    """Handle the stream batch by batch, each event in order and guarded, then write back
-    every table row the batch changed. Faust acks a batch's events when the next batch is
-    asked for: after its rows are written, as it acks a single event after its handler."""
     events = STAGE_EVENTS.labels(stage=stage)
     seconds = STAGE_SECONDS.labels(stage=stage)
-    sizes = BATCH_EVENTS.labels(stage=stage)
-    async for batch in stream.take_events(BATCH_EVENTS_MAX, within=BATCH_WITHIN_S):
-        sizes.observe(len(batch))
-        for event in batch:
-            started = time.perf_counter()
-            _current_event.set(weakref.ref(event))  # tables read this event's partition
-            await guarded(stage, wire, event, handle)
-            events.inc()
-            seconds.observe(time.perf_counter() - started)
-        for pending in wire.tables:
-            pending.flush()
+    async for event in stream.events():
+        started = time.perf_counter()
+        await guarded(stage, wire, event, handle)
+        events.inc()
+        seconds.observe(time.perf_counter() - started)
 
 
 async def guarded(stage: str, wire: Wire, event, handle: Handler) -> None:
@@ -151,66 +132,10 @@ class Nudger:
             del self.nudged[stale]
 
 
-_DELETED = object()
-
-
-class BatchedTable:
-    """A Faust table seen through the batch being handled: reads see the batch's own
-    writes at once, and each key changed is written to the table (its RocksDB row and one
-    changelog message) once, when the batch ends (``flush``), under the event that last
-    changed it, so the row lands in that event's partition as a direct write would.
-
-    Only what the stages use: ``get``, ``[key] = value``, ``del``, ``items``."""
-
-    def __init__(self, table) -> None:
-        self.table = table
-        self.pending: dict[bytes, tuple[object, object]] = {}
-
-    def get(self, key: bytes, default=None):
-        hit = self.pending.get(key)
-        if hit is None:
-            return self.table.get(key, default)
-        return default if hit[0] is _DELETED else hit[0]
-
-    def __setitem__(self, key: bytes, value: bytes) -> None:
-        self.pending[key] = (value, current_event())
-
-    def __delitem__(self, key: bytes) -> None:
-        self.pending[key] = (_DELETED, current_event())
-
-    def items(self):
-        pending = dict(self.pending)
-        for key, value in self.table.items():
-            if key not in pending:
-                yield key, value
-        for key, (value, _event) in pending.items():
-            if value is not _DELETED:
-                yield key, value
-
-    def flush(self) -> int:
-        """Write every pending key; returns how many."""
-        pending, self.pending = self.pending, {}
-        for key, (value, event) in pending.items():
-            # No event: a test's dict table (a Faust table refuses, as for a direct write).
-            token = _current_event.set(weakref.ref(event) if event is not None else None)
-            try:
-                if value is not _DELETED:
-                    self.table[key] = value
-                elif self.table.get(key) is not None:
-                    del self.table[key]
-            finally:
-                _current_event.reset(token)
-        return len(pending)
-
-
-def table(wire: Wire, name: str, help_text: str) -> BatchedTable:
-    """A table of bytes keys and JSON bytes rows, co-partitioned with the stage's input,
-    written back once per batch (``BatchedTable``).
+def table(wire: Wire, name: str, help_text: str):
+    """A table of bytes keys and JSON bytes rows, co-partitioned with the stage's input.
 
     Rows are pydantic ``model_dump_json`` bytes: one encode per write, no dict round trip.
     """
-    faust_table = wire.app.Table(name, partitions=wire.settings.partitions, key_type=bytes,
-                                 value_type=bytes, help=help_text)
-    batched = BatchedTable(faust_table)
-    wire.tables.append(batched)
-    return batched
+    return wire.app.Table(name, partitions=wire.settings.partitions, key_type=bytes,
+                          value_type=bytes, help=help_text)

@@ -16,7 +16,6 @@ from streams.settings import Settings
 log = logging.getLogger(__name__)
 
 RAW = {"key_serializer": "raw", "value_serializer": "raw"}
-PRODUCER_BATCH_BYTES = 512 * 1024
 
 
 def now_ms() -> int:
@@ -30,8 +29,6 @@ class Wire:
     app: faust.App
     settings: Settings
     topics: dict[str, faust.TopicT] = field(default_factory=dict)
-    tables: list = field(default_factory=list)
-    """The stages' tables (``agents._stage.BatchedTable``): written back after each batch."""
 
     def topic(self, *names: str) -> faust.TopicT:
         """A topic handle; several names make one stream (same keys, same partitions)."""
@@ -102,10 +99,6 @@ def create_app(settings: Settings, **overrides) -> Wire:
         broker_heartbeat_interval=1,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
-        # aiokafka makes a send wait while its partition's batch is full until that batch
-        # is sent (one request in flight per broker): 16 KB, six of our records, would
-        # make every busy partition (a hot account's, a changelog's) a round trip per six.
-        producer_max_batch_size=PRODUCER_BATCH_BYTES,
         **RAW,
     )
     conf.update(overrides)

@@ -9,9 +9,6 @@ STAGE_SECONDS = Histogram(
     "paycore_stage_seconds", "Time to handle one message per stage", ["stage"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
 )
-BATCH_EVENTS = Histogram(
-    "paycore_stage_batch_events", "Events per batch a stage handled (rows written once each)",
-    ["stage"], buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500))
 DEADLETTERS = Counter("paycore_deadletters_total", "Messages sent to pay.deadletter",
                       ["stage", "reason"])
 COMMANDS = Counter("paycore_commands_total", "Commands by type and result", ["type", "result"])

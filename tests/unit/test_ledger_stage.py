@@ -2,8 +2,7 @@
 
 After a SIGKILL Faust restores every row from its own changelog, so the account row and an
 id's applied record can come back from different moments. These tests restore them that
-way by hand (on the tables under the stage's write-back, where rows stand once a batch
-ended) and check that nothing is applied twice and every hold request is answered.
+way by hand and check that nothing is applied twice and every hold request is answered.
 """
 
 from __future__ import annotations
@@ -59,8 +58,6 @@ def deliver(ledger: LedgerStage, account_id: str, body, offset: int) -> None:
     message = SimpleNamespace(topic=t.LEDGER_POSTINGS, partition=0, offset=offset,
                               key=account_id.encode(), value=value, headers=())
     asyncio.run(ledger.handle(SimpleNamespace(message=message)))
-    ledger.accounts.flush()  # a batch of one ends: its rows are written, as consume() does
-    ledger.applied.flush()
 
 
 def capture(amount: int = 1_000) -> JournalEntryDecided:
@@ -87,7 +84,7 @@ class TestPostingAfterCrash:
     def test_copy_not_applied_again_when_applied_record_came_back_older(self):
         ledger, sent = stage()
         deliver(ledger, MERCHANT, capture(), offset=10)
-        ledger.applied.table.clear()  # the crash: the account row survived, the record did not
+        ledger.applied.clear()  # the crash: the account row survived, the record did not
 
         deliver(ledger, MERCHANT, capture(), offset=10)  # redelivered input
         deliver(ledger, MERCHANT, capture(), offset=20)  # a copy re-sent upstream
@@ -99,7 +96,7 @@ class TestPostingAfterCrash:
     def test_replayed_input_applied_when_account_row_came_back_older(self):
         ledger, _sent = stage()
         deliver(ledger, MERCHANT, capture(), offset=10)
-        ledger.accounts.table.clear()  # the crash: the record survived, the account row did not
+        ledger.accounts.clear()  # the crash: the record survived, the account row did not
 
         deliver(ledger, MERCHANT, capture(), offset=10)
 
@@ -111,7 +108,7 @@ class TestHoldAfterCrash:
         ledger, sent = stage()
         deliver(ledger, MERCHANT, hold(), offset=5)  # refused: no funds
         deliver(ledger, MERCHANT, capture(10), offset=6)  # moves the row's offset on
-        ledger.applied.table.clear()
+        ledger.applied.clear()
         sent.clear()
 
         deliver(ledger, MERCHANT, hold(), offset=5)
@@ -122,7 +119,7 @@ class TestHoldAfterCrash:
         ledger, sent = stage()
         deliver(ledger, MERCHANT, capture(), offset=1)
         deliver(ledger, MERCHANT, hold(), offset=5)
-        ledger.applied.table.pop(b"h-1")  # the crash loses the hold's record
+        ledger.applied.pop(b"h-1")  # the crash loses the hold's record
         deliver(ledger, MERCHANT, hold(), offset=5)  # redelivered: repairs the record
         deliver(ledger, MERCHANT, HoldReleaseRequested(hold_id="h-1", payment_id="pay-1",
                                                        account_id=MERCHANT), offset=6)
