@@ -25,6 +25,9 @@ demo: $(STAMP)
 up: $(STAMP)
 	$(BIN)/paycore up
 
+bench: $(STAMP)
+	$(BIN)/paycore bench $(BENCH_ARGS)
+
 test: $(STAMP)
 	@bash scripts/install-system-deps.sh
 	$(BIN)/ruff check .

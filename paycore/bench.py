@@ -517,12 +517,11 @@ def _timeline(outcomes: list[Outcome], started: float) -> dict:
             "p99_ms": [percentiles(by_second[s])["p99"] for s in seconds]}
 
 
-_STAGE_SERIES = {"paycore_stage_events_total": "events", "paycore_stage_seconds_sum": "busy_s",
-                 "paycore_stage_batch_events_count": "batches"}
+_STAGE_SERIES = {"paycore_stage_events_total": "events", "paycore_stage_seconds_sum": "busy_s"}
 
 
 def _stage_metrics(s: Settings, workers: int) -> dict[str, dict[str, float]]:
-    """Per stage, summed over the workers: events, seconds in the handler, batches; and
+    """Per stage, summed over the workers: events and seconds in the handler; and
     reconciliation's matches (as the stage ``recon matched``)."""
     totals: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for index in range(workers):
@@ -541,10 +540,8 @@ def _stage_rates(before: dict, after: dict, seconds: float) -> dict[str, dict]:
         was = before.get(stage, {})
         events = now["events"] - was.get("events", 0)
         if events > 0 and stage != "recon matched":
-            batches = now["batches"] - was.get("batches", 0)
             out[stage] = {"events": int(events), "events_per_s": round(events / seconds, 1),
-                          "handler_s": round(now["busy_s"] - was.get("busy_s", 0), 2),
-                          "events_per_batch": round(events / batches, 1) if batches else 0}
+                          "handler_s": round(now["busy_s"] - was.get("busy_s", 0), 2)}
     return out
 
 
@@ -734,9 +731,9 @@ def render(doc: dict) -> str:
                      f"{r['recon']['lines']:,} lines in {r['recon']['seconds']}s, "
                      f"exceptions {r['recon']['exceptions'] or 'none'}"
                      + (f"; restart {r['restart_s']}s" if r["restart_s"] is not None else ""))
-        lines.append(text.table(["stage", "events", "events/s", "handler s", "per batch"], [
-            [k, f"{v['events']:,}", f"{v['events_per_s']:,.0f}", f"{v['handler_s']:.1f}",
-             f"{v['events_per_batch']:.1f}"] for k, v in r["stages"].items()], "lrrrr"))
+        lines.append(text.table(["stage", "events", "events/s", "handler s"], [
+            [k, f"{v['events']:,}", f"{v['events_per_s']:,.0f}", f"{v['handler_s']:.1f}"]
+            for k, v in r["stages"].items()], "lrrr"))
         lines.append("CPU (cores busy): " + ", ".join(
             f"{k} {v:.2f}" for k, v in r["cpu_share"].items()))
         lines.append("messages per topic: " + ", ".join(
