@@ -319,7 +319,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     options = BenchOptions(payments=args.payments, rates=tuple(args.rate.split(",")),
                            workers=tuple(int(w) for w in args.workers.split(",")),
                            out_dir=args.out, profile=args.profile,
-                           relay_messages=args.relay_messages, restart=args.restart)
+                           relay_messages=args.relay_messages, restart=args.restart,
+                           settlement=not args.no_settlement)
     return run_bench(Settings(), options)
 
 
@@ -338,6 +339,8 @@ def _add_bench(sub) -> None:
                        help="records through the plain relay that measures the ceiling")
     bench.add_argument("--restart", action="store_true", help="after each run, SIGKILL "
                        "worker 0, restart it on its state and time it until a payment passes")
+    bench.add_argument("--no-settlement", action="store_true", help="skip reconciling the "
+                       "settlement lines after the load (quicker comparisons)")
     bench.set_defaults(run=cmd_bench)
 
 
