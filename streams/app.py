@@ -10,6 +10,7 @@ import faust
 
 from streams import topics as t
 from streams.envelope import Envelope, dead_letter, encode
+from streams.faust_fixes import drain_on_flush
 from streams.metrics import ASSIGNED_PARTITIONS, DEADLETTERS, REBALANCE_SECONDS, REBALANCES
 from streams.settings import Settings
 
@@ -102,6 +103,7 @@ def create_app(settings: Settings, **overrides) -> Wire:
         **RAW,
     )
     conf.update(overrides)
+    drain_on_flush()
     if settings.embedded_broker:
         from streams.tansu import patch_faust_fetch_wait, patch_faust_highwaters
 
