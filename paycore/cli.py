@@ -324,6 +324,31 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(Settings(), options)
 
 
+def cmd_soak(args: argparse.Namespace) -> int:
+    from paycore.soak import SoakOptions, run_soak
+
+    doc = run_soak(Settings(), SoakOptions(
+        minutes=args.minutes, rate=args.rate, api_share=args.api_share,
+        workers=args.workers, fault_every_s=args.fault_every, out_dir=args.out,
+        seed=args.seed))
+    return 0 if doc["ok"] else 1
+
+
+def _add_soak(sub) -> None:
+    soak = sub.add_parser("soak", help="a mixed load with worker kills, takeovers and API "
+                          "restarts for N minutes, then every payment and cent counted "
+                          "(paycore/soak.py)")
+    soak.add_argument("--minutes", type=float, default=30.0)
+    soak.add_argument("--rate", type=float, default=12.0, help="payments offered per second")
+    soak.add_argument("--api-share", type=float, default=0.25,
+                      help="the share of payments sent over HTTP (the rest on pay.commands)")
+    soak.add_argument("--workers", type=int, default=2)
+    soak.add_argument("--fault-every", type=float, default=45.0, help="seconds between faults")
+    soak.add_argument("--seed", type=int, default=None)
+    soak.add_argument("--out", type=Path, default=Path(".paycore/soak"))
+    soak.set_defaults(run=cmd_soak)
+
+
 def _add_bench(sub) -> None:
     bench = sub.add_parser("bench", help="throughput and latency of the whole payment path, "
                            "against the ceiling of the same broker (paycore/bench.py)")
@@ -370,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_recon(sub)
     _add_dashboards(sub)
     _add_bench(sub)
+    _add_soak(sub)
     key = sub.add_parser("api-key", help="a new API key and the line for config/api_keys.yaml")
     key.add_argument("merchant", nargs="?", help="the merchant the key acts for")
     key.add_argument("--ops", action="store_true", help="an ops key instead")

@@ -113,3 +113,17 @@ def send_command(producer: KafkaProducer, command: dict) -> None:
     subject = command.get("merchant_order_no") or command.get("mandate_id", "")
     key = f"{command['merchant_id']}:{subject}".encode()
     producer.send(t.COMMANDS, key=key, value=json.dumps(command).encode())
+
+
+def audit_totals(port: int) -> dict[str, float]:
+    """The auditor's checks and violations so far, summed over checks, from its /metrics."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    found = {"violations": 0.0, "checks": 0.0}
+    for line in text.splitlines():
+        if line.startswith("paycore_audit_violations_total{"):
+            found["violations"] += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("paycore_audit_checks_total{"):
+            found["checks"] += float(line.rsplit(" ", 1)[1])
+    return found

@@ -53,17 +53,3 @@ def read_topic(bootstrap: str, topic: str, partitions: int, match, timeout_s: fl
         return found
     finally:
         consumer.close()
-
-
-def audit_totals(port: int) -> dict[str, float]:
-    """The auditor's checks and violations so far, summed over checks, from its /metrics."""
-    import urllib.request
-
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    found = {"violations": 0.0, "checks": 0.0}
-    for line in text.splitlines():
-        if line.startswith("paycore_audit_violations_total{"):
-            found["violations"] += float(line.rsplit(" ", 1)[1])
-        elif line.startswith("paycore_audit_checks_total{"):
-            found["checks"] += float(line.rsplit(" ", 1)[1])
-    return found

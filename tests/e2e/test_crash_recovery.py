@@ -13,11 +13,11 @@ import time
 from collections import Counter
 
 import pytest
-from helpers import audit_totals, pay
+from helpers import pay
 
 from domain import accounts
 from domain.money import fee_minor
-from paycore.observe import Observer, command_producer, send_command
+from paycore.observe import Observer, audit_totals, command_producer, send_command
 from paycore.stack import Stack, wait_until_ready
 from streams.rules_config import load_routing
 from streams.settings import Settings

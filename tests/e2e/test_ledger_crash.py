@@ -10,12 +10,12 @@ import time
 from collections import defaultdict
 
 import pytest
-from helpers import audit_totals
+
 from kafka import KafkaProducer
 
 from domain import accounts
 from domain.events import JournalEntryDecided, Leg
-from paycore.observe import Observer
+from paycore.observe import Observer, audit_totals
 from paycore.stack import Stack, wait_until_ready
 from streams import topics as t
 from streams.accounts_config import load_accounts
