@@ -352,7 +352,8 @@ def _under_load(stack: Stack, observer: Observer, options: SoakOptions, tally: T
         now = time.monotonic()
         if now >= next_fault:
             round_ = round_ or rng.sample(FAULTS, len(FAULTS))
-            row = {"s": round(now - started, 1)}
+            p = _progress(observer, tally, started)
+            row = {"s": p["s"], "in_flight": p["accepted"] - p["final"]}
             row.update(inject(stack, round_.pop(0), rng, options.workers, say))
             tally.faults.append(row)
             next_fault = time.monotonic() + options.fault_every_s
