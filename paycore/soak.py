@@ -38,6 +38,7 @@ from domain import accounts
 from domain.ids import payment_id_for
 from domain.money import fee_minor
 from paycore.observe import Observer, audit_totals, command_producer, send_command
+from paycore.scenario import parse_metrics, scrape
 from paycore.stack import Stack, wait_until_ready
 from streams.rules_config import load_routing
 from streams.settings import Settings
@@ -186,15 +187,45 @@ def inject(stack: Stack, fault: str, rng: random.Random, workers: int, say) -> d
         _wait_http(f"http://127.0.0.1:{stack.settings.api_port}/healthz", 60)
         target = "api"
     else:
-        target = f"worker-{rng.randrange(workers)}"
+        index = rng.randrange(workers)
+        target, before = f"worker-{index}", partitions(stack.settings, workers)
         stack.kill(target)
-        # takeover: down past the session timeout, so the group hands its partitions on
-        time.sleep(rng.uniform(1, 5) if fault == "kill_worker"
-                   else stack.settings.session_timeout_s + rng.uniform(3, 8))
+        if fault == "kill_worker":
+            time.sleep(rng.uniform(1, 5))
+        else:  # down until the others hold its partitions, then back: two rebalances
+            took = _taken_over(stack.settings, workers, index, before)
+            extra = {"partitions_before": before, "takeover_s": took,
+                     "partitions_after_takeover": partitions(stack.settings, workers)}
         stack.restart(target)
     row = {"fault": fault, "target": target, "seconds": round(time.monotonic() - started, 1)}
+    if fault == "takeover":
+        row.update(extra)
     say(f"  fault: {fault} {target} ({row['seconds']}s until it was back)")
     return row
+
+
+def partitions(s: Settings, workers: int) -> dict[str, int]:
+    """Partitions each live worker holds after its last rebalance (its own gauge)."""
+    held = {}
+    for index in range(workers):
+        for name, _labels, value in parse_metrics(scrape(s.worker_web_port + index) or ""):
+            if name == "paycore_assigned_partitions":
+                held[f"worker-{index}"] = int(value)
+    return held
+
+
+def _taken_over(s: Settings, workers: int, down: int, before: dict[str, int],
+                timeout_s: float = 60.0) -> float | None:
+    """Seconds until every other worker holds more partitions than before the kill (the
+    session timeout, a rebalance, the tables recovered); None if that never came."""
+    started = time.monotonic()
+    others = [f"worker-{i}" for i in range(workers) if i != down]
+    while time.monotonic() - started < timeout_s:
+        now = partitions(s, workers)
+        if all(now.get(w, 0) > before.get(w, 0) for w in others):
+            return round(time.monotonic() - started, 1)
+        time.sleep(0.5)
+    return None
 
 
 def _wait_http(url: str, timeout_s: float) -> None:
@@ -252,6 +283,13 @@ def closing_checks(stack: Stack, observer: Observer, tally: Tally) -> dict:
     observer.wait_until(lambda: observer.balances().get(merchant, 0) == owed, 60)
     balances = observer.balances()
     audit = audit_totals(s.auditor_metrics_port)
+    workers = len([p for p in stack.parts if p.name.startswith("worker-")])
+    spread = {}
+    for _ in range(60):  # a worker restarted last may still be joining
+        spread = partitions(s, workers)
+        if len(spread) == workers and all(spread.values()):
+            break
+        time.sleep(0.5)
     found = {
         "payments_accepted": len(ids),
         "payments_final": len(final),
@@ -267,6 +305,7 @@ def closing_checks(stack: Stack, observer: Observer, tally: Tally) -> dict:
         "auditor": audit,
         "copies_dropped_by_observer": observer.copies_dropped,
         "statuses": dict(Counter(observer.status[p].status for p in final)),
+        "partitions_at_end": spread,
     }
     found["failed"] = [name for name, bad in (
         ("payments_lost", found["payments_lost"]),
@@ -278,7 +317,10 @@ def closing_checks(stack: Stack, observer: Observer, tally: Tally) -> dict:
         ("histories_not_allowed", found["histories_not_allowed"]),
         ("auditor_violations", audit["violations"]),
         ("auditor_ran", not audit["checks"]),
-        ("api_given_up", tally.api_given_up)) if bad]
+        ("api_given_up", tally.api_given_up),
+        ("partitions_not_spread", len(spread) < workers or not all(spread.values())),
+        ("takeover_never_came", any(f["fault"] == "takeover" and f["takeover_s"] is None
+                                    for f in tally.faults))) if bad]
     return found
 
 
@@ -453,6 +495,7 @@ def render(doc: dict) -> str:
         ("auditor", f"{c['auditor']['checks']:.0f} checks, "
          f"{c['auditor']['violations']:.0f} violations"),
         ("checks", f"{doc['checks_run']} run, {len(doc['checks_failed'])} failed"),
+        ("takeovers", _takeovers(doc["fault_log"], c["partitions_at_end"])),
         ("faults survived", ", ".join(f"{n} {f}" for f, n in doc["faults"].items()) or "none"),
         ("memory, MB", ", ".join(f"{n} {last.get(n, 0):.0f} (peak {p:.0f})"
                                  for n, p in sorted(peak.items()))),
@@ -461,6 +504,15 @@ def render(doc: dict) -> str:
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _takeovers(log: list[dict], at_end: dict) -> str:
+    took = [f["takeover_s"] for f in log if f["fault"] == "takeover"]
+    if not took:
+        return "none"
+    seconds = ", ".join("never" if t is None else f"{t:g}s" for t in took)
+    return (f"{len(took)}: the others held the partitions after {seconds} "
+            f"(session timeout included); at the end {at_end}")
 
 
 def write_plot(doc: dict, path: Path) -> Path:

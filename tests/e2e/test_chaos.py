@@ -30,4 +30,8 @@ def test_kills_takeovers_and_api_restarts_lose_and_double_nothing(own_settings, 
             closing["cents_lost_or_doubled"]) == (0, 0, 0), info
     assert (closing["ledger_sum_minor"], closing["suspense_minor"]) == (0, 0), info
     assert closing["journal_matches_balances"] and closing["auditor"]["checks"] > 0, info
+    takeovers = [f for f in doc["fault_log"] if f["fault"] == "takeover"]
+    assert all(f["takeover_s"] is not None for f in takeovers), takeovers
+    assert all(n > 0 for n in closing["partitions_at_end"].values()), closing  # back again
+    assert len(closing["partitions_at_end"]) == 2, closing
     assert doc["ok"], (info, doc["checks_failed"])
