@@ -20,7 +20,14 @@ from aiokafka.admin import AIOKafkaAdminClient
 from fastapi import Depends, FastAPI, Header, Query, Response
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+)
 
 from api.models import (
     Accepted,
@@ -45,6 +52,7 @@ from api.console import exception_state, exception_view, install_console
 from api.console_model import ConsoleView
 from api.problems import COMMON, Problem, field_errors, install, responses
 from api.read_model import PaymentsView
+from domain.accounts import merchants_customer
 from domain.commands import (
     AmountMinor,
     Capture,
@@ -94,8 +102,20 @@ CurrencyCode = Literal[tuple(sorted(CURRENCY_EXPONENTS))]  # type: ignore[valid-
 knows which are valid before it asks."""
 
 
+CustomerId = Annotated[str, StringConstraints(
+    strict=True, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
+"""A merchant's id for its customer: an identifier without dots, since the ledger names the
+customer ``<merchant>.<customer>`` and a merchant id may hold dots (``m-acme.eu``)."""
+
+
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class PayerRequest(Payer):
+    """Who pays; ``account_id`` is the merchant's customer whose wallet pays."""
+
+    account_id: CustomerId | None = None
 
 
 class PaymentRequest(_Body):
@@ -104,7 +124,7 @@ class PaymentRequest(_Body):
     currency: CurrencyCode
     method: Method
     capture: CaptureMode = CaptureMode.auto
-    payer: Payer = Payer()
+    payer: PayerRequest = PayerRequest()
     mandate_id: Identifier | None = Field(default=None,
                                           description="required with method mandate")
     split: tuple[SplitShare, ...] = ()
@@ -115,8 +135,8 @@ _CUSTOMER = "your customer's wallet: the ledger names it wallet:<merchant>.<this
 
 class TransferRequest(_Body):
     merchant_order_no: Identifier
-    from_account_id: Identifier = Field(description=_CUSTOMER)
-    to_account_id: Identifier = Field(description=_CUSTOMER)
+    from_account_id: CustomerId = Field(description=_CUSTOMER)
+    to_account_id: CustomerId = Field(description=_CUSTOMER)
     amount: AmountMinor
     currency: CurrencyCode
 
@@ -125,7 +145,7 @@ class WalletRequest(_Body):
     """A top-up (a channel pays into the wallet) or a withdrawal (the wallet pays out)."""
 
     merchant_order_no: Identifier
-    account_id: Identifier = Field(description=_CUSTOMER)
+    account_id: CustomerId = Field(description=_CUSTOMER)
     amount: AmountMinor
     currency: CurrencyCode
     method: Literal["card", "bank", "wallet"]
@@ -133,7 +153,7 @@ class WalletRequest(_Body):
 
 class MandateRequest(_Body):
     mandate_id: Identifier
-    payer_account_id: Identifier = Field(description=_CUSTOMER)
+    payer_account_id: CustomerId = Field(description=_CUSTOMER)
     currency: CurrencyCode
     amount_max: AmountMinor = Field(description="the most one collection may take")
 
@@ -217,9 +237,18 @@ def create_api(settings: Settings) -> FastAPI:
 
 def _wallet(who: Principal, customer: str) -> str:
     """A merchant names its customers' wallets by its own ids; the ledger's wallet id is
-    ``<merchant>.<customer>`` (``wallet:<merchant>.<customer>:<CCY>``), so no merchant can
-    name, move or read another's customer's money."""
-    return f"{who.merchant_id}.{customer}"
+    ``<merchant>.<customer>`` (``wallet:<merchant>.<customer>:<CCY>``), and a customer id
+    holds no dot, so no merchant can name, move or read another's customer's money."""
+    return merchants_customer(who.merchant_id, customer)
+
+
+def _payer(who: Principal, payer: PayerRequest) -> dict:
+    """The command's payer: the customer named as the ledger names it. A dict, so the
+    command validates it (a wallet name over the identifier limit is a 422)."""
+    fields = payer.model_dump(exclude_none=True)
+    if payer.account_id is not None:
+        fields["account_id"] = _wallet(who, payer.account_id)
+    return fields
 
 
 def _build(cls, **fields):
@@ -298,8 +327,7 @@ def _payment_routes(app: FastAPI, view: PaymentsView, publish, keys: dict) -> No
         cmd = _build(Pay, merchant_id=who.merchant_id, idempotency_key=idempotency_key,
                      merchant_order_no=body.merchant_order_no, amount_minor=body.amount,
                      currency=body.currency, method=body.method, capture=body.capture,
-                     payer=body.payer.model_copy(update={"account_id": _wallet(
-                         who, body.payer.account_id)}) if body.payer.account_id else body.payer,
+                     payer=_payer(who, body.payer),
                      mandate_id=body.mandate_id, split=body.split)
         await publish(cmd, cmd.merchant_order_no)
         payment_id = payment_id_for(cmd.merchant_id, cmd.merchant_order_no)
