@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
-from fastapi import Depends, FastAPI, Header, Query, Response
+from fastapi import Depends, FastAPI, Header, Path, Query, Response
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import (
@@ -88,6 +88,12 @@ from streams.settings import Settings
 
 IdempotencyKey = Annotated[str, Header(alias="Idempotency-Key", min_length=1, max_length=64,
                                        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+PathId = Annotated[str, Path(max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+"""A payment or mandate id in a path: an identifier, so an id that could name nothing is a
+422 (and no answer echoes kilobytes or control characters back)."""
+AccountPath = Annotated[str, Path(max_length=200,
+                                  pattern=r"^[a-z]+(:[A-Za-z0-9][A-Za-z0-9._-]*)+$")]
+"""An account id in a path: ``<kind>:<part>:...``, each part an identifier's characters."""
 WAIT_S_MAX = 30
 OPS_KEY_LENGTH_MAX = 60
 """An ops command's idempotency key is prefixed ``ops-`` (ops and the merchant never share
@@ -346,7 +352,7 @@ def _payment_routes(app: FastAPI, view: PaymentsView, publish, keys: dict) -> No
 
     @app.get("/v1/payments/{payment_id}", response_model=PaymentView,
              responses=responses(401, 404, 409))
-    async def get_payment(payment_id: str, who: Principal = Depends(caller),
+    async def get_payment(payment_id: PathId, who: Principal = Depends(caller),
                           min_version: int = Query(default=0, ge=0, le=10_000)):
         """A payment. ``min_version`` (a ``version`` seen before, say from a ``wait``) makes
         this replica catch up to it first, so a read never goes back in time."""
@@ -381,7 +387,7 @@ def _follow_up_routes(app: FastAPI, view: PaymentsView, publish, keys: dict) -> 
 
     @app.post("/v1/payments/{payment_id}/capture", response_model=Accepted,
               status_code=202, responses=scoped)
-    async def capture(payment_id: str, body: AmountRequest, idempotency_key: IdempotencyKey,
+    async def capture(payment_id: PathId, body: AmountRequest, idempotency_key: IdempotencyKey,
                       who: Principal = Depends(merchant)):
         await publish(_build(Capture, **order_of(payment_id, who),
                              idempotency_key=idempotency_key, amount_minor=body.amount))
@@ -389,14 +395,14 @@ def _follow_up_routes(app: FastAPI, view: PaymentsView, publish, keys: dict) -> 
 
     @app.post("/v1/payments/{payment_id}/void", response_model=Accepted,
               status_code=202, responses=scoped)
-    async def void(payment_id: str, idempotency_key: IdempotencyKey,
+    async def void(payment_id: PathId, idempotency_key: IdempotencyKey,
                    who: Principal = Depends(merchant)):
         await publish(_build(Void, **order_of(payment_id, who), idempotency_key=idempotency_key))
         return {"payment_id": payment_id, "status": "void_requested"}
 
     @app.post("/v1/payments/{payment_id}/revoke", response_model=Accepted,
               status_code=202, responses=scoped)
-    async def revoke(payment_id: str, idempotency_key: IdempotencyKey,
+    async def revoke(payment_id: PathId, idempotency_key: IdempotencyKey,
                      who: Principal = Depends(merchant)):
         await publish(_build(Revoke, **order_of(payment_id, who),
                              idempotency_key=idempotency_key))
@@ -404,7 +410,7 @@ def _follow_up_routes(app: FastAPI, view: PaymentsView, publish, keys: dict) -> 
 
     @app.post("/v1/payments/{payment_id}/refunds", response_model=Accepted,
               status_code=202, responses=scoped)
-    async def refund(payment_id: str, body: RefundRequest, idempotency_key: IdempotencyKey,
+    async def refund(payment_id: PathId, body: RefundRequest, idempotency_key: IdempotencyKey,
                      who: Principal = Depends(merchant)):
         await publish(_build(Refund, **order_of(payment_id, who),
                              idempotency_key=idempotency_key, refund_id=body.refund_id,
@@ -474,7 +480,7 @@ def _mandate_routes(app: FastAPI, view: PaymentsView, publish, keys: dict) -> No
 
     @app.delete("/v1/mandates/{mandate_id}", response_model=MandateAccepted,
                 status_code=202, responses=responses(401, 403, 404))
-    async def terminate_mandate(mandate_id: str, idempotency_key: IdempotencyKey,
+    async def terminate_mandate(mandate_id: PathId, idempotency_key: IdempotencyKey,
                                 who: Principal = Depends(merchant)):
         _mandate(view, mandate_id, who)
         await publish(_build(TerminateMandate, merchant_id=who.merchant_id,
@@ -482,7 +488,7 @@ def _mandate_routes(app: FastAPI, view: PaymentsView, publish, keys: dict) -> No
         return {"mandate_id": mandate_id, "status": "terminate_requested"}
 
     @app.get("/v1/mandates/{mandate_id}", response_model=MandateView, responses=responses(401, 404))
-    async def get_mandate(mandate_id: str, who: Principal = Depends(caller),
+    async def get_mandate(mandate_id: PathId, who: Principal = Depends(caller),
                           merchant_id: str | None = Query(
                               default=None, description="ops only: whose mandate")):
         key, row = _mandate(view, mandate_id, who, merchant_id)
@@ -498,14 +504,14 @@ def _account_routes(app: FastAPI, view: PaymentsView, keys: dict) -> None:
 
     @app.get("/v1/accounts/{account_id}/balance", response_model=Balance,
              responses=responses(401, 404))
-    async def balance(account_id: str, who: Principal = Depends(caller)):
+    async def balance(account_id: AccountPath, who: Principal = Depends(caller)):
         """A merchant sees its own accounts and its customers' wallets."""
         visible(account_id, who)
         return view.balance(account_id)
 
     @app.get("/v1/accounts/{account_id}/entries", response_model=Entries,
              responses=responses(401, 404))
-    async def entries(account_id: str, who: Principal = Depends(caller),
+    async def entries(account_id: AccountPath, who: Principal = Depends(caller),
                       limit: int = Query(default=100, ge=1, le=1_000)):
         """The latest legs, newest first."""
         visible(account_id, who)
@@ -560,7 +566,7 @@ def _webhook_routes(app: FastAPI, view: PaymentsView, send, keys: dict,
 
     @app.get("/v1/payments/{payment_id}/webhooks", response_model=Deliveries,
              responses=responses(401, 404))
-    async def deliveries(payment_id: str, who: Principal = Depends(caller)):
+    async def deliveries(payment_id: PathId, who: Principal = Depends(caller)):
         """Each event's delivery: state (retrying, delivered, failed), attempts, last
         answer, next attempt."""
         row = _found(view, payment_id, who)
@@ -568,7 +574,7 @@ def _webhook_routes(app: FastAPI, view: PaymentsView, send, keys: dict,
 
     @app.get("/v1/mandates/{mandate_id}/webhooks", response_model=MandateDeliveries,
              responses=responses(401, 404))
-    async def mandate_deliveries(mandate_id: str, who: Principal = Depends(caller),
+    async def mandate_deliveries(mandate_id: PathId, who: Principal = Depends(caller),
                                  merchant_id: str | None = Query(
                                      default=None, description="ops only: whose mandate")):
         """The mandate's events' delivery, as for a payment."""
@@ -604,7 +610,7 @@ def _ops_routes(app: FastAPI, view: PaymentsView, console: ConsoleView, publish,
 
     @app.post("/v1/ops/payments/{payment_id}/review", response_model=Accepted, status_code=202,
               responses=responses(401, 403, 404))
-    async def review(payment_id: str, body: ReviewRequest, idempotency_key: IdempotencyKey,
+    async def review(payment_id: PathId, body: ReviewRequest, idempotency_key: IdempotencyKey,
                      who: Principal = Depends(ops)):
         """Approve or reject a payment held in ``risk_review`` (a command, audited in the
         payment's history with the reviewer and comment)."""
