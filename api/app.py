@@ -17,10 +17,17 @@ from typing import Annotated, Literal
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
-from fastapi import Depends, FastAPI, Header, Query, Response
+from fastapi import Depends, FastAPI, Header, Path, Query, Response
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+)
 
 from api.models import (
     Accepted,
@@ -45,6 +52,7 @@ from api.console import exception_state, exception_view, install_console
 from api.console_model import ConsoleView
 from api.problems import COMMON, Problem, field_errors, install, responses
 from api.read_model import PaymentsView
+from domain.accounts import merchants_customer
 from domain.commands import (
     AmountMinor,
     Capture,
@@ -80,6 +88,12 @@ from streams.settings import Settings
 
 IdempotencyKey = Annotated[str, Header(alias="Idempotency-Key", min_length=1, max_length=64,
                                        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+PathId = Annotated[str, Path(max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+"""A payment or mandate id in a path: an identifier, so an id that could name nothing is a
+422 (and no answer echoes kilobytes or control characters back)."""
+AccountPath = Annotated[str, Path(max_length=200,
+                                  pattern=r"^[a-z]+(:[A-Za-z0-9][A-Za-z0-9._-]*)+$")]
+"""An account id in a path: ``<kind>:<part>:...``, each part an identifier's characters."""
 WAIT_S_MAX = 30
 OPS_KEY_LENGTH_MAX = 60
 """An ops command's idempotency key is prefixed ``ops-`` (ops and the merchant never share
@@ -94,8 +108,20 @@ CurrencyCode = Literal[tuple(sorted(CURRENCY_EXPONENTS))]  # type: ignore[valid-
 knows which are valid before it asks."""
 
 
+CustomerId = Annotated[str, StringConstraints(
+    strict=True, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
+"""A merchant's id for its customer: an identifier without dots, since the ledger names the
+customer ``<merchant>.<customer>`` and a merchant id may hold dots (``m-acme.eu``)."""
+
+
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class PayerRequest(Payer):
+    """Who pays; ``account_id`` is the merchant's customer whose wallet pays."""
+
+    account_id: CustomerId | None = None
 
 
 class PaymentRequest(_Body):
@@ -104,7 +130,7 @@ class PaymentRequest(_Body):
     currency: CurrencyCode
     method: Method
     capture: CaptureMode = CaptureMode.auto
-    payer: Payer = Payer()
+    payer: PayerRequest = PayerRequest()
     mandate_id: Identifier | None = Field(default=None,
                                           description="required with method mandate")
     split: tuple[SplitShare, ...] = ()
@@ -115,8 +141,8 @@ _CUSTOMER = "your customer's wallet: the ledger names it wallet:<merchant>.<this
 
 class TransferRequest(_Body):
     merchant_order_no: Identifier
-    from_account_id: Identifier = Field(description=_CUSTOMER)
-    to_account_id: Identifier = Field(description=_CUSTOMER)
+    from_account_id: CustomerId = Field(description=_CUSTOMER)
+    to_account_id: CustomerId = Field(description=_CUSTOMER)
     amount: AmountMinor
     currency: CurrencyCode
 
@@ -125,7 +151,7 @@ class WalletRequest(_Body):
     """A top-up (a channel pays into the wallet) or a withdrawal (the wallet pays out)."""
 
     merchant_order_no: Identifier
-    account_id: Identifier = Field(description=_CUSTOMER)
+    account_id: CustomerId = Field(description=_CUSTOMER)
     amount: AmountMinor
     currency: CurrencyCode
     method: Literal["card", "bank", "wallet"]
@@ -133,7 +159,7 @@ class WalletRequest(_Body):
 
 class MandateRequest(_Body):
     mandate_id: Identifier
-    payer_account_id: Identifier = Field(description=_CUSTOMER)
+    payer_account_id: CustomerId = Field(description=_CUSTOMER)
     currency: CurrencyCode
     amount_max: AmountMinor = Field(description="the most one collection may take")
 
@@ -217,9 +243,18 @@ def create_api(settings: Settings) -> FastAPI:
 
 def _wallet(who: Principal, customer: str) -> str:
     """A merchant names its customers' wallets by its own ids; the ledger's wallet id is
-    ``<merchant>.<customer>`` (``wallet:<merchant>.<customer>:<CCY>``), so no merchant can
-    name, move or read another's customer's money."""
-    return f"{who.merchant_id}.{customer}"
+    ``<merchant>.<customer>`` (``wallet:<merchant>.<customer>:<CCY>``), and a customer id
+    holds no dot, so no merchant can name, move or read another's customer's money."""
+    return merchants_customer(who.merchant_id, customer)
+
+
+def _payer(who: Principal, payer: PayerRequest) -> dict:
+    """The command's payer: the customer named as the ledger names it. A dict, so the
+    command validates it (a wallet name over the identifier limit is a 422)."""
+    fields = payer.model_dump(exclude_none=True)
+    if payer.account_id is not None:
+        fields["account_id"] = _wallet(who, payer.account_id)
+    return fields
 
 
 def _build(cls, **fields):
@@ -298,8 +333,7 @@ def _payment_routes(app: FastAPI, view: PaymentsView, publish, keys: dict) -> No
         cmd = _build(Pay, merchant_id=who.merchant_id, idempotency_key=idempotency_key,
                      merchant_order_no=body.merchant_order_no, amount_minor=body.amount,
                      currency=body.currency, method=body.method, capture=body.capture,
-                     payer=body.payer.model_copy(update={"account_id": _wallet(
-                         who, body.payer.account_id)}) if body.payer.account_id else body.payer,
+                     payer=_payer(who, body.payer),
                      mandate_id=body.mandate_id, split=body.split)
         await publish(cmd, cmd.merchant_order_no)
         payment_id = payment_id_for(cmd.merchant_id, cmd.merchant_order_no)
@@ -318,7 +352,7 @@ def _payment_routes(app: FastAPI, view: PaymentsView, publish, keys: dict) -> No
 
     @app.get("/v1/payments/{payment_id}", response_model=PaymentView,
              responses=responses(401, 404, 409))
-    async def get_payment(payment_id: str, who: Principal = Depends(caller),
+    async def get_payment(payment_id: PathId, who: Principal = Depends(caller),
                           min_version: int = Query(default=0, ge=0, le=10_000)):
         """A payment. ``min_version`` (a ``version`` seen before, say from a ``wait``) makes
         this replica catch up to it first, so a read never goes back in time."""
@@ -353,7 +387,7 @@ def _follow_up_routes(app: FastAPI, view: PaymentsView, publish, keys: dict) -> 
 
     @app.post("/v1/payments/{payment_id}/capture", response_model=Accepted,
               status_code=202, responses=scoped)
-    async def capture(payment_id: str, body: AmountRequest, idempotency_key: IdempotencyKey,
+    async def capture(payment_id: PathId, body: AmountRequest, idempotency_key: IdempotencyKey,
                       who: Principal = Depends(merchant)):
         await publish(_build(Capture, **order_of(payment_id, who),
                              idempotency_key=idempotency_key, amount_minor=body.amount))
@@ -361,14 +395,14 @@ def _follow_up_routes(app: FastAPI, view: PaymentsView, publish, keys: dict) -> 
 
     @app.post("/v1/payments/{payment_id}/void", response_model=Accepted,
               status_code=202, responses=scoped)
-    async def void(payment_id: str, idempotency_key: IdempotencyKey,
+    async def void(payment_id: PathId, idempotency_key: IdempotencyKey,
                    who: Principal = Depends(merchant)):
         await publish(_build(Void, **order_of(payment_id, who), idempotency_key=idempotency_key))
         return {"payment_id": payment_id, "status": "void_requested"}
 
     @app.post("/v1/payments/{payment_id}/revoke", response_model=Accepted,
               status_code=202, responses=scoped)
-    async def revoke(payment_id: str, idempotency_key: IdempotencyKey,
+    async def revoke(payment_id: PathId, idempotency_key: IdempotencyKey,
                      who: Principal = Depends(merchant)):
         await publish(_build(Revoke, **order_of(payment_id, who),
                              idempotency_key=idempotency_key))
@@ -376,7 +410,7 @@ def _follow_up_routes(app: FastAPI, view: PaymentsView, publish, keys: dict) -> 
 
     @app.post("/v1/payments/{payment_id}/refunds", response_model=Accepted,
               status_code=202, responses=scoped)
-    async def refund(payment_id: str, body: RefundRequest, idempotency_key: IdempotencyKey,
+    async def refund(payment_id: PathId, body: RefundRequest, idempotency_key: IdempotencyKey,
                      who: Principal = Depends(merchant)):
         await publish(_build(Refund, **order_of(payment_id, who),
                              idempotency_key=idempotency_key, refund_id=body.refund_id,
@@ -446,7 +480,7 @@ def _mandate_routes(app: FastAPI, view: PaymentsView, publish, keys: dict) -> No
 
     @app.delete("/v1/mandates/{mandate_id}", response_model=MandateAccepted,
                 status_code=202, responses=responses(401, 403, 404))
-    async def terminate_mandate(mandate_id: str, idempotency_key: IdempotencyKey,
+    async def terminate_mandate(mandate_id: PathId, idempotency_key: IdempotencyKey,
                                 who: Principal = Depends(merchant)):
         _mandate(view, mandate_id, who)
         await publish(_build(TerminateMandate, merchant_id=who.merchant_id,
@@ -454,7 +488,7 @@ def _mandate_routes(app: FastAPI, view: PaymentsView, publish, keys: dict) -> No
         return {"mandate_id": mandate_id, "status": "terminate_requested"}
 
     @app.get("/v1/mandates/{mandate_id}", response_model=MandateView, responses=responses(401, 404))
-    async def get_mandate(mandate_id: str, who: Principal = Depends(caller),
+    async def get_mandate(mandate_id: PathId, who: Principal = Depends(caller),
                           merchant_id: str | None = Query(
                               default=None, description="ops only: whose mandate")):
         key, row = _mandate(view, mandate_id, who, merchant_id)
@@ -470,14 +504,14 @@ def _account_routes(app: FastAPI, view: PaymentsView, keys: dict) -> None:
 
     @app.get("/v1/accounts/{account_id}/balance", response_model=Balance,
              responses=responses(401, 404))
-    async def balance(account_id: str, who: Principal = Depends(caller)):
+    async def balance(account_id: AccountPath, who: Principal = Depends(caller)):
         """A merchant sees its own accounts and its customers' wallets."""
         visible(account_id, who)
         return view.balance(account_id)
 
     @app.get("/v1/accounts/{account_id}/entries", response_model=Entries,
              responses=responses(401, 404))
-    async def entries(account_id: str, who: Principal = Depends(caller),
+    async def entries(account_id: AccountPath, who: Principal = Depends(caller),
                       limit: int = Query(default=100, ge=1, le=1_000)):
         """The latest legs, newest first."""
         visible(account_id, who)
@@ -532,7 +566,7 @@ def _webhook_routes(app: FastAPI, view: PaymentsView, send, keys: dict,
 
     @app.get("/v1/payments/{payment_id}/webhooks", response_model=Deliveries,
              responses=responses(401, 404))
-    async def deliveries(payment_id: str, who: Principal = Depends(caller)):
+    async def deliveries(payment_id: PathId, who: Principal = Depends(caller)):
         """Each event's delivery: state (retrying, delivered, failed), attempts, last
         answer, next attempt."""
         row = _found(view, payment_id, who)
@@ -540,7 +574,7 @@ def _webhook_routes(app: FastAPI, view: PaymentsView, send, keys: dict,
 
     @app.get("/v1/mandates/{mandate_id}/webhooks", response_model=MandateDeliveries,
              responses=responses(401, 404))
-    async def mandate_deliveries(mandate_id: str, who: Principal = Depends(caller),
+    async def mandate_deliveries(mandate_id: PathId, who: Principal = Depends(caller),
                                  merchant_id: str | None = Query(
                                      default=None, description="ops only: whose mandate")):
         """The mandate's events' delivery, as for a payment."""
@@ -576,7 +610,7 @@ def _ops_routes(app: FastAPI, view: PaymentsView, console: ConsoleView, publish,
 
     @app.post("/v1/ops/payments/{payment_id}/review", response_model=Accepted, status_code=202,
               responses=responses(401, 403, 404))
-    async def review(payment_id: str, body: ReviewRequest, idempotency_key: IdempotencyKey,
+    async def review(payment_id: PathId, body: ReviewRequest, idempotency_key: IdempotencyKey,
                      who: Principal = Depends(ops)):
         """Approve or reject a payment held in ``risk_review`` (a command, audited in the
         payment's history with the reviewer and comment)."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import Depends
+from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -131,8 +131,12 @@ def authenticator(ring: KeyRing):
     """FastAPI dependencies: ``caller`` (any valid key), ``merchant`` (a merchant's key) and
     ``ops`` (the ops key). A missing or unknown key is 401; the wrong kind of key is 403."""
 
-    async def caller(credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
+    async def caller(request: Request,
+                     credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
                      ) -> Principal:
+        presented = len(request.headers.getlist("authorization"))
+        if presented > 1:  # which one counts would be a guess (a proxy may pick another)
+            raise _unauthorized(f"one Authorization header, not {presented}")
         if credentials is None:  # absent, or not a Bearer scheme
             raise _unauthorized("an API key is required: Authorization: Bearer <key>")
         key = credentials.credentials

@@ -13,7 +13,7 @@ from collections import deque
 from datetime import date
 
 from api.auth import Principal
-from domain.accounts import AccountKind, kind_of, logical_account
+from domain.accounts import AccountKind, kind_of, logical_account, wallet_merchant
 from domain.audit import AuditStatus
 from domain.events import (
     CommandRejected,
@@ -115,7 +115,8 @@ class PaymentsView:
 
     def may_see(self, account_id: str, who: Principal) -> bool:
         """Ops see every account; a merchant its own (``merchant:<id>:...``) and its
-        customers' wallets (``wallet:<id>.<customer>:<CCY>``, named so by the API).
+        customers' wallets (``wallet:<id>.<customer>:<CCY>``, named so by the API: the
+        customer's id holds no dot, so ``<id>`` is everything before the last one).
         Clearing, fee, cash and suspense accounts are ops' only."""
         if who.ops:
             return True
@@ -124,8 +125,7 @@ class PaymentsView:
         kind, parts = kind_of_safe(account_id), account_id.split(":")
         if kind in (AccountKind.merchant_pending, AccountKind.merchant_settled):
             return parts[1] == who.merchant_id
-        return kind is AccountKind.customer_wallet and len(parts) > 2 and \
-            parts[1].startswith(f"{who.merchant_id}.")
+        return wallet_merchant(account_id) == who.merchant_id  # exact: not a prefix
 
     def apply(self, body, event_id: str = "") -> None:
         if isinstance(body, PaymentStatusChanged):

@@ -29,6 +29,30 @@ def customer_wallet(account_id: str, currency: str) -> str:
     return f"wallet:{account_id}:{currency}"
 
 
+CUSTOMER_SEPARATOR = "."
+"""Between a merchant's id and its customer's in the owner of a wallet the API names."""
+
+
+def merchants_customer(merchant_id: str, customer_id: str) -> str:
+    """A merchant's customer as the ledger names the wallet's owner: ``<merchant>.<customer>``.
+    A merchant id may hold dots and a customer id may not, so the last dot ends the
+    merchant's id: ``m-acme`` cannot name a customer of ``m-acme.eu`` (``eu.bob``)."""
+    assert merchant_id
+    assert customer_id
+    assert CUSTOMER_SEPARATOR not in customer_id, customer_id
+    return f"{merchant_id}{CUSTOMER_SEPARATOR}{customer_id}"
+
+
+def wallet_merchant(account_id: str) -> str | None:
+    """The merchant whose customer's wallet this is (``wallet:<merchant>.<customer>:<CCY>``);
+    None for any other account, or a wallet no merchant named (``wallet:p-1:EUR``)."""
+    parts = account_id.split(":")
+    if len(parts) != 3 or parts[0] != AccountKind.customer_wallet.value:
+        return None
+    merchant, separator, customer = parts[1].rpartition(CUSTOMER_SEPARATOR)
+    return merchant if separator and merchant and customer else None
+
+
 def suspense(currency: str) -> str:
     """Money we hold for nobody yet: a duplicate or late charge on its way back."""
     return f"suspense:{currency}"

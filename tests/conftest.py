@@ -23,6 +23,8 @@ PARTITIONS = 4
 API_MERCHANTS = 64
 """Merchants with an API key on the shared stack; each test that asks for ``shop`` gets one
 of its own (``m-api-00`` ... ``m-api-63``)."""
+PREFIX_MERCHANTS = ("m-acme", "m-acme.eu")
+"""Two merchants on the shared stack, one's id a prefix of the other's (``prefix_shops``)."""
 OPS_KEY = f"ops-test-key-{uuid.uuid4().hex}"
 CALLBACK_TIMEOUT_MS = 2_000
 STATUS_QUERY_TIMEOUT_MS = 500
@@ -107,8 +109,8 @@ def stack_settings(broker, deterministic_config, tmp_path_factory) -> Settings:
 
 
 def _api_merchants(run: str) -> list[tuple[str, str]]:
-    return [(f"m-api-{i:02d}", f"test-key-{i:02d}-{run}-{uuid.uuid4().hex}")
-            for i in range(API_MERCHANTS)]
+    pool = [f"m-api-{i:02d}" for i in range(API_MERCHANTS)] + list(PREFIX_MERCHANTS)
+    return [(m, f"test-key-{i:02d}-{run}-{uuid.uuid4().hex}") for i, m in enumerate(pool)]
 
 
 @pytest.fixture
@@ -212,10 +214,15 @@ class Shop:
 _shops_taken: list[str] = []
 
 
+def _pool(settings: Settings) -> list[str]:
+    """The merchants ``shop`` hands out, one per test (not the prefix pair)."""
+    return sorted(m for m in settings.api_keys if m not in PREFIX_MERCHANTS)
+
+
 @pytest.fixture
 def shop(api_ready, stack_settings):
     """A merchant of the shared stack's key pool no other test in this session uses."""
-    free = [m for m in sorted(stack_settings.api_keys) if m not in _shops_taken]
+    free = [m for m in _pool(stack_settings) if m not in _shops_taken]
     assert free, f"all {API_MERCHANTS} API merchants used: raise API_MERCHANTS"
     _shops_taken.append(free[0])
     key = stack_settings.api_keys[free[0]].get_secret_value()
@@ -226,8 +233,18 @@ def shop(api_ready, stack_settings):
 @pytest.fixture
 def other_shop(shop, api_ready, stack_settings):
     """A second merchant, for cross-merchant attempts."""
-    free = [m for m in sorted(stack_settings.api_keys) if m not in _shops_taken]
+    free = [m for m in _pool(stack_settings) if m not in _shops_taken]
     _shops_taken.append(free[0])
     key = stack_settings.api_keys[free[0]].get_secret_value()
     with _client(stack_settings, key) as client:
         yield Shop(free[0], key, client)
+
+
+@pytest.fixture
+def prefix_shops(api_ready, stack_settings):
+    """Merchants ``m-acme`` and ``m-acme.eu``, one's id a prefix of the other's: shared by
+    the tests that ask, so each names its own records (orders, customers) uniquely."""
+    keys = [stack_settings.api_keys[m].get_secret_value() for m in PREFIX_MERCHANTS]
+    with _client(stack_settings, keys[0]) as short, _client(stack_settings, keys[1]) as long:
+        yield (Shop(PREFIX_MERCHANTS[0], keys[0], short),
+               Shop(PREFIX_MERCHANTS[1], keys[1], long))
