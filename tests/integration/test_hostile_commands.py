@@ -291,8 +291,20 @@ def collected(strategy: st.SearchStrategy, count: int, at_seed: int) -> list:
     return found[:count]
 
 
+def pinned(merchant: str) -> list[Hostile]:
+    """Cases every run has, whatever the seed: each once broke something downstream."""
+    doc = base(merchant, "h-bad")
+    return [Hostile("not_json", b"[" * 9_000 + b"]" * 7_000, "dead_letter", "not JSON"),
+            Hostile("unicode_identifier", _json(_set(doc, "merchant_id", "m-\udfff")),
+                    "dead_letter", "merchant_id"),
+            Hostile("unicode_identifier", _json(_set(doc, "merchant_order_no", "o-\ud800")),
+                    "dead_letter", "merchant_order_no"),
+            Hostile("huge", _json({**doc, "pad": "x" * 1_040_000}), "dead_letter",
+                    "too_large")]
+
+
 def hostile_batch(merchant: str, setup: dict) -> list[Hostile]:
-    batch: list[Hostile] = []
+    batch: list[Hostile] = pinned(merchant)
     for n, (kind, strategy) in enumerate(malformed(merchant).items()):
         for value, reason in collected(strategy, MALFORMED_COUNTS[kind], SEED + n):
             batch.append(Hostile(kind, value, "dead_letter", reason))
@@ -330,7 +342,10 @@ def test_hostile_commands_change_nothing_and_the_worker_goes_on(
     producer.flush()
     sent_s = time.monotonic() - started
 
-    parked = _wait_for_outcomes(observer, merchant, batch, keys, before, stack_settings)
+    parked = _wait_for_outcomes(stack, observer, merchant, batch, keys, before)
+    exited = {part.name: part.log_path.read_text(errors="replace")[-1500:]
+              for part in stack.dead_parts()}
+    assert not exited, f"seed {SEED}: exited during the batch: {exited}"
     canary_legs = _legs_of(observer, payment_id_for(merchant, "h-canary"))
     expected = {account: total + sum(leg.amount_minor for leg in canary_legs
                                      if leg.account_id == account)
@@ -382,7 +397,11 @@ def _legs_of(observer, payment_id: str) -> list:
 def _pay_commands_counted(settings) -> float:
     """``paycore_commands_total`` for type pay, every result, on the worker: dedup and the
     order stage each count a command they handle."""
-    text = httpx.get(f"http://127.0.0.1:{settings.worker_web_port}/metrics", timeout=10).text
+    try:
+        text = httpx.get(f"http://127.0.0.1:{settings.worker_web_port}/metrics",
+                         timeout=10).text
+    except httpx.TransportError:  # the worker is gone: the test says so
+        return -1.0
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith("paycore_commands_total{") and 'type="pay"' in line)
 
@@ -430,9 +449,10 @@ def _snapshot(observer, api, merchant: str, setup_id: str, settings,
             "console_intake": _intake_dead_letters(api)}
 
 
-def _wait_for_outcomes(observer, merchant: str, batch, keys, before, settings) -> dict:
+def _wait_for_outcomes(stack, observer, merchant: str, batch, keys, before) -> dict:
     """Dead letters by key, once every outcome the batch should have is there (or time is
-    up): the dead letters, refusals, failed transfers, the canary, the replays counted."""
+    up, or a process exited): the dead letters, refusals, failed transfers, the canary, the
+    replays counted."""
     ours = set(keys)
     letters_due = {key for key, item in zip(keys, batch, strict=True)
                    if item.expect == "dead_letter"}
@@ -449,12 +469,15 @@ def _wait_for_outcomes(observer, merchant: str, batch, keys, before, settings) -
                 parked.setdefault(key, []).append(letter)
         seen = len(observer.deadletters)
         canary = observer.status.get(payment_id_for(merchant, "h-canary"))
+        if stack.dead_parts():
+            return True
         return (letters_due <= set(parked) and canary is not None and canary.status == "succeeded"
                 and all(_refusal(observer, item) for item in refused))
 
     observer.wait_until(done, WAIT_S)
     deadline = time.monotonic() + 15
-    while _pay_commands_counted(settings) < need and time.monotonic() < deadline:
+    while _pay_commands_counted(stack.settings) < need and time.monotonic() < deadline \
+            and not stack.dead_parts():
         observer.poll(100)
     observer.wait_until(lambda: False, 1.0)  # anything late the batch set off
     done()
