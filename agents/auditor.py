@@ -19,7 +19,14 @@ from domain.audit import AuditCheck, Auditor, AuditStatus, Violation
 from domain.events import HoldChanged, LegApplied
 from streams import topics as t
 from streams.accounts_config import load_accounts
-from streams.envelope import UndecodableEnvelope, child, dead_letter, decode, encode
+from streams.envelope import (
+    UndecodableEnvelope,
+    child,
+    dead_letter,
+    dead_letter_key,
+    decode,
+    encode,
+)
 from streams.metrics import (
     AUDIT_CHECKS,
     AUDIT_EVENTS,
@@ -104,7 +111,8 @@ async def _report(violation: Violation, record, producer) -> None:
     reason = f"audit_{violation.check.value}: {violation.account_id}: {violation.detail}"
     value = dead_letter("auditor", reason, record.topic, record.partition, record.offset,
                         record.key, record.value, int(time.time() * 1000))
-    await producer.send_and_wait(t.DEADLETTER, key=record.key, value=value)
+    await producer.send_and_wait(t.DEADLETTER, key=dead_letter_key(record.key),
+                                 value=value)
 
 
 _exported: dict = {"checked": {}, "violations": {}}

@@ -334,11 +334,14 @@ def _dead_letter_item(found: dict, detail: bool = False) -> dict:
             "reason": record.reason, "topic": record.topic, "partition": record.partition,
             "offset": record.offset, "at_ms": record.at_ms, "payment_id": found["payment_id"],
             "state": found["state"], "resolved": found["resolved"],
-            "replayable": record.topic in t.REPLAYABLE}
+            "replayable": record.topic in t.REPLAYABLE and not record.truncated,
+            "truncated": record.truncated}
     if detail:
         item.update(key_text=record.key.text, key_base64=record.key.base64,
+                    key_size_bytes=record.key.size_bytes, key_sha256=record.key.sha256,
                     value_text=record.value.text, value_base64=record.value.base64,
-                    actions=found["actions"])
+                    value_size_bytes=record.value.size_bytes,
+                    value_sha256=record.value.sha256, actions=found["actions"])
     return item
 
 
@@ -413,6 +416,10 @@ def _dead_letter_routes(app: FastAPI, console: ConsoleView, send_raw, keys: dict
         if record.topic not in t.REPLAYABLE:
             raise Problem(409, "dead_letter_not_replayable", f"{record.topic} takes no "
                           "corrected copies: discard it")
+        if record.truncated:
+            raise Problem(409, "dead_letter_truncated", "only the first bytes of the original "
+                          "are kept (its key or value was too large): it cannot be replayed "
+                          "as it came; discard it")
         refused = _checked_copy(record.topic, body.value)
         if refused:
             raise Problem(422, "replay_invalid", f"value: {refused}",

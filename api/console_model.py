@@ -17,6 +17,9 @@ import asyncio
 import json
 from collections import OrderedDict, deque
 
+from pydantic import TypeAdapter, ValidationError
+
+from domain.commands import Identifier
 from domain.dead_letters import DeadLetterRecord, DeadLetterResolved, read_dead_letter
 from domain.events import (
     ChannelRequested,
@@ -291,6 +294,20 @@ class ConsoleView:
         return [status for at_ms, status in self.finals if at_ms >= since_ms]
 
 
+_IDENTIFIER: TypeAdapter = TypeAdapter(Identifier)
+
+
+def _identifiers(*values) -> bool:
+    """All are identifiers as commands have them (a dead letter's may be anything: a lone
+    surrogate, which no id can be derived from, a control character, megabytes)."""
+    try:
+        for value in values:
+            _IDENTIFIER.validate_python(value)
+    except ValidationError:
+        return False
+    return True
+
+
 def _payment_of(record: DeadLetterRecord) -> str:
     """The payment a dead letter is about, when it can be told: a command naming its
     merchant and order, an internal message naming its payment, or a payment id as key."""
@@ -298,15 +315,14 @@ def _payment_of(record: DeadLetterRecord) -> str:
     if raw:
         try:
             doc = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, bad UTF-8, nested too deep
             doc = None
         if isinstance(doc, dict):
             body = doc.get("body") if isinstance(doc.get("body"), dict) else doc
             merchant, order_no = body.get("merchant_id"), body.get("merchant_order_no")
             if isinstance(body.get("payment_id"), str) and body["payment_id"]:
                 return body["payment_id"]
-            if isinstance(merchant, str) and isinstance(order_no, str) and merchant \
-                    and order_no:
+            if _identifiers(merchant, order_no):
                 return payment_id_for(merchant, order_no)
     key = record.key.text or ""
     return key if key.startswith("pay_") else ""

@@ -283,13 +283,22 @@ class DeadLetterItem(BaseModel):
     """open, replayed or discarded."""
     resolved: DeadLetterResolved | None
     replayable: bool
+    """Its topic takes corrected copies and the original is kept whole."""
+    truncated: bool
+    """Only the first bytes of its key or value are kept (``DeadLetterDetail`` has sizes)."""
 
 
 class DeadLetterDetail(DeadLetterItem):
     key_text: str | None
     key_base64: str | None
+    key_size_bytes: int | None
+    """The original key's size; None if unknown (older records) or no key."""
+    key_sha256: str | None
     value_text: str | None
     value_base64: str | None
+    value_size_bytes: int | None
+    """The original value's size, of which at most the first 32 KiB are kept."""
+    value_sha256: str | None
     actions: list[DeadLetterResolved]
     """Every answer of the dead-letter stage to ops' actions, refusals included."""
 

@@ -147,14 +147,23 @@ def decide_dead_letter(state: DeadLetterState | None,
 
 
 class Kept(BaseModel):
-    """Original bytes as the dead-letter record keeps them: text, or base64 when not UTF-8."""
+    """Original bytes as the dead-letter record keeps them: text, or base64 when not UTF-8;
+    of a large original only its first bytes (``truncated``). Records written before sizes
+    were kept have no ``size_bytes`` nor ``sha256``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     text: str | None = None
     base64: str | None = None
+    size_bytes: int | None = Field(default=None, ge=0)
+    """The whole original's size (what is kept may be less)."""
+    sha256: str | None = None
+    """Of the whole original, hex: tells which message it was when only a part is kept."""
+    truncated: bool = False
+    """Only the original's first bytes are kept: it cannot be read, nor replayed, whole."""
 
     def raw(self) -> bytes | None:
+        """The bytes kept: the whole original unless ``truncated``."""
         if self.base64 is not None:
             return base64.b64decode(self.base64)
         return None if self.text is None else self.text.encode()
@@ -177,6 +186,11 @@ class DeadLetterRecord(BaseModel):
     @property
     def dead_letter_id(self) -> str:
         return dead_letter_id_for(self.stage, self.topic, self.partition, self.offset)
+
+    @property
+    def truncated(self) -> bool:
+        """Key or value kept only in part: ops may look at it, and discard it."""
+        return self.key.truncated or self.value.truncated
 
 
 def read_dead_letter(raw: bytes | None) -> DeadLetterRecord | None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import faust
 
 from streams import topics as t
-from streams.envelope import Envelope, dead_letter, encode
+from streams.envelope import Envelope, dead_letter, dead_letter_key, encode
 from streams.faust_fixes import drain_on_flush
 from streams.metrics import ASSIGNED_PARTITIONS, DEADLETTERS, REBALANCE_SECONDS, REBALANCES
 from streams.settings import Settings
@@ -50,7 +50,7 @@ class Wire:
                              msg.value, now_ms())
         DEADLETTERS.labels(stage=stage, reason=reason.split(":", 1)[0][:40]).inc()
         log.warning("dead-letter from %s: %s", stage, reason)
-        await self.topics[t.DEADLETTER].send(key=msg.key, value=record)
+        await self.topics[t.DEADLETTER].send(key=dead_letter_key(msg.key), value=record)
 
 
 class RebalanceSensor(faust.Sensor):

@@ -7,6 +7,7 @@ carries the bare command JSON so any client can produce it; intake wraps it.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from typing import NamedTuple
 
@@ -114,18 +115,40 @@ def child(cause: Envelope | str, body: Message, index: int, at_ms: int, trace_id
     return Envelope(derive_id("msg", *parts), trace, at_ms, body)
 
 
+KEPT_BYTES_MAX = 32_768
+"""The most of an original's key, and of its value, a dead-letter record keeps. A record
+must fit the broker's message size (Faust's producer sends at most 1,000,000 bytes) even
+when the original nearly fills it and JSON escaping inflates what is kept (six times, for
+control characters): a dead letter that cannot be sent stops the stage."""
+REASON_CHARS_MAX = 2_000
+
+
+def kept(raw: bytes | None) -> dict:
+    """The original bytes as a record keeps them: ``text`` if UTF-8, else ``base64``, of at
+    most ``KEPT_BYTES_MAX`` bytes (cut on a character boundary), with the whole original's
+    ``size_bytes`` and ``sha256`` and whether it was ``truncated``."""
+    if raw is None:
+        return {"text": None}
+    prefix = raw[:KEPT_BYTES_MAX]
+    try:
+        raw.decode()
+        part = {"text": prefix.decode(errors="ignore")}  # only a cut character is dropped
+    except UnicodeDecodeError:
+        part = {"base64": base64.b64encode(prefix).decode()}
+    return {**part, "size_bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest(),
+            "truncated": len(raw) > KEPT_BYTES_MAX}
+
+
 def dead_letter(stage: str, reason: str, topic: str, partition: int, offset: int,
                 key: bytes | None, value: bytes | None, at_ms: int) -> bytes:
-    """The dead-letter record keeps the original bytes (text if UTF-8, else base64)."""
-
-    def keep(raw: bytes | None) -> dict:
-        if raw is None:
-            return {"text": None}
-        try:
-            return {"text": raw.decode()}
-        except UnicodeDecodeError:
-            return {"base64": base64.b64encode(raw).decode()}
-
-    doc = {"stage": stage, "reason": reason, "topic": topic, "partition": partition,
-           "offset": offset, "key": keep(key), "value": keep(value), "at_ms": at_ms}
+    """The dead-letter record keeps the original bytes, or their first ``KEPT_BYTES_MAX``
+    (see ``kept``), and the reason (its first ``REASON_CHARS_MAX`` characters)."""
+    doc = {"stage": stage, "reason": reason[:REASON_CHARS_MAX], "topic": topic,
+           "partition": partition, "offset": offset, "key": kept(key), "value": kept(value),
+           "at_ms": at_ms}
     return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def dead_letter_key(key: bytes | None) -> bytes | None:
+    """The dead letter's own key: the original's, or its first ``KEPT_BYTES_MAX`` bytes."""
+    return None if key is None else key[:KEPT_BYTES_MAX]

@@ -4,6 +4,7 @@ summary, resolving reconciliation exceptions (preview, confirmation, once), dead
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 
@@ -218,6 +219,44 @@ class TestDeadLetters:
             "discarded", "bo", "test traffic")
         assert dead["dead_letter_id"] in [d["dead_letter_id"] for d in listed["dead_letters"]]
         assert listed["stages"]["intake"] >= 1 and listed["reasons"]["invalid command"] >= 1
+
+    def test_a_huge_command_is_parked_cut_short_and_can_only_be_discarded(
+            self, shop, api, producer):
+        command = {"type": "pay", "merchant_id": shop.id, "idempotency_key": "k-con-dl-huge",
+                   "merchant_order_no": "con-dl-huge", "amount_minor": 1_000,
+                   "currency": "USD", "method": "card", "pad": "x" * 1_000_000}
+        value = json.dumps(command).encode()
+        key = f"{shop.id}:con-dl-huge".encode()
+        producer.send(t.COMMANDS, key=key, value=value)
+        producer.flush()
+
+        def ours(answer) -> list[dict]:
+            details = (api.get(f"/v1/ops/deadletters/{d['dead_letter_id']}").json()
+                       for d in answer.json()["dead_letters"])
+            return [d for d in details if d["key_text"] == key.decode()]
+
+        found = ours(poll(lambda: api.get("/v1/ops/deadletters",
+                                          params={"reason": "too_large", "limit": 1000}),
+                          lambda r: bool(ours(r)), timeout_s=40))
+        assert found, "the huge command was never dead-lettered"
+        dead = found[0]
+        path = f"/v1/ops/deadletters/{dead['dead_letter_id']}"
+        replay = api.post(f"{path}/replay", json={"value": value[:1000].decode(),
+                                                  "operator": "ana"},
+                          headers={"Idempotency-Key": "r-huge"})
+        api.post(f"{path}/discard", json={"operator": "bo", "reason": "a client bug"},
+                 headers={"Idempotency-Key": "d-huge"})
+        after = poll(lambda: api.get(path), lambda r: r.json()["state"] != "open").json()
+
+        assert (dead["stage"], dead["truncated"], dead["replayable"]) == ("intake", True, False)
+        assert dead["reason"].startswith("too_large: ")
+        assert value.decode().startswith(dead["value_text"])
+        assert len(dead["value_text"]) == 32_768
+        assert (dead["value_size_bytes"], dead["value_sha256"]) == (
+            len(value), hashlib.sha256(value).hexdigest())
+        assert (replay.status_code, replay.json()["code"]) == (409, "dead_letter_truncated")
+        assert after["state"] == "discarded"
+        assert sale(shop, "con-dl-after-huge")["payment"]["status"] == "succeeded"
 
     def test_an_unknown_dead_letter_is_404(self, api):
         answer = api.get("/v1/ops/deadletters/dl_nothing")

@@ -169,6 +169,22 @@ class TestDeadLetters:
         assert view.dead_letters[dl_id]["payment_id"] == PID
         assert [i["kind"] for i in view.timeline(PID)[0]] == ["dead_letter"]
 
+    @pytest.mark.parametrize("value", [
+        b'{"merchant_id": "m-\\udfff", "merchant_order_no": "o-1"}',  # a lone surrogate
+        b'{"merchant_id": "m-1", "merchant_order_no": "o-\\ud800"}',
+        b'{"type":"pay","merchant_id":"m-1","merchant_order_no":"o-1","pad":"' + b"x" * 40_000,
+        b"[" * 9_000 + b"]" * 7_000,  # too deep for the JSON parser
+    ], ids=["merchant", "order", "truncated", "deep"])
+    def test_a_hostile_command_is_listed_without_a_payment(self, value):
+        view = ConsoleView()
+        raw = dead_letter("intake", "invalid command: merchant_id", t.COMMANDS, 0, 3, b"k",
+                          value, T0)
+
+        view.apply_record(t.DEADLETTER, b"k", raw, T0)
+
+        (found,) = view.dead_letters.values()
+        assert found["payment_id"] == ""
+
     @pytest.mark.parametrize("first,state", [("replay", "replayed"), ("discard", "discarded")])
     def test_its_first_accepted_action_is_its_state_and_refusals_are_kept(self, first, state):
         view = ConsoleView()

@@ -3,6 +3,7 @@ discard with a reason; the first action wins, the same action twice applies once
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -21,7 +22,7 @@ from domain.dead_letters import (
     decide_dead_letter,
     read_dead_letter,
 )
-from streams.envelope import dead_letter
+from streams.envelope import KEPT_BYTES_MAX, dead_letter, dead_letter_key
 
 D = DeadLetterStatus
 REPLAYABLE = frozenset({"pay.commands", "pay.orders"})
@@ -118,6 +119,79 @@ class TestReading:
     @pytest.mark.parametrize("raw", [b"", b"not json", json.dumps({"stage": "x"}).encode()])
     def test_anything_else_is_not_a_dead_letter(self, raw):
         assert read_dead_letter(raw) is None
+
+    def test_a_record_written_before_sizes_were_kept_still_reads(self):
+        raw = json.dumps({"stage": "intake", "reason": "r", "topic": "pay.commands",
+                          "partition": 0, "offset": 1, "key": {"text": None},
+                          "value": {"text": "{}"}, "at_ms": 5}).encode()
+
+        record = read_dead_letter(raw)
+
+        assert (record.value.raw(), record.value.size_bytes, record.truncated) == (
+            b"{}", None, False)
+
+
+BROKER_MESSAGE_BYTES_MAX = 1_000_000
+"""What Faust's producer sends at most (``producer_max_request_size``)."""
+MIB = 1_048_576
+
+
+class TestShape:
+    def test_a_small_original_is_kept_whole_with_its_size_and_digest(self):
+        value = b'{"type":"pay"}'
+
+        doc = json.loads(dead_letter("intake", "r", "pay.commands", 0, 1, b"o-1", value, 5))
+
+        assert doc["value"] == {"text": value.decode(), "size_bytes": len(value),
+                                "sha256": hashlib.sha256(value).hexdigest(),
+                                "truncated": False}
+        assert doc["key"]["truncated"] is False
+
+    @pytest.mark.parametrize("value", [
+        b"x" * MIB,                                 # the poison pill of issue 11
+        b"\x01" * MIB,                              # escapes to six characters each
+        "\u00e9".encode() * (MIB // 2),             # two bytes a character
+        bytes(range(256)) * (MIB // 256),           # not UTF-8: base64
+    ], ids=["ascii", "control", "two-byte", "binary"])
+    def test_a_huge_original_is_cut_to_fit_the_broker_and_says_so(self, value):
+        raw = dead_letter("intake", "too_large", "pay.commands", 3, 9, value, value, 5)
+
+        record = read_dead_letter(raw)
+
+        assert len(raw) < BROKER_MESSAGE_BYTES_MAX // 2
+        for part in (record.key, record.value):
+            kept = part.raw()
+            assert len(kept) <= KEPT_BYTES_MAX and len(kept) >= KEPT_BYTES_MAX - 3
+            assert value.startswith(kept)
+            assert (part.size_bytes, part.truncated) == (len(value), True)
+            assert part.sha256 == hashlib.sha256(value).hexdigest()
+        assert record.truncated
+
+    def test_an_original_of_exactly_the_limit_is_kept_whole(self):
+        value = b"y" * KEPT_BYTES_MAX
+
+        record = read_dead_letter(dead_letter("intake", "r", "pay.commands", 0, 1, None,
+                                              value, 5))
+
+        assert (record.value.raw(), record.truncated) == (value, False)
+
+    def test_a_multibyte_character_is_never_cut_in_half(self):
+        value = b"a" + "\u20ac".encode() * KEPT_BYTES_MAX  # three bytes each, off by one
+
+        record = read_dead_letter(dead_letter("intake", "r", "pay.commands", 0, 1, None,
+                                              value, 5))
+
+        assert record.value.text == "a" + "\u20ac" * ((KEPT_BYTES_MAX - 1) // 3)
+
+    def test_a_huge_reason_is_cut(self):
+        doc = json.loads(dead_letter("x", "r" * MIB, "pay.commands", 0, 1, None, b"", 5))
+
+        assert 0 < len(doc["reason"]) <= 2_000
+
+    def test_the_dead_letters_own_key_is_the_original_or_its_first_bytes(self):
+        assert dead_letter_key(None) is None
+        assert dead_letter_key(b"o-1") == b"o-1"
+        assert dead_letter_key(b"k" * MIB) == b"k" * KEPT_BYTES_MAX
 
 
 @settings(max_examples=100, deadline=None, database=None)

@@ -488,8 +488,12 @@ async function deadLetterPage(id) {
       `base64: ${d.key_base64}` : "(none)")),
     el("dt", {}, "payment"), el("dd", {}, d.payment_id ? el("a", {href:
       `#/payment/${d.payment_id}`, class: "mono"}, d.payment_id) : "–"));
+  const cut = d.value_size_bytes !== null ?
+    el("p", {class: "muted", id: "raw-size"}, `${d.value_size_bytes} bytes, sha256 ` +
+      `${d.value_sha256}` + (d.truncated ? ": too large, only its first bytes are kept" : ""))
+    : [];
   const page = [el("h1", {}, `Dead letter ${id}`), el("div", {class: "card"}, facts,
-    el("h2", {}, "Raw message"), el("pre", {id: "raw-message"}, raw))];
+    el("h2", {}, "Raw message"), cut, el("pre", {id: "raw-message"}, raw))];
   if (d.actions.length) {
     page.push(el("div", {class: "card"}, el("h2", {}, "Actions"), el("table", {id: "actions"},
       d.actions.map((a) => el("tr", {}, el("td", {class: "when"}, when(a.at_ms)),
@@ -526,7 +530,8 @@ function deadLetterActions(d, raw) {
       "takes the normal path from there."), value, el("div", {class: "row"}, comment,
       el("button", {id: "replay", onclick: () => act("replay", {value: value.value,
         operator: operator(), comment: comment.value}, replayKey)}, "Replay"))] :
-      message("info", `${d.topic} takes no corrected copies: discard it.`),
+      message("info", d.truncated ? "Only the first bytes of it are kept: it cannot be " +
+        "replayed; discard it." : `${d.topic} takes no corrected copies: discard it.`),
     el("h2", {}, "Discard"), el("div", {class: "row"}, reason,
       el("button", {class: "danger", id: "discard", onclick: () => act("discard",
         {operator: operator(), reason: reason.value}, discardKey)}, "Discard")), outcome);
