@@ -297,7 +297,7 @@ class DeadLetterDetail(DeadLetterItem):
     value_text: str | None
     value_base64: str | None
     value_size_bytes: int | None
-    """The original value's size, of which at most the first 32 KiB are kept."""
+    """The original value's size, of which at most the first 16 KiB are kept."""
     value_sha256: str | None
     actions: list[DeadLetterResolved]
     """Every answer of the dead-letter stage to ops' actions, refusals included."""

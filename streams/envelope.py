@@ -115,8 +115,11 @@ def child(cause: Envelope | str, body: Message, index: int, at_ms: int, trace_id
     return Envelope(derive_id("msg", *parts), trace, at_ms, body)
 
 
-KEPT_BYTES_MAX = 32_768
-"""The most of an original's key, and of its value, a dead-letter record keeps. A record
+KEPT_BYTES_MAX = 16_384
+"""The most of an original's key, and of its value, a dead-letter record keeps: intake's
+limit on a command (``domain.intake.COMMAND_BYTES_MAX``), so every command intake could
+have taken is kept whole and replayable, and the console's 5,000 dead letters in memory
+stay under about 170 MB even when every one is a cut megabyte. A record
 must fit the broker's message size (Faust's producer sends at most 1,000,000 bytes) even
 when the original nearly fills it and JSON escaping inflates what is kept (six times, for
 control characters): a dead letter that cannot be sent stops the stage."""

@@ -14,6 +14,7 @@ from console_flows import AMOUNT, dead_lettered, duplicate_settlement, poll, sal
 from domain.commands import ResolveException
 from domain.ids import payment_id_for
 from streams import topics as t
+from streams.envelope import KEPT_BYTES_MAX
 
 pytestmark = pytest.mark.integration
 
@@ -251,7 +252,7 @@ class TestDeadLetters:
         assert (dead["stage"], dead["truncated"], dead["replayable"]) == ("intake", True, False)
         assert dead["reason"].startswith("too_large: ")
         assert value.decode().startswith(dead["value_text"])
-        assert len(dead["value_text"]) == 32_768
+        assert len(dead["value_text"]) == KEPT_BYTES_MAX
         assert (dead["value_size_bytes"], dead["value_sha256"]) == (
             len(value), hashlib.sha256(value).hexdigest())
         assert (replay.status_code, replay.json()["code"]) == (409, "dead_letter_truncated")

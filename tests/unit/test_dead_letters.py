@@ -212,3 +212,12 @@ def test_whatever_ops_click_one_action_is_applied_and_once(clicks):
     assert accepted == [action_id_for(DL, first_key)]
     assert len(sent) == (1 if first_action == "replay" else 0)
     assert state.state == ("replayed" if first_action == "replay" else "discarded")
+
+
+def test_every_command_intake_could_take_is_kept_whole():
+    from domain.intake import COMMAND_BYTES_MAX
+
+    command = b"{" + b"x" * (COMMAND_BYTES_MAX - 2) + b"}"
+    record = json.loads(dead_letter("intake", "r", "pay.commands", 0, 0, b"k", command, 1))
+
+    assert (record["value"]["text"].encode(), record["value"]["truncated"]) == (command, False)
