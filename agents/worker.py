@@ -47,4 +47,19 @@ def run_worker(settings: Settings, worker_index: int | str = 0,
         start_http_server(port, addr=settings.metrics_host)
     logging.getLogger("paycore").info("worker %s metrics on %s:%s", worker_index,
                                       settings.metrics_host, port)
-    Worker(wire.app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
+    # The handler passes INFO so that table recovery can say what it restores, what
+    # remains and when the worker is ready (a takeover that takes minutes must show why);
+    # everything else is held to the configured level once the worker has started.
+    level = min(logging.getLevelName(settings.log_level.upper()), logging.INFO)
+    worker = Worker(wire.app, loglevel=logging.getLevelName(level), quiet=True)
+
+    @wire.app.task
+    async def _levels() -> None:
+        logging.getLogger().setLevel(settings.log_level.upper())
+        for name in RECOVERY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.INFO)
+
+    worker.execute_from_commandline()
+
+
+RECOVERY_LOGGERS = ("faust.tables.recovery", "faust.tables.manager")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import random
+import statistics
 import threading
 import time
 from collections import Counter
@@ -179,7 +180,7 @@ class Load(threading.Thread):
 
 def inject(stack: Stack, fault: str, rng: random.Random, workers: int, say) -> dict:
     """One fault, waited out: the part it hit is back when this returns."""
-    started = time.monotonic()
+    started, extra = time.monotonic(), {}
     if fault == "kill_api":
         stack.kill("api")
         time.sleep(rng.uniform(1, 3))
@@ -193,14 +194,16 @@ def inject(stack: Stack, fault: str, rng: random.Random, workers: int, say) -> d
         if fault == "kill_worker":
             time.sleep(rng.uniform(1, 5))
         else:  # down until the others hold its partitions, then back: two rebalances
-            took = _taken_over(stack.settings, workers, index, before)
-            extra = {"partitions_before": before, "takeover_s": took,
+            extra = {"partitions_before": before,
+                     "takeover_s": _taken_over(stack.settings, workers, index, before),
                      "partitions_after_takeover": partitions(stack.settings, workers)}
         stack.restart(target)
-    row = {"fault": fault, "target": target, "seconds": round(time.monotonic() - started, 1)}
-    if fault == "takeover":
-        row.update(extra)
-    say(f"  fault: {fault} {target} ({row['seconds']}s until it was back)")
+        extra["ready_s"] = _ready(stack.settings, workers, target)
+    row = {"fault": fault, "target": target, "seconds": round(time.monotonic() - started, 1),
+           **extra}
+    ready = f", processing again {row['ready_s']}s after its restart" \
+        if row.get("ready_s") is not None else ""
+    say(f"  fault: {fault} {target} ({row['seconds']}s until it was back{ready})")
     return row
 
 
@@ -225,6 +228,18 @@ def _taken_over(s: Settings, workers: int, down: int, before: dict[str, int],
         if all(now.get(w, 0) > before.get(w, 0) for w in others):
             return round(time.monotonic() - started, 1)
         time.sleep(0.5)
+    return None
+
+
+def _ready(s: Settings, workers: int, target: str, timeout_s: float = 90.0) -> float | None:
+    """Seconds from its restart until ``target`` holds partitions again: it rejoined the
+    group and recovered its tables (its gauge is set when a rebalance ends); None if not
+    within the timeout, which is a finding, not a pause."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        if partitions(s, workers).get(target, 0) > 0:
+            return round(time.monotonic() - started, 1)
+        time.sleep(0.3)
     return None
 
 
@@ -320,7 +335,9 @@ def closing_checks(stack: Stack, observer: Observer, tally: Tally) -> dict:
         ("api_given_up", tally.api_given_up),
         ("partitions_not_spread", len(spread) < workers or not all(spread.values())),
         ("takeover_never_came", any(f["fault"] == "takeover" and f["takeover_s"] is None
-                                    for f in tally.faults))) if bad]
+                                    for f in tally.faults)),
+        ("restart_never_ready", any(f.get("ready_s", 0) is None for f in tally.faults))
+    ) if bad]
     return found
 
 
@@ -496,6 +513,7 @@ def render(doc: dict) -> str:
          f"{c['auditor']['violations']:.0f} violations"),
         ("checks", f"{doc['checks_run']} run, {len(doc['checks_failed'])} failed"),
         ("takeovers", _takeovers(doc["fault_log"], c["partitions_at_end"])),
+        ("worker restarts", _restarts(doc["fault_log"])),
         ("faults survived", ", ".join(f"{n} {f}" for f, n in doc["faults"].items()) or "none"),
         ("memory, MB", ", ".join(f"{n} {last.get(n, 0):.0f} (peak {p:.0f})"
                                  for n, p in sorted(peak.items()))),
@@ -504,6 +522,17 @@ def render(doc: dict) -> str:
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _restarts(log: list[dict]) -> str:
+    ready = [f["ready_s"] for f in log if "ready_s" in f]
+    if not ready:
+        return "none"
+    done = sorted(r for r in ready if r is not None)
+    never = len(ready) - len(done)
+    return (f"{len(ready)}: processing again after median {statistics.median(done):g}s, "
+            f"max {done[-1]:g}s" if done else f"{len(ready)}:") + \
+        (f"; {never} NEVER ready" if never else "")
 
 
 def _takeovers(log: list[dict], at_end: dict) -> str:

@@ -32,6 +32,8 @@ def test_kills_takeovers_and_api_restarts_lose_and_double_nothing(own_settings, 
     assert closing["journal_matches_balances"] and closing["auditor"]["checks"] > 0, info
     takeovers = [f for f in doc["fault_log"] if f["fault"] == "takeover"]
     assert all(f["takeover_s"] is not None for f in takeovers), takeovers
+    restarted = [f for f in doc["fault_log"] if "ready_s" in f]
+    assert restarted and all(f["ready_s"] is not None for f in restarted), restarted
     assert all(n > 0 for n in closing["partitions_at_end"].values()), closing  # back again
     assert len(closing["partitions_at_end"]) == 2, closing
     assert doc["ok"], (info, doc["checks_failed"])
