@@ -53,3 +53,18 @@ def read_topic(bootstrap: str, topic: str, partitions: int, match, timeout_s: fl
         return found
     finally:
         consumer.close()
+
+
+def poll_status(get, want_status: int, timeout_s: float = 20,
+                until=lambda _body: True) -> dict:
+    """``get()`` until it answers ``want_status`` with a body ``until`` accepts; that body."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    response = get()
+    while not (response.status_code == want_status and until(response.json())) \
+            and time.monotonic() < deadline:
+        time.sleep(0.1)
+        response = get()
+    assert response.status_code == want_status, response.text
+    return response.json()

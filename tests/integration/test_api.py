@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from helpers import poll_status
 
 pytestmark = pytest.mark.integration
 
@@ -229,9 +230,9 @@ class TestProducts:
         assert {r.status_code for r in (topup, transfer, withdrawal)} == {202}
         # the card top-up's fee (180 + 20) stays with us: 10,000 - 200 - 4,000
         wallet_a, wallet_b = f"wallet:{shop.id}.{alice}:USD", f"wallet:{shop.id}.{bob}:USD"
-        alice_balance = _poll(lambda: api.get(f"/v1/accounts/{wallet_a}/balance"),
+        alice_balance = poll_status(lambda: api.get(f"/v1/accounts/{wallet_a}/balance"),
                               200, until=lambda b: b["total_minor"] == 5_800)
-        bob_balance = _poll(lambda: api.get(f"/v1/accounts/{wallet_b}/balance"), 200,
+        bob_balance = poll_status(lambda: api.get(f"/v1/accounts/{wallet_b}/balance"), 200,
                             until=lambda b: b["total_minor"] == 2_500)
         assert (alice_balance["total_minor"], bob_balance["total_minor"]) == (5_800, 2_500)
         entries = api.get(f"/v1/accounts/{wallet_b}/entries").json()["entries"]
@@ -246,7 +247,7 @@ class TestProducts:
             "currency": "USD", "method": "card"}, headers={"Idempotency-Key": "tu-mine"})
         _wait_status(shop.client, topup.json()["payment_id"], "succeeded", captured=5_000)
         mine = f"/v1/accounts/wallet:{shop.id}.{alice}:USD/balance"
-        before = _poll(lambda: shop.client.get(mine), 200)["total_minor"]
+        before = poll_status(lambda: shop.client.get(mine), 200)["total_minor"]
 
         # the same customer name from another merchant is that merchant's own customer
         theft = other_shop.client.post("/v1/transfers", json={
@@ -284,9 +285,9 @@ class TestMandates:
             "mandate_id": "md-1", "payer_account_id": "iban-9", "currency": "EUR",
             "amount_max": 9_000}, headers={"Idempotency-Key": "s-1"})
 
-        row = _poll(lambda: api.get("/v1/mandates/md-1"), 200)
+        row = poll_status(lambda: api.get("/v1/mandates/md-1"), 200)
         ended = api.delete("/v1/mandates/md-1", headers={"Idempotency-Key": "t-1"})
-        after = _poll(lambda: api.get("/v1/mandates/md-1"), 200,
+        after = poll_status(lambda: api.get("/v1/mandates/md-1"), 200,
                       until=lambda r: r["status"] == "terminated")
 
         assert (signed.status_code, ended.status_code) == (202, 202)
@@ -357,7 +358,7 @@ class TestCrossMerchant:
         created = _sale(shop.client, "mine-1", amount=3_000, capture="manual")
         payment_id = created["payment_id"]
         own = f"merchant:{shop.id}:pending:USD"
-        _poll(lambda: shop.client.get(f"/v1/accounts/{own}/balance"), 200)
+        poll_status(lambda: shop.client.get(f"/v1/accounts/{own}/balance"), 200)
         theirs = other_shop.client
         absent = theirs.get("/v1/payments/pay_does_not_exist")
 
@@ -426,7 +427,7 @@ class TestOps:
     def test_ledger_audit_status_has_run_checks_and_no_violation(self, shop, api):
         _sale(shop.client, "audited")
 
-        status = _poll(lambda: api.get("/v1/ops/ledger/audit"), 200,
+        status = poll_status(lambda: api.get("/v1/ops/ledger/audit"), 200,
                        until=lambda s: s["checks"].get("zero_sum", 0) > 0)
 
         assert status["ok"] is True and not any(status["violations"].values())
@@ -448,17 +449,6 @@ class TestReadiness:
         response = anon.get("/readyz")
 
         assert response.status_code == 200 and response.json()["ok"] is True
-
-
-def _poll(get, want_status: int, timeout_s: float = 20, until=lambda _body: True) -> dict:
-    deadline = time.monotonic() + timeout_s
-    response = get()
-    while not (response.status_code == want_status and until(response.json())) \
-            and time.monotonic() < deadline:
-        time.sleep(0.1)
-        response = get()
-    assert response.status_code == want_status, response.text
-    return response.json()
 
 
 def _wait_status(api, payment_id: str, status: str, captured: int, timeout_s: float = 20):
@@ -498,7 +488,7 @@ class TestReplicas:
         try:
             with httpx.Client(base_url=url, timeout=40,
                               headers={"Authorization": f"Bearer {shop.key}"}) as second:
-                _poll(lambda: _get_or_503(second, "/readyz"), 200, timeout_s=30)
+                poll_status(lambda: _get_or_503(second, "/readyz"), 200, timeout_s=30)
                 created = _sale(shop.client, "replica-1")
 
                 read = second.get(f"/v1/payments/{created['payment_id']}",
@@ -520,7 +510,7 @@ class TestReplicas:
         try:
             with httpx.Client(base_url=url, timeout=40,
                               headers={"Authorization": f"Bearer {shop.key}"}) as strict:
-                _poll(lambda: _get_or_503(strict, "/readyz"), 200, timeout_s=30)
+                poll_status(lambda: _get_or_503(strict, "/readyz"), 200, timeout_s=30)
                 answers = [strict.put("/v1/webhooks/endpoint", json={"url": target})
                            for target in ("http://127.0.0.1:9092/", "https://10.0.0.8/",
                                           "https://169.254.169.254/")]
@@ -540,7 +530,7 @@ class TestReplicas:
                                 app_id="paycore-no-workers")
         try:
             with httpx.Client(base_url=url, timeout=40) as lonely:
-                answer = _poll(lambda: _get_or_503(lonely, "/readyz"), 503, timeout_s=30,
+                answer = poll_status(lambda: _get_or_503(lonely, "/readyz"), 503, timeout_s=30,
                                until=lambda body: "worker" in body.get("detail", ""))
 
             assert answer["code"] == "not_ready"

@@ -11,21 +11,11 @@ import time
 import uuid
 
 import pytest
+from helpers import poll_status
 
 pytestmark = pytest.mark.integration
 
 PROBLEM = "application/problem+json"
-
-
-def _poll(get, want_status: int, timeout_s: float = 20, until=lambda _body: True) -> dict:
-    deadline = time.monotonic() + timeout_s
-    response = get()
-    while not (response.status_code == want_status and until(response.json())) \
-            and time.monotonic() < deadline:
-        time.sleep(0.1)
-        response = get()
-    assert response.status_code == want_status, response.text
-    return response.json()
 
 
 def _problem(response, status: int, code: str) -> dict:
@@ -46,7 +36,7 @@ def _topped_up(shop, customer: str, amount: int = 5_000) -> str:
         "currency": "USD", "method": "card"}, headers={"Idempotency-Key": order})
     assert answer.status_code == 202, answer.text
     wallet = f"wallet:{shop.id}.{customer}:USD"
-    _poll(lambda: shop.client.get(f"/v1/accounts/{wallet}/balance"), 200)
+    poll_status(lambda: shop.client.get(f"/v1/accounts/{wallet}/balance"), 200)
     return wallet
 
 
@@ -60,7 +50,7 @@ class TestPrefixMerchants:
         bob = f"bob-{uuid.uuid4().hex[:8]}"
         wallet = _topped_up(acme_eu, bob)
         path = f"/v1/accounts/{wallet}"
-        before = _poll(lambda: acme_eu.client.get(f"{path}/balance"), 200,
+        before = poll_status(lambda: acme_eu.client.get(f"{path}/balance"), 200,
                        until=lambda b: b["total_minor"] > 0)
         disguised, tag = f"eu.{bob}", uuid.uuid4().hex[:8]
 
