@@ -6,11 +6,12 @@ writes wait to be handed to the Kafka client) gives up as soon as one message ta
 than 0.1 s to hand over, which is what a busy broker does, and the commit goes on with
 changelog records still in the buffer. A worker killed then comes back with the offset
 committed and the row change lost: its replacement, rebuilding the table from the
-changelog, never sees it. The soak run measured it as ledger postings lost and doubled.
+changelog, never sees it.
 
-Here the flush waits until the buffer is empty *and* the message taken last has been
-handed over (the original checks only the queue, which is empty while that one is still
-on its way).
+Here the flush waits until every message buffered *before it was called* has been handed
+over (counted, so the one taken last counts only once it is sent). Not until the buffer is
+empty: under steady load it never is, and a flush waiting for that would hold the commit,
+and the rebalance that commits on revocation, for as long as the load lasts.
 """
 
 from __future__ import annotations
@@ -20,20 +21,29 @@ import asyncio
 from faust.transport.producer import ProducerBuffer
 
 _APPLIED = "_paycore_flush_drains"
+_original_put = ProducerBuffer.put
+_original_flush = ProducerBuffer.flush
+
+
+def _put(self: ProducerBuffer, fut) -> None:
+    self._paycore_put = getattr(self, "_paycore_put", 0) + 1
+    _original_put(self, fut)
 
 
 async def _send_pending(self: ProducerBuffer, fut) -> None:
-    self._paycore_in_hand = getattr(self, "_paycore_in_hand", 0) + 1
     try:
         await fut.message.channel.publish_message(fut, wait=False)
     finally:
-        self._paycore_in_hand -= 1
+        self._paycore_sent = getattr(self, "_paycore_sent", 0) + 1
         self.message_sent.set()
 
 
 async def _flush(self: ProducerBuffer) -> None:
-    """Return only when every buffered message is with the Kafka client."""
-    while self.size or getattr(self, "_paycore_in_hand", 0):
+    """Return once every message buffered before this call is with the Kafka client."""
+    if self.app is not None and self.app.conf.producer_threaded:
+        return await _original_flush(self)  # the thread's queue: not counted here
+    target = getattr(self, "_paycore_put", 0)
+    while getattr(self, "_paycore_sent", 0) < target:
         if self.state != "running":
             if self.size:
                 raise RuntimeError("Cannot flush: Producer not Running")
@@ -49,6 +59,7 @@ def drain_on_flush() -> None:
     """Install the fix (idempotent)."""
     if getattr(ProducerBuffer, _APPLIED, False):
         return
+    ProducerBuffer.put = _put
     ProducerBuffer._send_pending = _send_pending
     ProducerBuffer.flush = _flush
     setattr(ProducerBuffer, _APPLIED, True)

@@ -44,3 +44,38 @@ def test_flush_returns_only_when_every_buffered_change_is_handed_over():
     handed, left = asyncio.run(run())
 
     assert (handed, left) == ([0, 1, 2], 0)
+
+
+def test_flush_ends_under_steady_load_once_what_came_before_it_is_sent():
+    drain_on_flush()
+
+    async def run() -> tuple[int, int]:
+        buffer = ProducerBuffer()
+        buffer.app = SimpleNamespace(conf=SimpleNamespace(producer_threaded=False))
+        channel = SlowChannel()
+        await buffer.start()
+        stop = asyncio.Event()
+
+        async def keep_writing() -> None:  # a stream never done changing its tables
+            n = 100
+            while not stop.is_set():
+                buffer.put(SimpleNamespace(n=n, message=SimpleNamespace(channel=channel)))
+                n += 1
+                await asyncio.sleep(HAND_OVER_S / 2)
+
+        try:
+            for n in range(2):
+                buffer.put(SimpleNamespace(n=n, message=SimpleNamespace(channel=channel)))
+            writer = asyncio.ensure_future(keep_writing())
+            await asyncio.wait_for(buffer.flush(), timeout=5)
+            waiting = buffer.size
+            stop.set()
+            await writer
+            await buffer.flush()  # the rest, so that the buffer stops empty
+            return channel.handed[:2], waiting
+        finally:
+            await buffer.stop()
+
+    first, left = asyncio.run(run())
+
+    assert first == [0, 1] and left > 0  # flushed what came first while more waited
