@@ -105,7 +105,7 @@ def stack_settings(broker, deterministic_config, tmp_path_factory) -> Settings:
         config_dir=deterministic_config, ops_key=OPS_KEY,
         api_keys={merchant: key for merchant, key in _api_merchants(run)},
         webhook_allow_private=True, webhook_backoff_ms=200, webhook_backoff_max_ms=1_000,
-        webhook_timeout_s=2, webhook_retry_period_s=12))
+        webhook_timeout_s=2, webhook_retry_period_s=8))
 
 
 def _api_merchants(run: str) -> list[tuple[str, str]]:
