@@ -26,7 +26,7 @@ _original_flush = ProducerBuffer.flush
 
 
 def _put(self: ProducerBuffer, fut) -> None:
-    self._paycore_put = getattr(self, "_paycore_put", 0) + 1
+    self._paycore_put += 1
     _original_put(self, fut)
 
 
@@ -34,7 +34,7 @@ async def _send_pending(self: ProducerBuffer, fut) -> None:
     try:
         await fut.message.channel.publish_message(fut, wait=False)
     finally:
-        self._paycore_sent = getattr(self, "_paycore_sent", 0) + 1
+        self._paycore_sent += 1
         self.message_sent.set()
 
 
@@ -42,8 +42,8 @@ async def _flush(self: ProducerBuffer) -> None:
     """Return once every message buffered before this call is with the Kafka client."""
     if self.app is not None and self.app.conf.producer_threaded:
         return await _original_flush(self)  # the thread's queue: not counted here
-    target = getattr(self, "_paycore_put", 0)
-    while getattr(self, "_paycore_sent", 0) < target:
+    target = self._paycore_put
+    while self._paycore_sent < target:
         if self.state != "running":
             if self.size:
                 raise RuntimeError("Cannot flush: Producer not Running")
@@ -59,6 +59,8 @@ def drain_on_flush() -> None:
     """Install the fix (idempotent)."""
     if getattr(ProducerBuffer, _APPLIED, False):
         return
+    ProducerBuffer._paycore_put = 0  # per buffer once incremented: messages buffered,
+    ProducerBuffer._paycore_sent = 0  # and handed over
     ProducerBuffer.put = _put
     ProducerBuffer._send_pending = _send_pending
     ProducerBuffer.flush = _flush
