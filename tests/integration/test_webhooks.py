@@ -3,13 +3,40 @@ the order per payment, the retries after failures, and that nothing is lost."""
 
 from __future__ import annotations
 
+import re
 import time
 
+import httpx
 import pytest
 
 from paycore.hooks import Receiver
 
 pytestmark = pytest.mark.integration
+_SHOWN = re.compile(r"^paycore_(webhook_\w+|stage_events_total\{stage=\"webhooks\"|"
+                    r"consumer_lag_messages\{group=\"[^\"]*webhooks)")
+
+
+def _metrics(port: int) -> list[str]:
+    try:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    except httpx.HTTPError as exc:
+        return [f"(metrics on {port} unreadable: {exc!r})"]
+    return [line for line in text.splitlines() if _SHOWN.match(line)
+            and "_bucket" not in line and line.split()[-1] not in ("0.0", "0")]
+
+
+@pytest.fixture(autouse=True)
+def webhooks_stage_state(stack_settings):
+    """What the webhooks stage had done and how far behind it was, before and after each
+    test: printed, so a failing test shows it (pytest shows a failed test's output)."""
+    def show(when: str) -> None:
+        lines = _metrics(stack_settings.webhooks_metrics_port) + \
+            _metrics(stack_settings.auditor_metrics_port)
+        print(f"webhooks stage {when}:", *lines, sep="\n  ")
+
+    show("before")
+    yield
+    show("after")
 
 
 @pytest.fixture
