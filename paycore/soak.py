@@ -32,6 +32,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+from kafka import KafkaConsumer, TopicPartition
 from pydantic import SecretStr
 
 from api.auth import new_key
@@ -41,6 +42,8 @@ from domain.money import fee_minor
 from paycore.observe import Observer, audit_totals, command_producer, send_command
 from paycore.scenario import parse_metrics, scrape
 from paycore.stack import Stack, wait_until_ready
+from streams import topics as t
+from streams.app import group_of
 from streams.rules_config import load_routing
 from streams.settings import Settings
 
@@ -283,6 +286,55 @@ def running_checks(stack: Stack, observer: Observer) -> list[str]:
     return failed
 
 
+def not_final(observer: Observer, ids: dict[str, str], final: set[str],
+              via: dict[str, str]) -> list[str]:
+    """The accepted payments without a final outcome, each with what was seen of it: its
+    history of statuses, or that no event of it was seen at all."""
+    seen = observer.history
+    return [f"{p} ({order_no} via {via[order_no]}): "
+            + (" > ".join(e.status for e in seen[p]) if seen.get(p) else "no event seen")
+            for p, order_no in sorted(ids.items()) if p not in final]
+
+
+TRACED = (t.COMMANDS, t.DEDUP, t.RISK, t.ORDERS, t.CHANNEL_REQUESTS, t.EVENTS, t.DEADLETTER)
+
+
+def trace(s: Settings, payments: dict[str, str], limit: int = 5) -> dict[str, list[str]]:
+    """Where a payment's records are on the topics of its path, for the first ``limit`` of
+    ``payments`` (payment id -> order number): each record found with its message type and
+    whether the workers' group has committed past it. Where the trail stops is where the
+    payment was lost."""
+    wanted = dict(list(payments.items())[:limit])
+    needles = {p: (p.encode(), f'"{o}"'.encode()) for p, o in wanted.items()}
+    found: dict[str, list[str]] = {p: [] for p in wanted}
+    consumer = KafkaConsumer(bootstrap_servers=s.kafka_bootstrap, group_id=group_of(s),
+                             enable_auto_commit=False, consumer_timeout_ms=3000)
+    try:
+        tps = [TopicPartition(name, p) for name in TRACED for p in range(s.partitions)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ends = consumer.end_offsets(tps)
+        left = {tp for tp in tps if ends[tp] > 0}
+        while left:
+            batch = consumer.poll(timeout_ms=1000, max_records=20_000)
+            if not batch:
+                break
+            for tp, records in batch.items():
+                for r in records:
+                    for payment_id, marks in needles.items():
+                        if any(m in r.value for m in marks):
+                            committed = consumer.committed(tp) or 0
+                            kind = json.loads(r.value).get("body", {}).get("type", "?")
+                            found[payment_id].append(
+                                f"{tp.topic}[{tp.partition}]@{r.offset} {kind} "
+                                + ("consumed" if committed > r.offset else "NOT consumed"))
+                    if r.offset + 1 >= ends[tp]:
+                        left.discard(tp)
+    finally:
+        consumer.close()
+    return found
+
+
 def closing_checks(stack: Stack, observer: Observer, tally: Tally) -> dict:
     """Once all is final: outcomes, money, journal. Each failure named."""
     s = stack.settings
@@ -320,6 +372,9 @@ def closing_checks(stack: Stack, observer: Observer, tally: Tally) -> dict:
         "auditor": audit,
         "copies_dropped_by_observer": observer.copies_dropped,
         "statuses": dict(Counter(observer.status[p].status for p in final)),
+        "not_final": not_final(observer, ids, final, tally.accepted)[:50],
+        "not_final_traced": trace(s, {p: o for p, o in sorted(ids.items())
+                                      if p not in final}) if len(final) < len(ids) else {},
         "partitions_at_end": spread,
     }
     found["failed"] = [name for name, bad in (
@@ -395,6 +450,8 @@ def run_soak(settings: Settings, options: SoakOptions, say=print) -> dict:
     (out / "soak.json").write_text(json.dumps(doc, indent=2))
     write_plot(doc, out / "soak.png")
     say(render(doc))
+    for payment_id, records in closing.get("not_final_traced", {}).items():
+        say(f"trail of {payment_id}: " + ("; ".join(records) or "no record on its path"))
     say(f"written: {out / 'soak.json'}, {out / 'soak.png'}")
     return doc
 
@@ -507,6 +564,7 @@ def render(doc: dict) -> str:
          f"{c['statuses']}"),
         ("lost / doubled", f"{c['payments_lost']} payments lost, {c['payments_doubled']} "
          f"doubled, {c['cents_lost_or_doubled']} cents off"),
+        *((("not final", "; ".join(c["not_final"][:5])),) if c["not_final"] else ()),
         ("ledger", f"sum {c['ledger_sum_minor']}, suspense {c['suspense_minor']}, journal "
          f"{'matches' if c['journal_matches_balances'] else 'DIFFERS FROM'} balances"),
         ("auditor", f"{c['auditor']['checks']:.0f} checks, "
