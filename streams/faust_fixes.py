@@ -12,13 +12,33 @@ Here the flush waits until every message buffered *before it was called* has bee
 over (counted, so the one taken last counts only once it is sent). Not until the buffer is
 empty: under steady load it never is, and a flush waiting for that would hold the commit,
 and the rebalance that commits on revocation, for as long as the load lasts.
+
+Second, the offset Faust commits for a partition is the end of the first run of acked
+offsets, and it checks that the run starts at the committed offset with an off-by-one:
+``min(acked) - committed > 1`` lets a run that starts one past it through, so the message
+at the committed offset itself is skipped without ever being processed. That happens
+after a rebalance: a message in flight while its partition was revoked is acked once the
+revocation has dropped the partition's bookkeeping, so the ack is kept; the partition comes
+back (to the same worker) at the committed offset just before it, and the next commit
+jumps over that message, whose turn comes only after the seek. If the partition moves on
+before it comes, the message is never processed: in a soak with worker kills, one command
+in forty was lost that way. Here the run must start at the committed offset, and acked
+offsets below it (left over from before a rebalance) are dropped instead of committed,
+which would move the committed offset back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from typing import Optional
 
+from faust.transport.consumer import Consumer
 from faust.transport.producer import ProducerBuffer
+from faust.types.tuples import TP
+from faust.utils.functional import consecutive_numbers
+
+log = logging.getLogger(__name__)
 
 _APPLIED = "_paycore_flush_drains"
 _original_put = ProducerBuffer.put
@@ -55,8 +75,37 @@ async def _flush(self: ProducerBuffer) -> None:
             continue  # slow broker: keep waiting, never commit past unsent changes
 
 
+def _new_offset(self: Consumer, tp: TP) -> Optional[int]:
+    """The offset to commit for ``tp``: one past the run of acked offsets that starts at the
+    committed offset (gaps in the log, such as compacted records, count as acked)."""
+    acked = self._acked[tp]
+    committed = self._committed_offset[tp]
+    if acked and committed is not None:
+        stale = [offset for offset in acked if offset < committed]
+        if stale:  # acked before a rebalance: committed already, or to be read again
+            acked[:] = [offset for offset in acked if offset >= committed]
+            self._acked_index[tp].difference_update(stale)
+    if not acked:
+        return None
+    gap_for_tp = self._gap[tp]
+    if gap_for_tp:  # as Faust does: the gaps up to the highest acked offset are acked
+        max_offset = max(acked)
+        candidates = sorted(gap_for_tp.overlap(0, max_offset), key=lambda x: x.begin)
+        if candidates:
+            filled = [o for entry in candidates for o in range(entry.begin, entry.end)]
+            acked.extend(filled)
+            gap_for_tp.chop(0, max(filled[-1], max_offset + 1))
+    acked.sort()
+    if committed is not None and acked[0] > committed:
+        return None  # the message at the committed offset is not processed yet
+    batch = next(consecutive_numbers(acked))
+    acked[:len(batch)] = []
+    self._acked_index[tp].difference_update(batch)
+    return batch[-1] + 1
+
+
 def drain_on_flush() -> None:
-    """Install the fix (idempotent)."""
+    """Install the fixes (idempotent)."""
     if getattr(ProducerBuffer, _APPLIED, False):
         return
     ProducerBuffer._paycore_put = 0  # per buffer once incremented: messages buffered,
@@ -64,4 +113,5 @@ def drain_on_flush() -> None:
     ProducerBuffer.put = _put
     ProducerBuffer._send_pending = _send_pending
     ProducerBuffer.flush = _flush
+    Consumer._new_offset = _new_offset
     setattr(ProducerBuffer, _APPLIED, True)

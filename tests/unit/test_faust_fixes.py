@@ -79,3 +79,65 @@ def test_flush_ends_under_steady_load_once_what_came_before_it_is_sent():
     first, left = asyncio.run(run())
 
     assert first == [0, 1] and left > 0  # flushed what came first while more waited
+
+
+# ---------------------------------------------------------------- the offset to commit
+
+
+def bookkeeping(committed: int | None, acked: list[int], gaps: tuple[tuple[int, int], ...] = ()):
+    """A consumer's per-partition state, as ``Consumer._new_offset`` reads it."""
+    from collections import defaultdict
+
+    from intervaltree import IntervalTree
+
+    tp = ("pay.commands", 0)
+    tree = IntervalTree()
+    for begin, end in gaps:
+        tree.addi(begin, end)
+    return tp, SimpleNamespace(
+        _acked=defaultdict(list, {tp: list(acked)}),
+        _acked_index=defaultdict(set, {tp: set(acked)}),
+        _committed_offset=defaultdict(lambda: None, {tp: committed}),
+        _gap=defaultdict(IntervalTree, {tp: tree}))
+
+
+def new_offset(state, tp):
+    from faust.transport.consumer import Consumer
+
+    drain_on_flush()
+    return Consumer._new_offset(state, tp)
+
+
+def test_the_message_at_the_committed_offset_is_not_skipped():
+    # Offset 100 is committed (next to process); 101 was acked by a handler that finished
+    # during a rebalance. Faust itself committed 102 here, and 100 was never processed.
+    tp, state = bookkeeping(committed=100, acked=[101])
+    assert new_offset(state, tp) is None
+    state._acked[tp].append(100)
+    state._acked_index[tp].add(100)
+    assert new_offset(state, tp) == 102
+
+
+def test_a_run_from_the_committed_offset_is_committed_up_to_its_first_hole():
+    tp, state = bookkeeping(committed=100, acked=[100, 101, 102, 104])
+    assert new_offset(state, tp) == 103
+    assert state._acked[tp] == [104]
+    state._committed_offset[tp] = 103
+    assert new_offset(state, tp) is None  # 103 not processed: nothing moves
+
+
+def test_acks_older_than_the_committed_offset_do_not_move_it_back():
+    # Acked before the partition went to another worker, who committed up to 500 since.
+    tp, state = bookkeeping(committed=500, acked=[105, 500, 501])
+    assert new_offset(state, tp) == 502
+    assert 105 not in state._acked_index[tp]
+
+
+def test_gaps_in_the_log_count_as_processed():
+    tp, state = bookkeeping(committed=100, acked=[100, 105], gaps=((101, 105),))
+    assert new_offset(state, tp) == 106
+
+
+def test_a_partition_never_committed_commits_its_first_run():
+    tp, state = bookkeeping(committed=None, acked=[0, 1, 2])
+    assert new_offset(state, tp) == 3
