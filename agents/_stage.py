@@ -22,6 +22,7 @@ from faust.exceptions import ProducerSendError
 
 from streams.app import Wire
 from streams.envelope import child
+from streams.faust_fixes import EXIT_CANNOT_PROCEED  # the supervisor restarts us
 from streams.metrics import DUE_ROWS, OVERDUE, STAGE_EVENTS, STAGE_SECONDS
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,6 @@ def transient(exc: BaseException) -> bool:
 
 RETRIES_MAX = 8
 BACKOFF_S_MAX = 5.0
-EXIT_CANNOT_PROCEED = 75  # EX_TEMPFAIL: the supervisor restarts us, the input is redelivered
 
 
 async def consume(stage: str, wire: Wire, stream, handle: Handler) -> None:

@@ -25,12 +25,23 @@ before it comes, the message is never processed: in a soak with worker kills, on
 in forty was lost that way. Here the run must start at the committed offset, and acked
 offsets below it (left over from before a rebalance) are dropped instead of committed,
 which would move the committed offset back.
+
+Third, a rebalance first waits for every message handed to an agent to be acked
+(``Consumer.wait_empty``), with no limit. A message read by two agents (the channel's
+callbacks go to the order stage and to reconciliation) whose copy was cleared from one
+agent's buffer by the revocation can stay referenced and unacked, and the wait then never
+ends: the worker holds its partitions, the group cannot rebalance, and nothing moves (seen
+once in a soak, the group stuck for minutes). Here the wait is bounded: a handler takes
+seconds at most (its retries give up well within the bound), so past it the worker exits
+without acking, as a stage does when it cannot proceed; its supervisor restarts it and the
+unacked messages are delivered again, to handlers that are idempotent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Optional
 
 from faust.transport.consumer import Consumer
@@ -104,6 +115,28 @@ def _new_offset(self: Consumer, tp: TP) -> Optional[int]:
     return batch[-1] + 1
 
 
+WAIT_EMPTY_MAX_S = 60.0
+EXIT_CANNOT_PROCEED = 75
+"""EX_TEMPFAIL: the supervisor restarts the worker and its unacked input is delivered again
+(also the exit of a stage that cannot proceed, ``agents._stage``)."""
+_original_wait_empty = Consumer.wait_empty
+_exit = os._exit
+
+
+async def _wait_empty(self: Consumer) -> None:
+    """Faust's wait for in-flight messages, for ``WAIT_EMPTY_MAX_S`` at most."""
+    try:
+        await asyncio.wait_for(_original_wait_empty(self), timeout=WAIT_EMPTY_MAX_S)
+    except asyncio.TimeoutError:
+        waiting = sorted(f"{m.tp.topic}[{m.tp.partition}]@{m.offset}"
+                         for m in list(self._unacked_messages))[:10]
+        log.critical("rebalance: messages still unacked after %.0fs (%s): exiting without "
+                     "ack, to be restarted and have them delivered again",
+                     WAIT_EMPTY_MAX_S, ", ".join(waiting))
+        logging.shutdown()
+        _exit(EXIT_CANNOT_PROCEED)
+
+
 def drain_on_flush() -> None:
     """Install the fixes (idempotent)."""
     if getattr(ProducerBuffer, _APPLIED, False):
@@ -114,4 +147,5 @@ def drain_on_flush() -> None:
     ProducerBuffer._send_pending = _send_pending
     ProducerBuffer.flush = _flush
     Consumer._new_offset = _new_offset
+    Consumer.wait_empty = _wait_empty
     setattr(ProducerBuffer, _APPLIED, True)

@@ -141,3 +141,49 @@ def test_gaps_in_the_log_count_as_processed():
 def test_a_partition_never_committed_commits_its_first_run():
     tp, state = bookkeeping(committed=None, acked=[0, 1, 2])
     assert new_offset(state, tp) == 3
+
+
+# ---------------------------------------------------------------- the wait before a rebalance
+
+
+def test_a_rebalance_waiting_forever_for_an_unacked_message_exits_to_be_restarted(monkeypatch):
+    from faust.transport.consumer import Consumer
+
+    from streams import faust_fixes
+
+    drain_on_flush()
+    exits: list[int] = []
+
+    async def never_empty(self) -> None:
+        await asyncio.sleep(3600)
+
+    monkeypatch.setattr(faust_fixes, "_original_wait_empty", never_empty)
+    monkeypatch.setattr(faust_fixes.logging, "shutdown", lambda: None)
+    monkeypatch.setattr(faust_fixes, "WAIT_EMPTY_MAX_S", 0.2)
+    monkeypatch.setattr(faust_fixes, "_exit", exits.append)
+    stuck = SimpleNamespace(tp=SimpleNamespace(topic="pay.channel.callbacks", partition=4),
+                            offset=176)
+    consumer = SimpleNamespace(_unacked_messages=[stuck])
+    asyncio.run(Consumer.wait_empty(consumer))
+    assert exits == [faust_fixes.EXIT_CANNOT_PROCEED]
+
+
+def test_a_rebalance_whose_messages_are_acked_in_time_goes_on():
+    from faust.transport.consumer import Consumer
+
+    from streams import faust_fixes
+
+    drain_on_flush()
+    waited: list[bool] = []
+
+    async def empties_soon(self) -> None:
+        await asyncio.sleep(0.05)
+        waited.append(True)
+
+    original = faust_fixes._original_wait_empty
+    faust_fixes._original_wait_empty = empties_soon
+    try:
+        asyncio.run(Consumer.wait_empty(SimpleNamespace(_unacked_messages=set())))
+    finally:
+        faust_fixes._original_wait_empty = original
+    assert waited == [True]
