@@ -86,6 +86,12 @@ class Matching(BaseModel):
     """How long a line waits for the order's success before it is an exception."""
     grace_ms: int = Field(default=5_000, ge=0)
     """How long the order, the callbacks and the ledger may disagree (money in flight)."""
+    booking_grace_ms: int = Field(default=60_000, ge=0)
+    """How long a matched line may take to be booked, and a ledger entry to have all its
+    legs applied: a settlement file's lines are matched at once and the order and ledger
+    stages then work through all of them, and an entry's legs sit on the partitions of
+    different (busy) accounts. Raising those after ``grace_ms`` flagged most lines of every
+    file as unbooked, then cleared them seconds later."""
     auto_resolve: AutoResolve = AutoResolve()
 
     def fee_allowance(self, ours_minor: int) -> int:
@@ -564,8 +570,9 @@ def _live_sides(ev: _Eval) -> bool:
     findings = _live_findings(item, order, ev.rule)
     if not findings:
         return True
-    if ev.at - item.changed_ms < ev.rule.grace_ms:
-        ev.wake(item.changed_ms + ev.rule.grace_ms)
+    grace = ev.rule.booking_grace_ms if findings[0].key == HALF_APPLIED else ev.rule.grace_ms
+    if ev.at - item.changed_ms < grace:
+        ev.wake(item.changed_ms + grace)
         return False
     for f in findings:
         ev.raise_(f)
@@ -582,6 +589,10 @@ def _live_sides(ev: _Eval) -> bool:
     return False
 
 
+HALF_APPLIED = "amount:ledger_entry"
+"""The finding of an entry applied on some of its legs only (waits ``booking_grace_ms``)."""
+
+
 def _live_findings(item: ReconItem, order: OrderView, rule: Matching) -> list[_Finding]:
     out: list[_Finding] = []
     other = [cb for cb in item.callbacks if cb.outcome == "succeeded"
@@ -594,7 +605,7 @@ def _live_findings(item: ReconItem, order: OrderView, rule: Matching) -> list[_F
     half = item.ledger.incomplete()
     if half:
         seen, size = item.ledger.entries[half[0]]
-        return [_Finding("amount:ledger_entry", K.amount_mismatch,
+        return [_Finding(HALF_APPLIED, K.amount_mismatch,
                          f"ledger entry {half[0]} applied on {seen} of its {size} legs",
                          size, seen)]
     said, ours = channel_net(item), order.net_minor
@@ -873,15 +884,16 @@ def _booked_minor(item: ReconItem) -> int:
 
 
 def _unbooked(ev: _Eval) -> None:
-    """A line sent to the order stage whose payment was not posted within ``grace_ms``:
-    the order refused it (a refund in flight, a status that cannot settle)."""
+    """A line sent to the order stage whose payment was not posted within
+    ``booking_grace_ms``: the order refused it (a refund in flight, a status that cannot
+    settle)."""
     item = ev.item
     booked = [s for s in item.lines if s.state == "booked"]
     if not booked or item.ledger.settled_minor == _booked_minor(item):
         return
     last = max(booked, key=lambda s: s.booked_ms)
-    if ev.at < last.booked_ms + ev.rule.grace_ms:
-        ev.wake(last.booked_ms + ev.rule.grace_ms)
+    if ev.at < last.booked_ms + ev.rule.booking_grace_ms:
+        ev.wake(last.booked_ms + ev.rule.booking_grace_ms)
         return
     order = item.order
     ev.raise_(_Finding(f"unbooked:{last.line.line_id}", K.status_mismatch,

@@ -81,7 +81,8 @@ CLEARING = f"clearing:{CH}:{CCY}"
 PENDING = f"merchant:m:pending:{CCY}"
 FEES = f"fees:{CCY}"
 GRACE_MS, LINE_WAIT_MS = Matching().grace_ms, Matching().line_wait_ms  # 5 s, 10 s
-LATER = T0 + 60_000
+BOOKING_GRACE_MS = Matching().booking_grace_ms  # 60 s
+LATER = T0 + 10 * 60_000
 """Well past every grace and line wait of the default rules."""
 RULES = ReconRules()
 
@@ -277,7 +278,7 @@ class TestThreeWayMatch:
         assert run.states() == ["booked"]
         assert run.item.lines[0].booked_ms == run.now
         assert (step.matched, step.due, run.item.closed_ms) == (False, None, 0)
-        assert step.wake_ms == run.now + GRACE_MS  # the order stage has that long to post it
+        assert step.wake_ms == run.now + BOOKING_GRACE_MS  # the order stage has that long to post it
         assert open_state(run.item) == "matching"
 
     def test_booked_item_closes_once_the_order_stage_posts_the_channels_payment(self):
@@ -300,7 +301,7 @@ class TestThreeWayMatch:
         step = run.feed(clearing_legs(LINE)[0])
 
         assert (step.item.closed_ms, step.matched, step.exceptions) == (0, False, ())
-        assert step.wake_ms == run.now + GRACE_MS
+        assert step.wake_ms == run.now + BOOKING_GRACE_MS
 
     def test_later_half_applied_entry_reopens_the_item_without_counting_a_second_match(self):
         run = matched_run()
@@ -314,15 +315,25 @@ class TestThreeWayMatch:
         assert (closed_again.item.closed_ms, closed_again.matched) == (run.now, False)
         assert run.matched == 1
 
+    def test_booked_line_waits_the_booking_grace_not_the_live_one(self):
+        # A settlement file's lines are booked at once; the order and ledger stages take
+        # longer than grace_ms to work through all of them, which is not a discrepancy.
+        run = booked_run()
+        booked_ms = run.item.lines[0].booked_ms
+
+        step = run.wake(booked_ms + GRACE_MS)
+
+        assert (step.exceptions, step.wake_ms) == ((), booked_ms + BOOKING_GRACE_MS)
+
     def test_booked_line_not_posted_within_grace_is_status_mismatch_unbooked(self):
         run = booked_run()
         booked_ms = run.item.lines[0].booked_ms
 
-        early = run.wake(booked_ms + GRACE_MS - 1)
-        step = run.wake(booked_ms + GRACE_MS)
+        early = run.wake(booked_ms + BOOKING_GRACE_MS - 1)
+        step = run.wake(booked_ms + BOOKING_GRACE_MS)
         again = run.wake(LATER)
 
-        assert (early.exceptions, early.wake_ms) == ((), booked_ms + GRACE_MS)
+        assert (early.exceptions, early.wake_ms) == ((), booked_ms + BOOKING_GRACE_MS)
         assert [pinned(e) for e in step.exceptions] == [
             (K.status_mismatch, AMOUNT, 0, "line-1", PID, CH)]
         assert step.exceptions[0].reason == \
@@ -333,7 +344,7 @@ class TestThreeWayMatch:
 
     def test_unbooked_line_clears_when_the_order_stage_posts_it_late(self):
         run = booked_run()
-        raised = run.wake(run.item.lines[0].booked_ms + GRACE_MS).exceptions
+        raised = run.wake(run.item.lines[0].booked_ms + BOOKING_GRACE_MS).exceptions
 
         steps = [run.feed(leg) for leg in clearing_legs(LINE)]
 
@@ -347,7 +358,7 @@ class TestThreeWayMatch:
 
     def test_clearing_counts_as_resolved_not_as_raised_again(self):
         run = booked_run()
-        raised = run.wake(run.item.lines[0].booked_ms + GRACE_MS)
+        raised = run.wake(run.item.lines[0].booked_ms + BOOKING_GRACE_MS)
 
         steps = [run.feed(leg) for leg in clearing_legs(LINE)]
 
@@ -359,7 +370,7 @@ class TestThreeWayMatch:
 
     def test_cleared_finding_is_cleared_once_whatever_comes_after(self):
         run = booked_run()
-        run.wake(run.item.lines[0].booked_ms + GRACE_MS)
+        run.wake(run.item.lines[0].booked_ms + BOOKING_GRACE_MS)
         for leg_applied in clearing_legs(LINE):
             run.feed(leg_applied)
 
@@ -604,11 +615,19 @@ class TestAmountMismatch:
         assert (step.to_orders, step.exceptions) == ((fixed,), ())
         assert run.states() == ["held", "booked"]
 
-    def test_half_applied_ledger_entry_is_amount_mismatch_after_grace(self):
+    def test_half_applied_ledger_entry_waits_the_booking_grace(self):
         run = Run()
         run.feed(PROCESSING, SUCCEEDED, callback(), *capture_legs()[:2])
 
         step = run.wake(run.now + GRACE_MS)
+
+        assert (step.exceptions, step.wake_ms) == ((), run.item.changed_ms + BOOKING_GRACE_MS)
+
+    def test_half_applied_ledger_entry_is_amount_mismatch_after_grace(self):
+        run = Run()
+        run.feed(PROCESSING, SUCCEEDED, callback(), *capture_legs()[:2])
+
+        step = run.wake(run.now + BOOKING_GRACE_MS)
 
         assert [(e.kind, e.expected_minor, e.reported_minor) for e in step.exceptions] == [
             (K.amount_mismatch, 3, 2)]
@@ -616,7 +635,7 @@ class TestAmountMismatch:
     def test_ledger_legs_after_grace_clear_the_exception_and_the_line_is_booked(self):
         run = Run()
         run.feed(PROCESSING, SUCCEEDED, callback(), *capture_legs()[:2])
-        raised = run.wake(run.now + GRACE_MS).exceptions
+        raised = run.wake(run.now + BOOKING_GRACE_MS).exceptions
 
         late = run.feed(capture_legs()[2], LINE)
 
@@ -744,7 +763,7 @@ class TestDuplicateSettlement:
         step = run.feed(LINE)
 
         booked_ms = before.lines[0].booked_ms
-        assert step == Step(before, wake_ms=booked_ms + GRACE_MS)
+        assert step == Step(before, wake_ms=booked_ms + BOOKING_GRACE_MS)
 
     def test_two_lines_waiting_for_the_order_book_the_first_and_flag_the_second(self):
         run = Run()
