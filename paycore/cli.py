@@ -24,6 +24,7 @@ def _raise_stop(*_args) -> None:
 
 def cmd_up(args: argparse.Namespace) -> int:
     from paycore.stack import Stack
+    from streams.faust_fixes import EXIT_CANNOT_PROCEED
 
     signal.signal(signal.SIGTERM, _raise_stop)
     stack = Stack(Settings(), workers=args.workers, with_prometheus=None)
@@ -33,8 +34,17 @@ def cmd_up(args: argparse.Namespace) -> int:
             print(f"  {name:<12} {where}")
         print("paycore is up; Ctrl-C stops it.", flush=True)
         warned = False
-        while not stack.dead_parts():
+        while True:
             time.sleep(0.5)
+            dead = stack.dead_parts()
+            if dead and all(p.process.returncode == EXIT_CANNOT_PROCEED for p in dead):
+                for part in dead:  # asked to be restarted: its unacked input comes again
+                    print(f"{part.name} exited to be restarted ({EXIT_CANNOT_PROCEED}); "
+                          "restarting it", flush=True)
+                    stack.restart(part.name)
+                continue
+            if dead:
+                break
             gone = [p for p in stack.parts if p.external and p.process.poll() is not None]
             if gone and not warned:  # payments go on without it; say so once
                 warned = True
