@@ -124,17 +124,23 @@ _exit = os._exit
 
 
 async def _wait_empty(self: Consumer) -> None:
-    """Faust's wait for in-flight messages, for ``WAIT_EMPTY_MAX_S`` at most."""
+    """Faust's wait for in-flight messages, for ``WAIT_EMPTY_MAX_S`` at most. A timer, not
+    a cancellation: Faust's wait swallows ``CancelledError`` and would go on waiting."""
+    watchdog = asyncio.get_running_loop().call_later(WAIT_EMPTY_MAX_S, _stuck, self)
     try:
-        await asyncio.wait_for(_original_wait_empty(self), timeout=WAIT_EMPTY_MAX_S)
-    except asyncio.TimeoutError:
-        waiting = sorted(f"{m.tp.topic}[{m.tp.partition}]@{m.offset}"
-                         for m in list(self._unacked_messages))[:10]
-        log.critical("rebalance: messages still unacked after %.0fs (%s): exiting without "
-                     "ack, to be restarted and have them delivered again",
-                     WAIT_EMPTY_MAX_S, ", ".join(waiting))
-        logging.shutdown()
-        _exit(EXIT_CANNOT_PROCEED)
+        await _original_wait_empty(self)
+    finally:
+        watchdog.cancel()
+
+
+def _stuck(consumer: Consumer) -> None:
+    waiting = sorted(f"{m.tp.topic}[{m.tp.partition}]@{m.offset}"
+                     for m in list(consumer._unacked_messages))[:10]
+    log.critical("rebalance: messages still unacked after %.0fs (%s): exiting without ack, "
+                 "to be restarted and have them delivered again", WAIT_EMPTY_MAX_S,
+                 ", ".join(waiting))
+    logging.shutdown()
+    _exit(EXIT_CANNOT_PROCEED)
 
 
 def drain_on_flush() -> None:
