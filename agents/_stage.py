@@ -53,6 +53,10 @@ async def consume(stage: str, wire: Wire, stream, handle: Handler) -> None:
         await guarded(stage, wire, event, handle)
         events.inc()
         seconds.observe(time.perf_counter() - started)
+        # Not held while waiting for the next one: a message read by two agents (the
+        # callbacks) whose other copy a rebalance cleared from its buffer stays unacked,
+        # and a reference here would keep it alive, and the rebalance waiting for it.
+        del event
 
 
 async def guarded(stage: str, wire: Wire, event, handle: Handler) -> None:

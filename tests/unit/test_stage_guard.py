@@ -95,3 +95,39 @@ class TestGuard:
 
         assert len(calls) == 1
         assert wire.dead and "MessageSizeTooLargeError" in wire.dead[0]
+
+
+class TestConsume:
+    def test_the_stage_holds_no_reference_to_an_event_while_it_waits_for_the_next(self):
+        # A rebalance waits until every unacked message is gone; an idle stage must not be
+        # what keeps one alive.
+        import gc
+        import weakref
+
+        handled, refs, waiting = [], [], asyncio.Event()
+
+        class Event:  # weakly referable, unlike a SimpleNamespace
+            message = SimpleNamespace(topic="t", partition=0, offset=1)
+
+        class Stream:
+            async def events(self):
+                first = Event()
+                refs.append(weakref.ref(first))
+                yield first
+                del first
+                waiting.set()
+                await asyncio.Event().wait()  # no next event: the flow is suspended
+
+        async def handle(e):
+            handled.append(e.message.offset)
+
+        async def run():
+            task = asyncio.create_task(_stage.consume("t", RecordingWire(), Stream(), handle))
+            await asyncio.wait_for(waiting.wait(), 5)
+            gc.collect()
+            alive = refs[0]() is not None
+            task.cancel()
+            return alive
+
+        assert asyncio.run(run()) is False
+        assert handled == [1]
