@@ -278,7 +278,7 @@ class TestThreeWayMatch:
         assert run.states() == ["booked"]
         assert run.item.lines[0].booked_ms == run.now
         assert (step.matched, step.due, run.item.closed_ms) == (False, None, 0)
-        assert step.wake_ms == run.now + BOOKING_GRACE_MS  # the order stage has that long to post it
+        assert step.wake_ms == run.now + BOOKING_GRACE_MS  # the order stage has that long
         assert open_state(run.item) == "matching"
 
     def test_booked_item_closes_once_the_order_stage_posts_the_channels_payment(self):
