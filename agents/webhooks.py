@@ -70,6 +70,29 @@ class EndpointBook:
     def __init__(self) -> None:
         self.endpoints: dict[str, Endpoint] = {}
         self.ready = asyncio.Event()
+        self.current_ms = 0
+        """Every endpoint registered before this wall-clock ms has been read."""
+        self._tick = asyncio.Event()
+
+    def idle(self, polled_ms: int) -> None:
+        self.current_ms = max(self.current_ms, polled_ms)
+        self._tick.set()
+        self._tick = asyncio.Event()
+
+    async def current_at(self, at_ms: int, timeout_s: float = 2.0) -> bool:
+        """Wait until every endpoint registered before ``at_ms`` has been read (an event
+        created right after its merchant registered must find the endpoint, and the book
+        is another consumer than the stage's); False if that did not come in time."""
+        deadline = time.monotonic() + timeout_s
+        while self.current_ms < at_ms:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._tick.wait(), left)
+            except TimeoutError:
+                return False
+        return True
 
     def apply(self, raw: bytes) -> None:
         try:
@@ -86,7 +109,7 @@ class EndpointBook:
 
     async def follow(self, settings: Settings, stop: asyncio.Event) -> None:
         await follow(settings.bootstrap_servers(), (t.WEBHOOK_ENDPOINTS,), settings.partitions,
-                     self.apply, self.ready, stop)
+                     self.apply, self.ready, stop, on_idle=self.idle)
 
 
 def policy_of(settings: Settings) -> Policy:
@@ -137,7 +160,8 @@ def register(wire: Wire) -> None:
         if type(body) in EVENT_TYPES:
             if not for_merchant(body):
                 return
-            if queue is None and book.get(body.merchant_id) is None:
+            if queue is None and book.get(body.merchant_id) is None and (
+                    not await book.current_at(env.at_ms) or book.get(body.merchant_id) is None):
                 WEBHOOK_SKIPPED.labels(why="no_endpoint").inc()
                 return
             if at - env.at_ms > policy.retry_period_ms:

@@ -4,6 +4,7 @@ what a read model does (the API's, the webhook stage's endpoint book)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -13,9 +14,12 @@ from streams.tansu import true_end_offsets
 
 async def follow(bootstrap: str, topics: tuple[str, ...], partitions: int,
                  apply: Callable[[bytes], None], caught_up: asyncio.Event,
-                 stop: asyncio.Event, on_batch: Callable[[], object] | None = None) -> None:
+                 stop: asyncio.Event, on_batch: Callable[[], object] | None = None,
+                 on_idle: Callable[[int], None] | None = None) -> None:
     """Apply every record's value in order; set ``caught_up`` once the ends seen at start are
-    reached; after each non-empty batch await ``on_batch`` (waiters to wake)."""
+    reached; after each non-empty batch await ``on_batch`` (waiters to wake). After a poll
+    that found nothing, ``on_idle(ms)`` with the wall-clock ms the poll started: every record
+    produced before then has been applied."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                 auto_offset_reset="earliest")
     await consumer.start()
@@ -25,10 +29,13 @@ async def follow(bootstrap: str, topics: tuple[str, ...], partitions: int,
         await consumer.seek_to_beginning(*tps)
         ends = await true_end_offsets(consumer, bootstrap, tps)
         while not stop.is_set():
+            polled_ms = int(time.time() * 1000)
             batch = await consumer.getmany(timeout_ms=200, max_records=1000)
             for records in batch.values():
                 for record in records:
                     apply(record.value)
+            if not batch and on_idle is not None and caught_up.is_set():
+                on_idle(polled_ms)
             if not caught_up.is_set():
                 positions = [await consumer.position(tp) for tp in tps]
                 if all(pos >= ends[tp] for pos, tp in zip(positions, tps, strict=True)):

@@ -7,6 +7,7 @@ queues against a simulated clock and a receiver that logs what reached it.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import heapq
 import hmac
@@ -559,3 +560,40 @@ def test_every_event_delivered_or_given_up_once_in_enqueue_order(offsets_ms, red
                > simulation.first_ms[r.event_id] + POLICY.retry_period_ms
                for r in final if r.state == DeliveryState.failed), "given up too early"
     assert simulation.queue.pending == ()
+
+
+class TestEndpointBookIsCurrent:
+    """An event created right after its merchant registered an endpoint must find it: the
+    stage waits until the book has read everything registered before the event."""
+
+    def test_waits_for_a_poll_started_after_the_event(self):
+        from agents.webhooks import EndpointBook
+
+        async def run():
+            book = EndpointBook()
+            book.idle(1_000)
+            waiting = asyncio.create_task(book.current_at(2_000))
+            await asyncio.sleep(0.05)
+            assert not waiting.done()  # the book's last empty poll began before the event
+            book.idle(2_500)
+            return await waiting
+
+        assert asyncio.run(run()) is True
+
+    def test_an_event_older_than_the_last_empty_poll_does_not_wait(self):
+        from agents.webhooks import EndpointBook
+
+        async def run():
+            book = EndpointBook()
+            book.idle(5_000)
+            return await asyncio.wait_for(book.current_at(4_000), 0.01)
+
+        assert asyncio.run(run()) is True
+
+    def test_gives_up_when_the_book_does_not_move(self):
+        from agents.webhooks import EndpointBook
+
+        async def run():
+            return await EndpointBook().current_at(1_000, timeout_s=0.05)
+
+        assert asyncio.run(run()) is False
