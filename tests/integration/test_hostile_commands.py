@@ -215,7 +215,9 @@ def _huge(doc: dict) -> st.SearchStrategy:
         pad = "x" if fill == "ascii" else "\x01"
         raw = _json({**doc, "pad": ""})
         per = 1 if fill == "ascii" else 6
-        raw = _json({**doc, "pad": pad * max(0, (size - len(raw)) // per)})
+        # rounded up: at least ``size`` bytes (rounded down, a 6-byte escape could leave it
+        # a few bytes under the limit, and not too large at all)
+        raw = _json({**doc, "pad": pad * max(0, -(-(size - len(raw)) // per))})
         return raw, "too_large"
     return st.tuples(st.one_of(st.just(1_040_000), st.integers(COMMAND_BYTES_MAX + 1,
                                                                  1_040_000)),
