@@ -1,4 +1,4 @@
-"""The soak, one minute of it: two workers and the API under a steady load, each kind of
+"""The soak, ninety seconds of it: two workers and the API under a steady load, each kind of
 fault at least once (a worker SIGKILLed and restarted, a worker down until the other takes
 its partitions over and then added back, the API SIGKILLed while clients retry), then
 every payment and every cent counted (paycore/soak.py holds the checks).
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.e2e
 
 def test_kills_takeovers_and_api_restarts_lose_and_double_nothing(own_settings, tmp_path):
     doc = run_soak(own_settings, SoakOptions(
-        minutes=1.0, rate=10, api_share=0.3, workers=2, fault_every_s=8, check_every_s=10,
+        minutes=1.5, rate=10, api_share=0.3, workers=2, fault_every_s=8, check_every_s=10,
         settle_timeout_s=120, out_dir=tmp_path / "soak", seed=5))
 
     closing = doc["closing"]
