@@ -31,7 +31,8 @@ Third, a rebalance first waits for every message handed to an agent to be acked
 callbacks go to the order stage and to reconciliation) whose copy was cleared from one
 agent's buffer by the revocation can stay referenced and unacked, and the wait then never
 ends: the worker holds its partitions, the group cannot rebalance, and nothing moves (seen
-once in a soak, the group stuck for minutes). Here the wait is bounded: a handler takes
+twice in soaks, the group stuck for minutes; the stage loop no longer holds its last event,
+``agents._stage.consume``, the likely cause). Here the wait is also bounded: a handler takes
 seconds at most (its retries give up well within the bound), so past it the worker exits
 without acking, as a stage does when it cannot proceed; its supervisor restarts it and the
 unacked messages are delivered again, to handlers that are idempotent.
