@@ -191,3 +191,110 @@ def test_a_rebalance_whose_messages_are_acked_in_time_goes_on():
     finally:
         faust_fixes._original_wait_empty = original
     assert waited == [True]
+
+
+# ---------------------------------------------------------------- a fetch that skips ahead
+
+
+def fetching(batches: list[list[int]], read: int, monkeypatch):
+    """A consumer whose fetches give these offsets of one partition, batch by batch, and
+    whose drain loop (played here) records each message handed on as read."""
+    from faust.transport.consumer import Consumer
+
+    from streams import faust_fixes
+
+    from faust.types.tuples import TP
+
+    drain_on_flush()
+    tp = TP("pay.commands", 1)
+    fetches = iter(batches)
+    seeks: list[int] = []
+
+    async def original(self, timeout):
+        for offset in next(fetches):
+            yield tp, SimpleNamespace(offset=offset, topic=tp.topic)
+
+    async def seek(partition, offset):  # as Faust's: the offset sought counts as read
+        seeks.append(offset)
+        consumer._read_offset[partition] = offset
+
+    monkeypatch.setattr(faust_fixes, "_original_getmany", original)
+    consumer = SimpleNamespace(
+        _read_offset={tp: read}, _committed_offset={tp: read}, seek=seek,
+        app=SimpleNamespace(topics=SimpleNamespace(acks_enabled_for=lambda topic: True)))
+
+    async def drain() -> list[int]:
+        handed = []
+        for _ in batches:
+            async for _tp, message in Consumer.getmany(consumer, 1.0):
+                handed.append(message.offset)
+                consumer._read_offset[tp] = message.offset
+        return handed
+
+    return asyncio.run(drain()), seeks
+
+
+def test_a_fetch_that_starts_past_the_next_offset_is_read_again_not_skipped(monkeypatch):
+    # Seen after rebalances with three workers: committed 391, the first message fetched
+    # was 414. Faust counted 392..413 as a gap, processed, and those payments were lost.
+    handed, seeks = fetching([[414, 415, 416], [392, 393, 394]], read=391,
+                             monkeypatch=monkeypatch)
+    assert (handed, seeks) == ([392, 393, 394], [392])
+
+
+def test_messages_in_order_pass_untouched(monkeypatch):
+    handed, seeks = fetching([[391, 392], [393]], read=390, monkeypatch=monkeypatch)
+    assert (handed, seeks) == ([391, 392, 393], [])
+
+
+def test_a_gap_that_stays_is_taken_as_real_after_the_rereads(monkeypatch):
+    from streams.faust_fixes import REREAD_TRIES_MAX
+
+    handed, seeks = fetching([[414]] * (REREAD_TRIES_MAX + 1) + [[415]], read=391,
+                             monkeypatch=monkeypatch)
+    assert (handed, seeks) == ([414, 415], [392] * REREAD_TRIES_MAX)  # never past 392
+
+
+# ---------------------------------------------------------------- acks of skipped messages
+
+
+class Fetched(SimpleNamespace):
+    __hash__ = object.__hash__  # kept in a (weak) set, as Faust's messages are
+
+
+def acking(active: bool, generation: int, message_generation: int | None):
+    """A consumer at ``generation``, its flow ``active`` or stopped, and a message of one
+    partition fetched in ``message_generation``, acked by a stream."""
+    from faust.transport.consumer import Consumer
+    from faust.types.tuples import TP
+
+    drain_on_flush()
+    tp = TP("pay.commands", 0)
+    message = Fetched(tp=tp, offset=740, topic=tp.topic, acked=False,
+                      generation_id=message_generation)
+    consumer = bookkeeping(committed=None, acked=[])[1]
+    consumer._acked, consumer._acked_index = {tp: []}, {tp: set()}
+    consumer._committed_offset = {tp: 700}
+    consumer._unacked_messages, consumer._waiting_for_ack, consumer._n_acked = (
+        {message}, None, 0)
+    consumer.app = SimpleNamespace(
+        consumer_generation_id=generation,
+        flow_control=SimpleNamespace(is_active=lambda: active),
+        topics=SimpleNamespace(acks_enabled_for=lambda topic: True))
+    recorded = Consumer.ack(consumer, message)
+    return recorded, consumer._acked[tp], message.acked, consumer._unacked_messages
+
+
+def test_a_message_acked_in_its_generation_with_the_flow_running_is_recorded():
+    assert acking(active=True, generation=6, message_generation=6)[:3] == (True, [740], True)
+
+
+def test_a_message_of_an_earlier_generation_is_acked_but_not_committed():
+    # Faust's stream skips it unprocessed, and acks it; committed, it was lost.
+    recorded, acked, done, unacked = acking(active=True, generation=6, message_generation=5)
+    assert (recorded, acked, done, unacked) == (False, [], True, set())
+
+
+def test_a_message_acked_during_a_rebalance_is_acked_but_not_committed():
+    recorded, acked, done, unacked = acking(active=False, generation=5, message_generation=5)
+    assert (recorded, acked, done, unacked) == (False, [], True, set())
