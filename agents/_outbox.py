@@ -9,7 +9,9 @@ copies by their natural ids, so the net effect is once.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+import base64
+
+from pydantic import BaseModel, ConfigDict, Field
 
 OUTBOX_CAUSES_KEPT = 32
 """Per key. A key sees few messages (an order: a command, a callback, a few follow-ups);
@@ -22,6 +24,13 @@ class Outgoing(BaseModel):
     topic: str
     key: str
     value: str
+    key_base64: str | None = Field(default=None, exclude_if=lambda v: v is None)
+    """A key that is not UTF-8 (a dead letter's, replayed as it came), base64; ``key`` is
+    then ''. Left out of the stored outbox when None, as it nearly always is."""
+
+    def key_bytes(self) -> bytes:
+        return base64.b64decode(self.key_base64) if self.key_base64 is not None \
+            else self.key.encode()
 
 
 class OutboxEntry(BaseModel):

@@ -49,7 +49,8 @@ def register(wire: Wire) -> None:
             await wire.send_all(again)
             return
         decision = decide_dead_letter(row.state, env.body, t.REPLAYABLE, at)
-        outgoing = [Outgoing(topic=out.topic, key=out.key or "", value=out.value)
+        outgoing = [Outgoing(topic=out.topic, key=out.key or "", key_base64=out.key_base64,
+                             value=out.value)
                     if isinstance(out, Redelivery) else
                     Outgoing(topic=t.DEADLETTER_ACTIONS, key=key.decode(),
                              value=encode(child(env, out, index, at)).decode())

@@ -427,7 +427,8 @@ def _dead_letter_routes(app: FastAPI, console: ConsoleView, send_raw, keys: dict
         cmd = ReplayDeadLetter(dead_letter_id=dead_letter_id,
                                action_id=action_id_for(dead_letter_id, idempotency_key),
                                operator=body.operator, comment=body.comment,
-                               topic=record.topic, key=record.key.text, value=body.value,
+                               topic=record.topic, key=record.key.text,
+                               key_base64=record.key.base64, value=body.value,
                                requested_at_ms=now_ms())
         await send_raw(t.DEADLETTER_ACTIONS, dead_letter_id,
                        encode(child(f"api-{cmd.action_id}", cmd, 0, cmd.requested_at_ms)))

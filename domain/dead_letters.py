@@ -58,6 +58,8 @@ class ReplayDeadLetter(Message):
     comment: Annotated[str, StringConstraints(strict=True, max_length=500)] = ""
     topic: str
     key: str | None
+    key_base64: str | None = None
+    """The original key when it was not UTF-8 (``key`` is then None): sent back as it came."""
     value: Annotated[str, StringConstraints(strict=True, min_length=1,
                                             max_length=VALUE_BYTES_MAX)]
     """The corrected message as the original topic carries it (JSON text)."""
@@ -89,6 +91,8 @@ class Redelivery(Message):
 
     topic: str
     key: str | None
+    key_base64: str | None = None
+    """The original key's bytes when they are not UTF-8."""
     value: str
 
 
@@ -139,7 +143,8 @@ def decide_dead_letter(state: DeadLetterState | None,
                            operator=cmd.operator, note=note, at_ms=now_ms)
     outputs: tuple[Message, ...] = (answered(DeadLetterStatus.accepted),)
     if replay:
-        outputs = (Redelivery(topic=cmd.topic, key=cmd.key, value=cmd.value), *outputs)
+        outputs = (Redelivery(topic=cmd.topic, key=cmd.key, key_base64=cmd.key_base64,
+                              value=cmd.value), *outputs)
     return DeadLetterDecision(done, outputs, DeadLetterStatus.accepted)
 
 

@@ -39,9 +39,9 @@ class Wire:
         await self.topics[topic].send(key=key.encode(), value=encode(env))
 
     async def send_all(self, outgoing) -> None:
-        """Send pre-encoded messages (``topic``, ``key``, ``value`` str), in order."""
+        """Send pre-encoded messages (``agents._outbox.Outgoing``), in order."""
         for item in outgoing:
-            await self.topics[item.topic].send(key=item.key.encode(), value=item.value.encode())
+            await self.topics[item.topic].send(key=item.key_bytes(), value=item.value.encode())
 
     async def dead_letter(self, stage: str, reason: str, event) -> None:
         """Park an unprocessable message with its reason; never raises past the agent."""

@@ -72,12 +72,14 @@ def duplicate_settlement(shop, api, producer, order_no: str) -> tuple[dict, dict
     return paid, mine(found)[0]
 
 
-def dead_lettered(producer, api, merchant_id: str, order_no: str) -> dict:
-    """A pay command with a float amount: intake parks it. Its dead letter, once listed."""
+def dead_lettered(producer, api, merchant_id: str, order_no: str,
+                  key: bytes | None = None) -> dict:
+    """A pay command with a float amount, keyed by its order number unless ``key`` is given:
+    intake parks it. Its dead letter, once listed."""
     command = {"type": "pay", "merchant_id": merchant_id, "idempotency_key": f"k-{order_no}",
                "merchant_order_no": order_no, "amount_minor": 10.5, "currency": "USD",
                "method": "card"}
-    producer.send(t.COMMANDS, key=order_no.encode(), value=json.dumps(command).encode())
+    producer.send(t.COMMANDS, key=key or order_no.encode(), value=json.dumps(command).encode())
     producer.flush()
     payment_id = payment_id_for(merchant_id, order_no)
 

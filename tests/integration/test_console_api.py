@@ -4,12 +4,14 @@ summary, resolving reconciliation exceptions (preview, confirmation, once), dead
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import time
 
 import pytest
 from console_flows import AMOUNT, dead_lettered, duplicate_settlement, poll, sale
+from kafka import KafkaConsumer, TopicPartition
 
 from domain.commands import ResolveException
 from domain.ids import payment_id_for
@@ -26,6 +28,26 @@ def _send(producer, cmd) -> None:
     producer.send(t.COMMANDS, key=cmd.merchant_order_no.encode(),
                   value=cmd.model_dump_json().encode())
     producer.flush()
+
+
+def keys_of(settings, topic: str, value: bytes, timeout_s: float = 20.0) -> list[bytes]:
+    """The keys of every record on ``topic`` carrying exactly ``value``, once one is seen."""
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None,
+                             enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ends, found = consumer.end_offsets(tps), []
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and (
+                not found or any(consumer.position(tp) < ends[tp] for tp in tps)):
+            for records in consumer.poll(timeout_ms=200, max_records=5000).values():
+                found += [r.key for r in records if r.value == value]
+            ends = consumer.end_offsets(tps) if not found else ends
+        return found
+    finally:
+        consumer.close()
 
 
 class TestKeys:
@@ -202,6 +224,24 @@ class TestDeadLetters:
         assert dead["payment_id"] == payment_id_for(shop.id, "con-dl-1")
         assert (discard.status_code, discard.json()["code"]) == (
             409, "dead_letter_already_replayed")
+
+    def test_a_key_that_is_not_utf8_is_replayed_as_its_bytes(
+            self, shop, api, producer, stack_settings):
+        key = b"\xff\x00con-dl-bin"
+        dead = dead_lettered(producer, api, shop.id, "con-dl-bin", key=key)
+        path = f"/v1/ops/deadletters/{dead['dead_letter_id']}"
+        shown = api.get(path).json()
+        fixed = json.dumps({**json.loads(shown["value_text"]), "amount_minor": 1_070})
+
+        replayed = api.post(f"{path}/replay", json={"value": fixed, "operator": "ana"},
+                            headers={"Idempotency-Key": "r-bin"})
+        payment = poll(lambda: api.get(f"/v1/payments/{dead['payment_id']}"),
+                       lambda r: r.status_code == 200 and r.json()["status"] == "succeeded")
+
+        assert (shown["key_text"], base64.b64decode(shown["key_base64"])) == (None, key)
+        assert replayed.status_code == 202
+        assert payment.json()["amount_minor"] == 1_070
+        assert keys_of(stack_settings, t.COMMANDS, fixed.encode()) == [key]
 
     def test_a_discard_needs_a_reason_and_is_recorded(self, shop, api, producer):
         dead = dead_lettered(producer, api, shop.id, "con-dl-2")

@@ -3,6 +3,7 @@ discard with a reason; the first action wins, the same action twice applies once
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 
@@ -52,6 +53,17 @@ class TestReplay:
         assert (answer.status, answer.operator, answer.note, answer.at_ms) == (
             "accepted", "ana", "amount fixed", 100)
         assert (d.state.state, d.state.operator) == ("replayed", "ana")
+
+    def test_a_key_that_is_not_utf8_goes_back_as_its_bytes(self):
+        record = read_dead_letter(dead_letter("intake", "bad", "pay.commands", 2, 41,
+                                              b"\xff\x00o-1", b"{}", 5))
+        cmd = replay().model_copy(update={"key": record.key.text,
+                                          "key_base64": record.key.base64})
+
+        redelivery = decide_dead_letter(None, cmd, REPLAYABLE, 100).outputs[0]
+
+        assert isinstance(redelivery, Redelivery) and redelivery.key is None
+        assert base64.b64decode(redelivery.key_base64) == b"\xff\x00o-1"
 
     def test_refused_when_its_topic_takes_no_corrected_copies(self):
         d = decide_dead_letter(None, replay(topic="pay.ledger.entries"), REPLAYABLE, 100)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agents._outbox import OUTBOX_CAUSES_KEPT, Outgoing, recall, remember
+from agents._outbox import OUTBOX_CAUSES_KEPT, OutboxEntry, Outgoing, recall, remember
 
 SENT = [Outgoing(topic="pay.events", key="pay_1", value="{}")]
 
@@ -36,3 +36,13 @@ def test_bounded_per_key():
 
     assert len(outbox) == OUTBOX_CAUSES_KEPT
     assert recall(outbox, "msg_0", "t:0:0") is None
+
+
+def test_a_key_that_is_not_utf8_is_kept_as_bytes_and_others_store_as_before():
+    binary = Outgoing(topic="pay.commands", key="", key_base64="/wBvLTE=", value="{}")
+    stored = OutboxEntry(cause_id="m", sent=(binary, SENT[0])).model_dump_json()
+
+    back = OutboxEntry.model_validate_json(stored)
+
+    assert [o.key_bytes() for o in back.sent] == [b"\xff\x00o-1", b"pay_1"]
+    assert stored.count("key_base64") == 1  # absent where there is none
