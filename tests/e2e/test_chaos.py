@@ -1,7 +1,8 @@
-"""The soak, ninety seconds of it: two workers and the API under a steady load, each kind of
-fault at least once (a worker SIGKILLed and restarted, a worker down until the other takes
-its partitions over and then added back, the API SIGKILLed while clients retry), then
-every payment and every cent counted (paycore/soak.py holds the checks).
+"""The soak, ninety seconds of it, with two workers and with three: the workers and the API
+under a steady load, each kind of fault at least once (a worker SIGKILLed and restarted, a
+worker down until the others take its partitions over and then added back, the API
+SIGKILLed while clients retry), then every payment and every cent counted
+(paycore/soak.py holds the checks).
 
 Run longer with ``paycore soak --minutes 30``.
 """
@@ -15,10 +16,12 @@ from paycore.soak import FAULTS, SoakOptions, run_soak
 pytestmark = pytest.mark.e2e
 
 
-def test_kills_takeovers_and_api_restarts_lose_and_double_nothing(own_settings, tmp_path):
+@pytest.mark.parametrize("workers", [2, 3])
+def test_kills_takeovers_and_api_restarts_lose_and_double_nothing(own_settings, tmp_path,
+                                                                   workers):
     doc = run_soak(own_settings, SoakOptions(
-        minutes=1.5, rate=10, api_share=0.3, workers=2, fault_every_s=8, check_every_s=10,
-        settle_timeout_s=120, out_dir=tmp_path / "soak", seed=5))
+        minutes=1.5, rate=10, api_share=0.3, workers=workers, fault_every_s=8,
+        check_every_s=10, settle_timeout_s=120, out_dir=tmp_path / "soak", seed=5))
 
     closing = doc["closing"]
     info = {k: closing[k] for k in ("failed", "statuses", "histories_not_allowed")}
@@ -35,5 +38,5 @@ def test_kills_takeovers_and_api_restarts_lose_and_double_nothing(own_settings, 
     restarted = [f for f in doc["fault_log"] if "ready_s" in f]
     assert restarted and all(f["ready_s"] is not None for f in restarted), restarted
     assert all(n > 0 for n in closing["partitions_at_end"].values()), closing  # back again
-    assert len(closing["partitions_at_end"]) == 2, closing
+    assert len(closing["partitions_at_end"]) == workers, closing
     assert doc["ok"], (info, doc["checks_failed"])
