@@ -10,7 +10,7 @@ import faust
 
 from streams import topics as t
 from streams.envelope import Envelope, dead_letter, dead_letter_key, encode
-from streams.faust_fixes import drain_on_flush
+from streams.faust_fixes import drain_on_flush, watch_for_stalls
 from streams.metrics import ASSIGNED_PARTITIONS, DEADLETTERS, REBALANCE_SECONDS, REBALANCES
 from streams.settings import Settings
 
@@ -111,6 +111,7 @@ def create_app(settings: Settings, **overrides) -> Wire:
         patch_faust_fetch_wait()
     app = faust.App(settings.app_id, **conf)
     app.sensors.add(RebalanceSensor(settings.app_id))
+    watch_for_stalls(app)
     wire = Wire(app=app, settings=settings)
     for name in t.ALL:
         wire.topics[name] = wire.topic(name)

@@ -212,6 +212,7 @@ async def _getmany(self: Consumer, timeout: float):
             if tries <= REREAD_TRIES_MAX:
                 rereads[tp] = (read, tries)
                 held.add(tp)
+                _count_reread("jump")
                 log.warning("%s[%d]: fetched %d right after %d (committed %s): reading it "
                             "again from %d rather than skip %d messages", tp.topic,
                             tp.partition, message.offset, read, self._committed_offset[tp],
@@ -227,6 +228,76 @@ async def _getmany(self: Consumer, timeout: float):
         if rereads:
             rereads.pop(tp, None)
         yield tp, message
+
+
+def _count_reread(reason: str) -> None:
+    from streams.metrics import PARTITION_REREADS
+
+    PARTITION_REREADS.labels(reason=reason).inc()
+
+
+STALL_S = 30.0
+"""A partition with messages past its committed offset, none of them in a handler, and its
+committed offset unchanged for this long is read again from the committed offset."""
+
+
+class StallWatch:
+    """The backstop for any way a partition can stop without a sign: its messages past the
+    committed offset were fetched but dropped (a read offset set late, after a seek), skipped
+    (in a rebalance) or never fetched (a fetch position ahead of the committed offset). Each
+    tick, a partition that holds messages past its committed offset, none being handled, and
+    whose committed offset has not moved for ``STALL_S``, is sought back to it. At worst a
+    slow partition is read again: the stages are idempotent."""
+
+    def __init__(self, stall_s: float = STALL_S) -> None:
+        self.stall_s = stall_s
+        self.since: dict[TP, tuple[int, float]] = {}
+
+    async def tick(self, app, now: float) -> list[TP]:
+        consumer = app.consumer
+        if not app.flow_control.is_active() or app.rebalancing:
+            self.since.clear()
+            return []
+        busy = {m.tp for m in list(consumer._unacked_messages)}
+        stalled = []
+        for tp in consumer.assignment():
+            committed = consumer._committed_offset.get(tp)
+            end = consumer.highwater(tp)
+            if committed is None or end is None or end <= committed or tp in busy \
+                    or not app.topics.acks_enabled_for(tp.topic):
+                self.since.pop(tp, None)
+                continue
+            at, since = self.since.get(tp, (committed, now))
+            if at != committed:
+                at, since = committed, now
+            self.since[tp] = (at, since)
+            if now - since >= self.stall_s:
+                stalled.append(tp)
+                self.since[tp] = (committed, now)
+        for tp in stalled:
+            committed = consumer._committed_offset[tp]
+            _count_reread("stalled")
+            log.warning("%s[%d]: %d messages past its committed offset %d and no progress for "
+                        "%.0fs: reading it again from there", tp.topic, tp.partition,
+                        consumer.highwater(tp) - committed, committed, self.stall_s)
+            try:
+                await consumer.seek(tp, committed)
+            except Exception as exc:
+                log.warning("%s[%d]: could not seek back (%r)", tp.topic, tp.partition, exc)
+        return stalled
+
+
+def watch_for_stalls(app, every_s: float = 5.0) -> StallWatch:
+    """Run a ``StallWatch`` on the app's timer (once per app)."""
+    import time
+
+    watch = StallWatch()
+
+    @app.timer(every_s)
+    async def stall_watch() -> None:
+        await watch.tick(app, time.monotonic())
+
+    return watch
 
 
 def drain_on_flush() -> None:

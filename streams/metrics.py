@@ -97,3 +97,8 @@ CONSUMER_LAG = Gauge("paycore_consumer_lag_messages",
                      ["group", "topic", "partition"])
 CONSUMER_LAG_CHECKS = Counter("paycore_consumer_lag_checks_total",
                               "Lag measurements by result (ok, failed)", ["result"])
+PARTITION_REREADS = Counter(
+    "paycore_partition_rereads_total",
+    "Partitions read again from an earlier offset by the worker itself (streams/faust_fixes"
+    ".py): 'jump' a fetch past the next offset, 'stalled' a partition with messages left "
+    "and no progress", ["reason"])

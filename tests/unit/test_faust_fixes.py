@@ -298,3 +298,64 @@ def test_a_message_of_an_earlier_generation_is_acked_but_not_committed():
 def test_a_message_acked_during_a_rebalance_is_acked_but_not_committed():
     recorded, acked, done, unacked = acking(active=False, generation=5, message_generation=5)
     assert (recorded, acked, done, unacked) == (False, [], True, set())
+
+
+# ---------------------------------------------------------------- a partition that stops
+
+
+def watched(committed: int, end: int, busy: bool = False, flowing: bool = True):
+    """An app whose one partition has ``end`` as its high watermark and ``committed`` as
+    its committed offset, a message of it in a handler if ``busy``; and its seeks."""
+    from faust.types.tuples import TP
+
+    tp = TP("pay.commands", 1)
+    seeks: list[tuple[TP, int]] = []
+
+    async def seek(partition, offset):
+        seeks.append((partition, offset))
+
+    consumer = SimpleNamespace(
+        assignment=lambda: {tp}, _committed_offset={tp: committed},
+        highwater=lambda _tp: end, seek=seek,
+        _unacked_messages=[SimpleNamespace(tp=tp)] if busy else [])
+    app = SimpleNamespace(
+        consumer=consumer, rebalancing=False,
+        flow_control=SimpleNamespace(is_active=lambda: flowing),
+        topics=SimpleNamespace(acks_enabled_for=lambda topic: True))
+    return app, tp, seeks
+
+
+def ticks(watch, app, at: list[float]) -> list:
+    async def run():
+        return [await watch.tick(app, now) for now in at]
+
+    return asyncio.run(run())
+
+
+def test_a_partition_with_messages_left_and_no_progress_is_read_again_from_its_commit():
+    # Seen in a chaos run: pay.commands[1] committed at 223 with 5 messages after it, none
+    # handled, for two minutes after the last rebalance; 5 payments never went on.
+    from streams.faust_fixes import StallWatch
+
+    app, tp, seeks = watched(committed=223, end=228)
+    found = ticks(StallWatch(stall_s=30), app, [0, 10, 29, 31, 40])
+    assert found == [[], [], [], [tp], []] and seeks == [(tp, 223)]
+
+
+def test_a_partition_that_moves_on_is_left_alone():
+    from streams.faust_fixes import StallWatch
+
+    app, tp, seeks = watched(committed=223, end=228)
+    watch = StallWatch(stall_s=30)
+    ticks(watch, app, [0, 20])
+    app.consumer._committed_offset[tp] = 225  # progress: the clock starts again
+    assert ticks(watch, app, [40, 49]) == [[], []] and seeks == []
+
+
+def test_a_partition_read_to_its_end_or_in_a_handler_or_in_a_rebalance_is_not_stalled():
+    from streams.faust_fixes import StallWatch
+
+    for app, _tp, seeks in (watched(committed=228, end=228), watched(223, 228, busy=True),
+                            watched(223, 228, flowing=False)):
+        assert ticks(StallWatch(stall_s=30), app, [0, 31, 62]) == [[], [], []]
+        assert seeks == []
