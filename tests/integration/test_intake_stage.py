@@ -37,7 +37,7 @@ class TestMalformedCommands:
         final = wait_for_final(observer, merchant, "good")
         def ours() -> list[dict]:
             return [d for d in observer.deadletters
-                    if (d["key"]["text"] or "").startswith(f"{merchant}-bad-")]
+                    if (d["key"].get("text") or "").startswith(f"{merchant}-bad-")]
 
         observer.wait_until(lambda: len(ours()) == 4, 10)
 
