@@ -205,26 +205,31 @@ async def _getmany(self: Consumer, timeout: float):
         if tp in held:
             continue
         read = self._read_offset[tp]
-        if read is not None and message.offset - read > 1 \
+        committed = self._committed_offset[tp]
+        # The next offset due: one past the last read, or the committed offset if that is
+        # further (those before it were processed, here or by the partition's last owner).
+        due = None if read is None else read + 1 if committed is None else \
+            max(read + 1, committed)
+        if due is not None and message.offset > due \
                 and self.app.topics.acks_enabled_for(message.topic):
-            at, tries = rereads.get(tp, (read, 0))
-            tries = tries + 1 if at == read else 1
+            at, tries = rereads.get(tp, (due, 0))
+            tries = tries + 1 if at == due else 1
             if tries <= REREAD_TRIES_MAX:
-                rereads[tp] = (read, tries)
+                rereads[tp] = (due, tries)
                 held.add(tp)
                 _count_reread("jump")
-                log.warning("%s[%d]: fetched %d right after %d (committed %s): reading it "
-                            "again from %d rather than skip %d messages", tp.topic,
-                            tp.partition, message.offset, read, self._committed_offset[tp],
-                            read + 1, message.offset - read - 1)
+                log.warning("%s[%d]: fetched %d while %d was due (last read %d, committed %s):"
+                            " reading it again from %d rather than skip %d messages",
+                            tp.topic, tp.partition, message.offset, due, read, committed, due,
+                            message.offset - due)
                 try:
-                    await self.seek(tp, read + 1)
+                    await self.seek(tp, due)
                 except Exception as exc:  # revoked meanwhile: its next owner reads it
                     log.warning("%s[%d]: could not seek back (%r)", tp.topic, tp.partition, exc)
-                self._read_offset[tp] = read  # the last read, as before (seek sets read+1)
+                self._read_offset[tp] = due - 1  # as if the one before was last (seek sets due)
                 continue
             log.error("%s[%d]: still no records between %d and %d after %d reads: taking "
-                      "the gap as real", tp.topic, tp.partition, read, message.offset, tries)
+                      "the gap as real", tp.topic, tp.partition, due, message.offset, tries)
         if rereads:
             rereads.pop(tp, None)
         yield tp, message

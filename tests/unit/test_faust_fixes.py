@@ -196,7 +196,7 @@ def test_a_rebalance_whose_messages_are_acked_in_time_goes_on():
 # ---------------------------------------------------------------- a fetch that skips ahead
 
 
-def fetching(batches: list[list[int]], read: int, monkeypatch):
+def fetching(batches: list[list[int]], read: int, monkeypatch, committed: int | None = None):
     """A consumer whose fetches give these offsets of one partition, batch by batch, and
     whose drain loop (played here) records each message handed on as read."""
     from faust.transport.consumer import Consumer
@@ -220,7 +220,8 @@ def fetching(batches: list[list[int]], read: int, monkeypatch):
 
     monkeypatch.setattr(faust_fixes, "_original_getmany", original)
     consumer = SimpleNamespace(
-        _read_offset={tp: read}, _committed_offset={tp: read}, seek=seek,
+        _read_offset={tp: read}, _committed_offset={tp: read if committed is None else committed},
+        seek=seek,
         app=SimpleNamespace(topics=SimpleNamespace(acks_enabled_for=lambda topic: True)))
 
     async def drain() -> list[int]:
@@ -240,6 +241,18 @@ def test_a_fetch_that_starts_past_the_next_offset_is_read_again_not_skipped(monk
     handed, seeks = fetching([[414, 415, 416], [392, 393, 394]], read=391,
                              monkeypatch=monkeypatch)
     assert (handed, seeks) == ([392, 393, 394], [392])
+
+
+def test_a_fetch_that_starts_at_a_committed_offset_ahead_of_the_last_read_passes(monkeypatch):
+    # The partition's last owner committed 1055 while this worker had read to 957: 1055 is
+    # due, not a jump (reading 958.. again would only redo what was committed).
+    handed, seeks = fetching([[1055, 1056]], read=957, committed=1055, monkeypatch=monkeypatch)
+    assert (handed, seeks) == ([1055, 1056], [])
+
+
+def test_a_jump_past_a_committed_offset_ahead_of_the_last_read_reads_from_it(monkeypatch):
+    handed, seeks = fetching([[1070], [1055]], read=957, committed=1055, monkeypatch=monkeypatch)
+    assert (handed, seeks) == ([1055], [1055])
 
 
 def test_messages_in_order_pass_untouched(monkeypatch):
