@@ -42,8 +42,9 @@ taken while the flow is stopped for a rebalance, and acks it (so the lag does no
 and the ack was recorded to be committed like any other. During the revocation, when the
 partition's committed offset has been dropped, any run of acked offsets is committed, and
 after it a run of skipped messages from the committed offset is committed too: the
-messages were never processed. With three workers, rebalances come often enough that a
-10-minute soak lost 144 payments this way. Here such acks release the message (the
+messages were never processed. With three workers, rebalances come often enough that
+10-minute soaks lost 158 and 144 payments, and with this fix and the next 0 of 7,155 (but
+44 of 7,367 with another seed, cause not found). Here such acks release the message (the
 rebalance does not wait for it) but record nothing: each assignment seeks back to the
 committed offset, so at worst a message processed then is read again.
 
