@@ -55,8 +55,9 @@ rebalances (36 in a 10-minute soak): a worker sought to the committed offset (39
 then handed 414 first, and 392..413 counted as processed. Where the fetch position came
 from is not known (a fetch may outlive a seek; the embedded broker may take a stale
 member's commit), nor whether those messages had been processed elsewhere. Here such a
-message is not handed on: the partition is read again from the one after the last read,
-and only a gap that stays after ``REREAD_TRIES_MAX`` reads is taken as real.
+message is not handed on: the partition is read again from the offset due (one past the
+last read, or the committed offset if that is further), and only a gap that stays after
+``REREAD_TRIES_MAX`` reads is taken as real.
 """
 
 from __future__ import annotations
@@ -64,13 +65,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from typing import Optional
 
 from faust.transport.consumer import Consumer
 from faust.transport.producer import ProducerBuffer
 from faust.types.tuples import TP, ack_lock
-from mode.utils.futures import notify
 from faust.utils.functional import consecutive_numbers
+from mode.utils.futures import notify
+
+from streams.metrics import PARTITION_REREADS
 
 log = logging.getLogger(__name__)
 
@@ -197,9 +201,9 @@ _original_getmany = Consumer.getmany
 
 
 async def _getmany(self: Consumer, timeout: float):
-    """Faust's batch of fetched messages, minus any that would leave a gap: a message more
-    than one past the last one read of its partition is not handed on; the partition is
-    read again from the one after the last read, and the rest of its batch is dropped."""
+    """Faust's batch of fetched messages, minus any that would leave a gap: a message past
+    the offset due for its partition is not handed on; the partition is read again from
+    that offset, and the rest of its batch is dropped."""
     held: set[TP] = set()
     rereads: dict[TP, tuple[int, int]] = self.__dict__.setdefault("_paycore_rereads", {})
     async for tp, message in _original_getmany(self, timeout):
@@ -237,8 +241,6 @@ async def _getmany(self: Consumer, timeout: float):
 
 
 def _count_reread(reason: str) -> None:
-    from streams.metrics import PARTITION_REREADS
-
     PARTITION_REREADS.labels(reason=reason).inc()
 
 
@@ -274,12 +276,11 @@ class StallWatch:
                 self.since.pop(tp, None)
                 continue
             at, since = self.since.get(tp, (committed, now))
-            if at != committed:
-                at, since = committed, now
-            self.since[tp] = (at, since)
-            if now - since >= self.stall_s:
-                stalled.append(tp)
-                self.since[tp] = (committed, now)
+            if at != committed or now - since >= self.stall_s:  # moved, or read again now
+                if at == committed:
+                    stalled.append(tp)
+                since = now
+            self.since[tp] = (committed, since)
         for tp in stalled:
             committed = consumer._committed_offset[tp]
             _count_reread("stalled")
@@ -295,8 +296,6 @@ class StallWatch:
 
 def watch_for_stalls(app, every_s: float = 5.0) -> StallWatch:
     """Run a ``StallWatch`` on the app's timer (once per app)."""
-    import time
-
     watch = StallWatch()
 
     @app.timer(every_s)
