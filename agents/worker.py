@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from faust import Worker
 from prometheus_client import start_http_server
 
 from agents import register_stages
+from streams import local_state
 from streams.app import Wire, create_app, webhooks_app_id
 from streams.settings import Settings
 
 
+def worker_datadir(settings: Settings, worker_index: int | str = 0) -> Path:
+    """Each worker on a host gets its own table directory."""
+    return settings.data_dir / f"worker-{worker_index}"
+
+
 def build_worker(settings: Settings, worker_index: int | str = 0, **overrides) -> Wire:
-    """The App with all stages; each worker on a host gets its own table directory."""
-    datadir = str(settings.data_dir / f"worker-{worker_index}")
+    """The App with all stages."""
+    datadir = str(worker_datadir(settings, worker_index))
     return register_stages(create_app(settings, datadir=datadir, **overrides))
 
 
@@ -40,6 +47,8 @@ def run_worker(settings: Settings, worker_index: int | str = 0,
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    datadir = worker_datadir(settings, worker_index)
+    local_state.claim(datadir)  # a killed run's rows may be missing from the changelogs
     wire = build_worker(settings, worker_index)
     port = settings.worker_web_port + int(worker_index) if metrics_port is None \
         else metrics_port
@@ -59,7 +68,12 @@ def run_worker(settings: Settings, worker_index: int | str = 0,
         for name in RECOVERY_LOGGERS:
             logging.getLogger(name).setLevel(logging.INFO)
 
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as done:
+        if done.code in (0, None) and worker.crash_reason is None:
+            local_state.release(datadir)  # stopped cleanly: changelogs flushed, stores closed
+        raise
 
 
 RECOVERY_LOGGERS = ("faust.tables.recovery", "faust.tables.manager")
