@@ -20,6 +20,7 @@ from typing import Awaitable, Callable
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 from faust.exceptions import ProducerSendError
 
+from streams import offset_trace
 from streams.app import Wire
 from streams.envelope import child
 from streams.faust_fixes import EXIT_CANNOT_PROCEED  # the supervisor restarts us
@@ -51,6 +52,9 @@ async def consume(stage: str, wire: Wire, stream, handle: Handler) -> None:
     async for event in stream.events():
         started = time.perf_counter()
         await guarded(stage, wire, event, handle)
+        if offset_trace.enabled():
+            m = event.message
+            offset_trace.record("handled", m.topic, m.partition, m.offset, stage)
         events.inc()
         seconds.observe(time.perf_counter() - started)
         # Not held while waiting for the next one: a message read by two agents (the

@@ -9,7 +9,7 @@ from faust import Worker
 from prometheus_client import start_http_server
 
 from agents import register_stages
-from streams import local_state
+from streams import local_state, offset_trace
 from streams.app import Wire, create_app, webhooks_app_id
 from streams.settings import Settings
 
@@ -49,6 +49,9 @@ def run_worker(settings: Settings, worker_index: int | str = 0,
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     datadir = worker_datadir(settings, worker_index)
     local_state.claim(datadir)  # a killed run's rows may be missing from the changelogs
+    if settings.trace_offsets:
+        offset_trace.enable(settings.data_dir / "logs" / f"offsets-{worker_index}.log")
+        offset_trace.install()
     wire = build_worker(settings, worker_index)
     port = settings.worker_web_port + int(worker_index) if metrics_port is None \
         else metrics_port

@@ -74,6 +74,7 @@ from faust.types.tuples import TP, ack_lock
 from faust.utils.functional import consecutive_numbers
 from mode.utils.futures import notify
 
+from streams import offset_trace
 from streams.metrics import PARTITION_REREADS
 
 log = logging.getLogger(__name__)
@@ -188,6 +189,7 @@ def _ack(self: Consumer, message) -> bool:
         return _original_ack(self, message)
     with ack_lock:
         if not message.acked:
+            offset_trace.record("skipped", message.tp.topic, message.tp.partition, message.offset)
             message.acked = True
             self._unacked_messages.discard(message)
             notify(self._waiting_for_ack)

@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     log_level: str = "WARNING"
     """Log level of every process (DEBUG, INFO, WARNING, ERROR)."""
 
+    trace_offsets: bool = False
+    """Diagnosis: each worker writes every input offset its stages handled, every seek and
+    every commit to ``<data_dir>/logs/offsets-<worker>.log`` (``streams.offset_trace``)."""
+
     stages: str = "intake,dedup,risk,orders,mandates,ledger,recon,deadletters"
     """Comma-separated stages this worker runs (the payment path by default; tests may
     isolate one). ``webhooks`` runs in its own process: ``paycore webhooks``."""
