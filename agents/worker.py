@@ -49,10 +49,10 @@ def run_worker(settings: Settings, worker_index: int | str = 0,
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     datadir = worker_datadir(settings, worker_index)
     local_state.claim(datadir)  # a killed run's rows may be missing from the changelogs
-    if settings.trace_offsets:
+    wire = build_worker(settings, worker_index)
+    if settings.trace_offsets:  # after the app is built: wraps Faust as fixed
         offset_trace.enable(settings.data_dir / "logs" / f"offsets-{worker_index}.log")
         offset_trace.install()
-    wire = build_worker(settings, worker_index)
     port = settings.worker_web_port + int(worker_index) if metrics_port is None \
         else metrics_port
     if port:

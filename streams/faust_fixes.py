@@ -116,7 +116,10 @@ async def _flush(self: ProducerBuffer) -> None:
 
 def _new_offset(self: Consumer, tp: TP) -> Optional[int]:
     """The offset to commit for ``tp``: one past the run of acked offsets that starts at the
-    committed offset (gaps in the log, such as compacted records, count as acked)."""
+    committed offset (gaps in the log, such as compacted records, count as acked); nothing
+    while the committed offset is not known for this generation (see ``_perform_seek``)."""
+    if not _sought(self, tp):
+        return None
     acked = self._acked[tp]
     committed = self._committed_offset[tp]
     if acked and committed is not None:
@@ -211,6 +214,10 @@ async def _getmany(self: Consumer, timeout: float):
     async for tp, message in _original_getmany(self, timeout):
         if tp in held:
             continue
+        if not _sought(self, tp) and self.app.topics.acks_enabled_for(message.topic):
+            held.add(tp)  # fetched from wherever the client stood: read again after the seek
+            _count_reread("before_seek")
+            continue
         read = self._read_offset[tp]
         committed = self._committed_offset[tp]
         # The next offset due: one past the last read, or the committed offset if that is
@@ -242,6 +249,30 @@ async def _getmany(self: Consumer, timeout: float):
         yield tp, message
 
 
+_original_perform_seek = Consumer.perform_seek
+
+
+async def _perform_seek(self: Consumer) -> None:
+    """Faust's seek of every assigned partition to its committed offset, remembered per
+    partition with the generation it was done in. Until then, in each new generation, the
+    partition's messages are not handed on and its offset is not committed: Faust resumes
+    the partitions *before* this seek (and a restarted worker's stateless stages during its
+    table recovery), so the first messages came from wherever the client's position stood
+    (a three-worker soak: the committed offset 301, messages handled from 335 and, on a
+    restarted worker, from 368, its commit of 385 made without the committed offset known,
+    302..367 never processed). The seek sets the position; reading starts there."""
+    generation = self.app.consumer_generation_id
+    await _original_perform_seek(self)
+    sought = self.__dict__.setdefault("_paycore_sought", {})
+    sought.update(dict.fromkeys(self.assignment(), generation))
+
+
+def _sought(consumer: Consumer, tp: TP) -> bool:
+    """Sought to its committed offset in the current generation."""
+    sought = consumer.__dict__.get("_paycore_sought", {})
+    return sought.get(tp, -1) == consumer.app.consumer_generation_id
+
+
 def _count_reread(reason: str) -> None:
     PARTITION_REREADS.labels(reason=reason).inc()
 
@@ -262,11 +293,15 @@ class StallWatch:
     def __init__(self, stall_s: float = STALL_S) -> None:
         self.stall_s = stall_s
         self.since: dict[TP, tuple[int, float]] = {}
+        self.unsought_since: Optional[float] = None
 
     async def tick(self, app, now: float) -> list[TP]:
         consumer = app.consumer
         if not app.flow_control.is_active() or app.rebalancing:
             self.since.clear()
+            self.unsought_since = None
+            return []
+        if await self._seek_if_never_sought(app, now):
             return []
         busy = {m.tp for m in list(consumer._unacked_messages)}
         stalled = []
@@ -296,6 +331,32 @@ class StallWatch:
         return stalled
 
 
+    async def _seek_if_never_sought(self, app, now: float) -> bool:
+        """Partitions not sought to their committed offset in this generation (Faust's seek
+        at the end of the rebalance failed or timed out) are read from nowhere: after
+        ``stall_s`` the seek is done here."""
+        consumer = app.consumer
+        unsought = [tp for tp in consumer.assignment()
+                    if not _sought(consumer, tp) and app.topics.acks_enabled_for(tp.topic)]
+        if not unsought:
+            self.unsought_since = None
+            return False
+        if self.unsought_since is None:
+            self.unsought_since = now
+        if now - self.unsought_since < self.stall_s:
+            return False
+        _count_reread("stalled")
+        log.warning("%d partitions (%s[%d] first) not sought to their committed offsets for "
+                    "%.0fs since the rebalance: seeking now", len(unsought),
+                    unsought[0].topic, unsought[0].partition, self.stall_s)
+        self.unsought_since = None
+        try:
+            await consumer.perform_seek()
+        except Exception as exc:
+            log.warning("could not seek to the committed offsets (%r)", exc)
+        return True
+
+
 def watch_for_stalls(app, every_s: float = 5.0) -> StallWatch:
     """Run a ``StallWatch`` on the app's timer (once per app)."""
     watch = StallWatch()
@@ -319,5 +380,6 @@ def drain_on_flush() -> None:
     Consumer._new_offset = _new_offset
     Consumer.wait_empty = _wait_empty
     Consumer.getmany = _getmany
+    Consumer.perform_seek = _perform_seek
     Consumer.ack = _ack
     setattr(ProducerBuffer, _APPLIED, True)

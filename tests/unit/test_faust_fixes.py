@@ -98,7 +98,8 @@ def bookkeeping(committed: int | None, acked: list[int], gaps: tuple[tuple[int, 
         _acked=defaultdict(list, {tp: list(acked)}),
         _acked_index=defaultdict(set, {tp: set(acked)}),
         _committed_offset=defaultdict(lambda: None, {tp: committed}),
-        _gap=defaultdict(IntervalTree, {tp: tree}))
+        _gap=defaultdict(IntervalTree, {tp: tree}),
+        _paycore_sought={tp: 3}, app=SimpleNamespace(consumer_generation_id=3))
 
 
 def new_offset(state, tp):
@@ -221,8 +222,9 @@ def fetching(batches: list[list[int]], read: int, monkeypatch, committed: int | 
     monkeypatch.setattr(faust_fixes, "_original_getmany", original)
     consumer = SimpleNamespace(
         _read_offset={tp: read}, _committed_offset={tp: read if committed is None else committed},
-        seek=seek,
-        app=SimpleNamespace(topics=SimpleNamespace(acks_enabled_for=lambda topic: True)))
+        seek=seek, _paycore_sought={tp: 3},
+        app=SimpleNamespace(topics=SimpleNamespace(acks_enabled_for=lambda topic: True),
+                            consumer_generation_id=3))
 
     async def drain() -> list[int]:
         handed = []
@@ -329,12 +331,13 @@ def watched(committed: int, end: int, busy: bool = False, flowing: bool = True):
 
     consumer = SimpleNamespace(
         assignment=lambda: {tp}, _committed_offset={tp: committed},
-        highwater=lambda _tp: end, seek=seek,
+        highwater=lambda _tp: end, seek=seek, _paycore_sought={tp: 3},
         _unacked_messages=[SimpleNamespace(tp=tp)] if busy else [])
     app = SimpleNamespace(
-        consumer=consumer, rebalancing=False,
+        consumer=consumer, rebalancing=False, consumer_generation_id=3,
         flow_control=SimpleNamespace(is_active=lambda: flowing),
         topics=SimpleNamespace(acks_enabled_for=lambda topic: True))
+    consumer.app = app
     return app, tp, seeks
 
 
@@ -372,3 +375,70 @@ def test_a_partition_read_to_its_end_or_in_a_handler_or_in_a_rebalance_is_not_st
                             watched(223, 228, flowing=False)):
         assert ticks(StallWatch(stall_s=30), app, [0, 31, 62]) == [[], [], []]
         assert seeks == []
+
+
+# ---------------------------------------------------------------- before the seek
+
+
+def test_nothing_is_committed_before_the_partition_is_sought_in_this_generation():
+    # A restarted worker handled pay.commands[1] from 368 (where its client stood) and
+    # committed 385 before it knew the committed offset (301): 302..367 were lost.
+    tp, state = bookkeeping(committed=None, acked=[368, 369, 370])
+    state.app.consumer_generation_id = 4  # a new generation, no seek in it yet
+    assert new_offset(state, tp) is None
+    state._paycore_sought[tp] = 4
+    assert new_offset(state, tp) == 371  # never committed before: the first run counts
+
+
+def test_messages_fetched_before_the_seek_are_not_handed_on(monkeypatch):
+    from faust.transport.consumer import Consumer
+
+    from faust.types.tuples import TP
+
+    drain_on_flush()
+    tp = TP("pay.commands", 1)
+    fetched = iter([[335, 336], [301, 302]])
+
+    async def original(self, timeout):
+        for offset in next(fetched):
+            yield tp, SimpleNamespace(offset=offset, topic=tp.topic)
+
+    async def seek_to_committed(self):
+        return {tp: 301}
+
+    from streams import faust_fixes
+
+    monkeypatch.setattr(faust_fixes, "_original_getmany", original)
+    monkeypatch.setattr(faust_fixes, "_original_perform_seek", seek_to_committed)
+    consumer = SimpleNamespace(
+        _read_offset={tp: None}, _committed_offset={tp: None}, assignment=lambda: {tp},
+        app=SimpleNamespace(topics=SimpleNamespace(acks_enabled_for=lambda topic: True),
+                            consumer_generation_id=4))
+
+    async def run() -> list[int]:
+        handed = [m.offset async for _tp, m in Consumer.getmany(consumer, 1.0)]
+        await Consumer.perform_seek(consumer)  # the end of the rebalance
+        handed += [m.offset async for _tp, m in Consumer.getmany(consumer, 1.0)]
+        return handed
+
+    assert asyncio.run(run()) == [301, 302]
+    assert consumer._paycore_sought == {tp: 4}
+
+
+def test_partitions_never_sought_after_a_rebalance_are_sought_by_the_watch():
+    from streams.faust_fixes import StallWatch
+
+    app, tp, _seeks = watched(committed=223, end=223)
+    app.consumer_generation_id = 4  # sought in 3 only
+    performed = []
+
+    async def perform_seek():
+        performed.append(True)
+        app.consumer._paycore_sought[tp] = 4
+
+    app.consumer.perform_seek = perform_seek
+    watch = StallWatch(stall_s=30)
+    ticks(watch, app, [0, 10, 29])
+    assert performed == []
+    ticks(watch, app, [31, 40, 80])
+    assert performed == [True]
