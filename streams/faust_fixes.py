@@ -342,7 +342,6 @@ class StallWatch:
                 log.warning("%s[%d]: could not seek back (%r)", tp.topic, tp.partition, exc)
         return stalled
 
-
     async def _seek_if_never_sought(self, app, now: float) -> bool:
         """Partitions not sought to their committed offset in this generation (Faust's seek
         at the end of the rebalance failed or timed out) are read from nowhere: after
