@@ -272,11 +272,17 @@ async def _perform_seek(self: Consumer) -> None:
     table recovery), so the first messages came from wherever the client's position stood
     (a three-worker soak: the committed offset 301, messages handled from 335 and, on a
     restarted worker, from 368, its commit of 385 made without the committed offset known,
-    302..367 never processed). The seek sets the position; reading starts there."""
+    302..367 never processed). The seek sets the position; reading starts there. The Kafka
+client seeks only to a committed offset above 0, so a partition with nothing committed is
+sought to its start here: its messages dropped before the seek are read again."""
     generation = self.app.consumer_generation_id
     await _original_perform_seek(self)
+    assigned = self.assignment()
+    for tp in assigned:  # the client seeks only to a committed offset above 0
+        if self._committed_offset.get(tp) is None and self.app.topics.acks_enabled_for(tp.topic):
+            await self.seek(tp, 0)  # nothing committed: from the start (auto_offset_reset)
     sought = self.__dict__.setdefault("_paycore_sought", {})
-    sought.update(dict.fromkeys(self.assignment(), generation))
+    sought.update(dict.fromkeys(assigned, generation))
 
 
 def _sought(consumer: Consumer, tp: TP) -> bool:

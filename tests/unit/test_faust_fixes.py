@@ -403,8 +403,8 @@ def test_messages_fetched_before_the_seek_are_not_handed_on(monkeypatch):
         for offset in next(fetched):
             yield tp, SimpleNamespace(offset=offset, topic=tp.topic)
 
-    async def seek_to_committed(self):
-        return {tp: 301}
+    async def seek_to_committed(self):  # as Faust's: the committed offsets it found
+        self._committed_offset[tp] = 301
 
     from streams import faust_fixes
 
@@ -442,3 +442,31 @@ def test_partitions_never_sought_after_a_rebalance_are_sought_by_the_watch():
     assert performed == []
     ticks(watch, app, [31, 40, 80])
     assert performed == [True]
+
+
+def test_a_partition_with_nothing_committed_is_sought_to_its_start(monkeypatch):
+    # The Kafka client's seek_to_committed leaves such a partition where it stood: its
+    # messages dropped before the seek would never come again.
+    from faust.transport.consumer import Consumer
+    from faust.types.tuples import TP
+
+    from streams import faust_fixes
+
+    drain_on_flush()
+    commands, changelog = TP("pay.commands", 0), TP("paycore-orders-changelog", 0)
+    seeks = []
+
+    async def nothing_committed(self):
+        pass
+
+    async def seek(tp, offset):
+        seeks.append((tp, offset))
+
+    consumer = SimpleNamespace(
+        _committed_offset={}, assignment=lambda: {commands, changelog}, seek=seek,
+        app=SimpleNamespace(consumer_generation_id=2, topics=SimpleNamespace(
+            acks_enabled_for=lambda topic: topic == "pay.commands")))
+    monkeypatch.setattr(faust_fixes, "_original_perform_seek", nothing_committed)
+    asyncio.run(Consumer.perform_seek(consumer))
+    assert seeks == [(commands, 0)]
+    assert consumer._paycore_sought == {commands: 2, changelog: 2}
