@@ -11,6 +11,7 @@ worker handled it can be read off the files.
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import TextIO
@@ -30,13 +31,15 @@ def enabled() -> bool:
 
 def record(what: str, topic: str, partition: int, offset: int | None, detail: object = ""
            ) -> None:
-    if _out is not None:
+    """Never raises: called in the stage loop, where an exception would end the agent."""
+    global _out
+    if _out is None:
+        return
+    try:
         _out.write(f"{time.time():.3f}\t{what}\t{topic}\t{partition}\t{offset}\t{detail}\n")
-
-
-def flush() -> None:
-    if _out is not None:
-        _out.flush()
+    except OSError as exc:  # a full disk: stop tracing, keep processing
+        logging.getLogger(__name__).warning("offset trace stopped: %r", exc)
+        _out = None
 
 
 _installed = False
