@@ -144,6 +144,17 @@ def table(wire: Wire, name: str, help_text: str):
     """A table of bytes keys and JSON bytes rows, co-partitioned with the stage's input.
 
     Rows are pydantic ``model_dump_json`` bytes: one encode per write, no dict round trip.
+    Each partition is its own RocksDB, sized by the settings (``table_options``).
     """
     return wire.app.Table(name, partitions=wire.settings.partitions, key_type=bytes,
-                          value_type=bytes, help=help_text)
+                          value_type=bytes, help=help_text,
+                          options=table_options(wire.settings))
+
+
+def table_options(settings) -> dict[str, int]:
+    """Faust's RocksDB options for one table partition: small write buffers and block
+    cache, so that memory stays bounded by the partitions a worker holds, not its writes."""
+    mb = 1024 * 1024
+    return {"write_buffer_size": settings.table_memtable_mb * mb,
+            "max_write_buffer_number": 2,
+            "block_cache_size": settings.table_block_cache_mb * mb}

@@ -46,7 +46,8 @@ class DictApp:
 
 def stage() -> tuple[LedgerStage, list]:
     sent: list = []
-    settings = SimpleNamespace(partitions=4, config_dir=Path("config"))
+    settings = SimpleNamespace(partitions=4, config_dir=Path("config"), table_memtable_mb=2,
+                               table_block_cache_mb=4)
     wire = Wire(app=DictApp(sent), settings=settings)
     for name in t.ALL:
         wire.topics[name] = wire.topic(name)
