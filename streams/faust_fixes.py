@@ -70,6 +70,21 @@ given it handled 335 before its seek, and a restarted worker handled 368.. and c
 generation, a partition's messages are not handed on and its offsets not committed until
 Faust's seek to the committed offsets has been done for it (``_perform_seek``); the stall
 watch does that seek itself if it never came.
+
+Seventh, Faust runs the Kafka client in a thread of its own, with its own event loop, but
+its ``Consumer.seek`` calls the client's ``seek`` from the caller's thread, the main one.
+The client's fetcher, meanwhile, walks its fetched records in the other thread: in a
+30-minute soak a seek (the stall watch's) deleted a partition's records under it, the
+fetcher died of a ``KeyError`` and took the worker with it. A seek from the wrong thread
+can also leave the position and a fetch in flight out of step, which may be where the
+fifth fix's jumps came from. Here the seek is handed to the client's thread
+(``_seek``), as Faust's own ``seek_wait`` and commits already are.
+
+Eighth, a rebalance during table recovery adds the new assignment's standby partitions
+with no known offset (None), and recovery then seeks them to None: the client refuses
+(``ValueError: Offset must be a positive integer``), recovery crashes and the worker with
+it (three times in that soak). Here a standby partition with no known offset is sought
+from the start of its changelog, as one with nothing persisted is (``_seek_offsets``).
 """
 
 from __future__ import annotations
@@ -80,7 +95,8 @@ import os
 import time
 from typing import Optional
 
-from faust.transport.consumer import Consumer
+from faust.tables.recovery import Recovery
+from faust.transport.consumer import Consumer, ThreadDelegateConsumer
 from faust.transport.producer import ProducerBuffer
 from faust.types.tuples import TP, ack_lock
 from faust.utils.functional import consecutive_numbers
@@ -278,11 +294,16 @@ sought to its start here: its messages dropped before the seek are read again.""
     generation = self.app.consumer_generation_id
     await _original_perform_seek(self)
     assigned = self.assignment()
+    sought = self.__dict__.setdefault("_paycore_sought", {})
     for tp in assigned:  # the client seeks only to a committed offset above 0
         if self._committed_offset.get(tp) is None and self.app.topics.acks_enabled_for(tp.topic):
-            await self.seek(tp, 0)  # nothing committed: from the start (auto_offset_reset)
-    sought = self.__dict__.setdefault("_paycore_sought", {})
-    sought.update(dict.fromkeys(assigned, generation))
+            try:
+                await self.seek(tp, 0)  # nothing committed: from the start
+            except Exception as exc:  # not sought: the stall watch seeks again
+                log.warning("%s[%d]: could not seek to its start (%r)", tp.topic, tp.partition,
+                            exc)
+                continue
+        sought[tp] = generation
 
 
 def _sought(consumer: Consumer, tp: TP) -> bool:
@@ -385,6 +406,30 @@ def watch_for_stalls(app, every_s: float = 5.0) -> StallWatch:
     return watch
 
 
+SEEK_TIMEOUT_S = 30.0
+
+
+async def _seek(self: ThreadDelegateConsumer, partition: TP, offset: int) -> None:
+    """The client's seek, run in the client's thread; the caller waits for it, for
+    ``SEEK_TIMEOUT_S`` at most (a thread that has stopped never answers)."""
+    await asyncio.wait_for(self._thread.call_thread(self._thread.seek, partition, offset),
+                           SEEK_TIMEOUT_S)
+
+
+_original_seek_offsets = Recovery._seek_offsets
+
+
+async def _seek_offsets(self: Recovery, consumer, tps, offsets, title: str) -> None:
+    """Faust's seek of changelog partitions to where their reading starts; an offset not
+    known (None, a partition added by a rebalance during recovery) is Faust's -1, nothing
+    read yet, so the reading starts at the changelog's beginning. Set in ``offsets`` itself:
+    Faust also subtracts from it when it counts what is left to read."""
+    for tp in tps:
+        if offsets.get(tp) is None:
+            offsets[tp] = -1
+    await _original_seek_offsets(self, consumer, tps, offsets, title)
+
+
 def drain_on_flush() -> None:
     """Install the fixes (idempotent)."""
     if getattr(ProducerBuffer, _APPLIED, False):
@@ -399,4 +444,6 @@ def drain_on_flush() -> None:
     Consumer.getmany = _getmany
     Consumer.perform_seek = _perform_seek
     Consumer.ack = _ack
+    ThreadDelegateConsumer._seek = _seek
+    Recovery._seek_offsets = _seek_offsets
     setattr(ProducerBuffer, _APPLIED, True)

@@ -470,3 +470,81 @@ def test_a_partition_with_nothing_committed_is_sought_to_its_start(monkeypatch):
     asyncio.run(Consumer.perform_seek(consumer))
     assert seeks == [(commands, 0)]
     assert consumer._paycore_sought == {commands: 2, changelog: 2}
+
+
+def test_a_partition_whose_seek_to_its_start_fails_is_left_unsought(monkeypatch):
+    # Not marked sought: its messages stay held, and the stall watch seeks it again.
+    from faust.transport.consumer import Consumer
+    from faust.types.tuples import TP
+
+    from streams import faust_fixes
+
+    drain_on_flush()
+    commands, orders = TP("pay.commands", 0), TP("pay.orders", 0)
+
+    async def nothing_committed(self):
+        pass
+
+    async def seek(tp, offset):
+        if tp == commands:
+            raise asyncio.TimeoutError()
+
+    consumer = SimpleNamespace(
+        _committed_offset={orders: 7}, assignment=lambda: {commands, orders}, seek=seek,
+        app=SimpleNamespace(consumer_generation_id=3, topics=SimpleNamespace(
+            acks_enabled_for=lambda topic: True)))
+    monkeypatch.setattr(faust_fixes, "_original_perform_seek", nothing_committed)
+    asyncio.run(Consumer.perform_seek(consumer))
+    assert consumer._paycore_sought == {orders: 3}
+
+
+def test_a_seek_runs_in_the_kafka_clients_thread_not_the_callers():
+    # The client's fetcher walks its records in that thread; a seek from the main one
+    # deleted a partition's records under it (KeyError, the worker crashed).
+    import threading
+
+    from faust.transport.consumer import ThreadDelegateConsumer
+    from faust.types.tuples import TP
+    from mode.threads import QueueServiceThread
+
+    drain_on_flush()
+    seeks = []
+
+    class ClientThread(QueueServiceThread):
+        def seek(self, tp, offset):
+            seeks.append((tp, offset, threading.get_ident()))
+
+    async def main():
+        thread = ClientThread()
+        await thread.start()
+        try:
+            await ThreadDelegateConsumer._seek(SimpleNamespace(_thread=thread),
+                                               TP("pay.commands", 1), 42)
+        finally:
+            await thread.stop()
+
+    asyncio.run(main())
+    assert [(tp.partition, offset) for tp, offset, _ in seeks] == [(1, 42)]
+    assert seeks[0][2] != threading.get_ident()
+
+
+def test_standby_partitions_with_no_known_offset_are_read_from_the_start():
+    # A rebalance during recovery adds standbys with offset None; the client refused a seek
+    # to None (ValueError) and recovery crashed.
+    from collections import Counter
+
+    from faust.tables.recovery import Recovery
+    from faust.types.tuples import TP
+
+    drain_on_flush()
+    added, known = TP("paycore-orders-changelog", 3), TP("paycore-orders-changelog", 4)
+    sought = []
+
+    async def seek_wait(offsets):
+        sought.append(dict(offsets))
+
+    offsets = Counter({added: None, known: 17})
+    asyncio.run(Recovery._seek_offsets(SimpleNamespace(), SimpleNamespace(seek_wait=seek_wait),
+                                       {added, known}, offsets, "standby"))
+    assert sought == [{added: 0, known: 17}]
+    assert offsets[added] == -1  # what Faust counts from: nothing read yet
