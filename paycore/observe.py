@@ -83,6 +83,18 @@ class Observer:
             totals[leg.account_id] += leg.amount_minor
         return dict(totals)
 
+    def unbalanced_entries(self) -> list[dict]:
+        """Journal entries whose legs seen so far do not sum to zero (one not applied yet,
+        or lost): each with its payment, the sum and every leg's account and amount."""
+        entries: dict[str, list[LegApplied]] = defaultdict(list)
+        for leg in self.legs.values():
+            entries[leg.entry_id].append(leg)
+        return [{"entry_id": entry_id, "payment_id": legs[0].payment_id,
+                 "sum_minor": sum(leg.amount_minor for leg in legs),
+                 "legs": sorted((leg.account_id, leg.amount_minor) for leg in legs)}
+                for entry_id, legs in sorted(entries.items())
+                if sum(leg.amount_minor for leg in legs) != 0]
+
     def latest_legs(self) -> dict[str, LegApplied]:
         """Per account, the leg with the highest sequence: its balance after the last leg."""
         latest: dict[str, LegApplied] = {}

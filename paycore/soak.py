@@ -50,6 +50,8 @@ from streams.settings import Settings
 MERCHANT = "soak"
 FAULTS = ("kill_worker", "takeover", "kill_api")
 FINAL = ("succeeded", "failed")
+LEDGER_SETTLE_S = 180.0
+"""How long the closing checks wait for the ledger to sum to zero once all is final."""
 ALLOWED_HISTORIES = (
     ("created", "processing", "succeeded"),
     ("created", "processing", "failed"),
@@ -350,6 +352,9 @@ def closing_checks(stack: Stack, observer: Observer, tally: Tally) -> dict:
                for p, st in observer.status.items() if p in ids and st.status == "succeeded")
     merchant = accounts.merchant_pending(MERCHANT, "USD")
     observer.wait_until(lambda: observer.balances().get(merchant, 0) == owed, 60)
+    # The merchant's legs are in; others (a customer's, a clearing account's) may be on a
+    # partition whose worker is still recovering: the zero sum is waited for, then judged.
+    observer.wait_until(lambda: sum(observer.balances().values()) == 0, LEDGER_SETTLE_S)
     balances = observer.balances()
     audit = audit_totals(s.auditor_metrics_port)
     workers = len([p for p in stack.parts if p.name.startswith("worker-")])
@@ -369,6 +374,7 @@ def closing_checks(stack: Stack, observer: Observer, tally: Tally) -> dict:
         "cents_lost_or_doubled": balances.get(merchant, 0) - owed,
         "ledger_sum_minor": sum(balances.values()),
         "suspense_minor": balances.get(accounts.suspense("USD"), 0),
+        "entries_unbalanced": observer.unbalanced_entries()[:20],
         "journal_matches_balances": observer.reported_equals_rebuilt(),
         "histories_not_allowed": check_histories(observer, final_only=True)[:20],
         "auditor": audit,
@@ -569,6 +575,9 @@ def render(doc: dict) -> str:
         *((("not final", "; ".join(c["not_final"][:5])),) if c["not_final"] else ()),
         ("ledger", f"sum {c['ledger_sum_minor']}, suspense {c['suspense_minor']}, journal "
          f"{'matches' if c['journal_matches_balances'] else 'DIFFERS FROM'} balances"),
+        *((("unbalanced", "; ".join(f"{e['payment_id']} {e['sum_minor']:+} {e['legs']}"
+                                    for e in c["entries_unbalanced"][:5])),)
+          if c.get("entries_unbalanced") else ()),
         ("auditor", f"{c['auditor']['checks']:.0f} checks, "
          f"{c['auditor']['violations']:.0f} violations"),
         ("checks", f"{doc['checks_run']} run, {len(doc['checks_failed'])} failed"),
