@@ -300,7 +300,8 @@ def not_final(observer: Observer, ids: dict[str, str], final: set[str],
             for p, order_no in sorted(ids.items()) if p not in final]
 
 
-TRACED = (t.COMMANDS, t.DEDUP, t.RISK, t.ORDERS, t.CHANNEL_REQUESTS, t.EVENTS, t.DEADLETTER)
+TRACED = (t.COMMANDS, t.DEDUP, t.RISK, t.ORDERS, t.CHANNEL_REQUESTS, t.EVENTS, t.DEADLETTER,
+          t.LEDGER_POSTINGS, t.LEDGER_ENTRIES)
 
 
 def trace(s: Settings, payments: dict[str, str], limit: int = 5) -> dict[str, list[str]]:
@@ -356,6 +357,7 @@ def closing_checks(stack: Stack, observer: Observer, tally: Tally) -> dict:
     # partition whose worker is still recovering: the zero sum is waited for, then judged.
     observer.wait_until(lambda: sum(observer.balances().values()) == 0, LEDGER_SETTLE_S)
     balances = observer.balances()
+    unbalanced = observer.unbalanced_entries() if sum(balances.values()) else []
     audit = audit_totals(s.auditor_metrics_port)
     workers = len([p for p in stack.parts if p.name.startswith("worker-")])
     spread = {}
@@ -374,7 +376,9 @@ def closing_checks(stack: Stack, observer: Observer, tally: Tally) -> dict:
         "cents_lost_or_doubled": balances.get(merchant, 0) - owed,
         "ledger_sum_minor": sum(balances.values()),
         "suspense_minor": balances.get(accounts.suspense("USD"), 0),
-        "entries_unbalanced": observer.unbalanced_entries()[:20],
+        "entries_unbalanced": unbalanced[:20],
+        "unbalanced_traced": trace(s, {e["payment_id"]: ids[e["payment_id"]]
+                                       for e in unbalanced if e["payment_id"] in ids}),
         "journal_matches_balances": observer.reported_equals_rebuilt(),
         "histories_not_allowed": check_histories(observer, final_only=True)[:20],
         "auditor": audit,
@@ -458,7 +462,8 @@ def run_soak(settings: Settings, options: SoakOptions, say=print) -> dict:
     (out / "soak.json").write_text(json.dumps(doc, indent=2))
     write_plot(doc, out / "soak.png")
     say(render(doc))
-    for payment_id, records in closing.get("not_final_traced", {}).items():
+    for payment_id, records in {**closing.get("not_final_traced", {}),
+                                **closing.get("unbalanced_traced", {})}.items():
         say(f"trail of {payment_id}: " + ("; ".join(records) or "no record on its path"))
     say(f"written: {out / 'soak.json'}, {out / 'soak.png'}")
     return doc
