@@ -75,16 +75,27 @@ Seventh, Faust runs the Kafka client in a thread of its own, with its own event 
 its ``Consumer.seek`` calls the client's ``seek`` from the caller's thread, the main one.
 The client's fetcher, meanwhile, walks its fetched records in the other thread: in a
 30-minute soak a seek (the stall watch's) deleted a partition's records under it, the
-fetcher died of a ``KeyError`` and took the worker with it. A seek from the wrong thread
-can also leave the position and a fetch in flight out of step, which may be where the
-fifth fix's jumps came from. Here the seek is handed to the client's thread
-(``_seek``), as Faust's own ``seek_wait`` and commits already are.
+fetcher died of a ``KeyError`` and took the worker with it. Here the seek is handed to
+the client's thread (``_seek``), as Faust's own ``seek_wait`` and commits already are. (It
+was not where the fifth fix's jumps came from: the next 30-minute soak still had 267.)
 
 Eighth, a rebalance during table recovery adds the new assignment's standby partitions
 with no known offset (None), and recovery then seeks them to None: the client refuses
 (``ValueError: Offset must be a positive integer``), recovery crashes and the worker with
 it (three times in that soak). Here a standby partition with no known offset is sought
 from the start of its changelog, as one with nothing persisted is (``_seek_offsets``).
+
+Ninth, Faust's seeks set a partition's read offset, which everywhere else is the last
+offset read, to the offset *sought*: after the seek to the committed offset the message
+there counted as read. The fifth fix then took the next offset as due, and when a fetch
+started ahead (a three-worker soak: committed 2752, the first message fetched 2816) it read
+the partition again from 2753; 2752 came only 35 s later, from the stall watch, after the
+ledger had applied 2753 and 2754 to its account, so the ledger took it for a redelivery and
+a leg of a journal entry was never applied (the ledger summed to +89,841; two 30-minute
+soaks before, not traced, ended at +35,263, a sale's clearing leg missing, and at
++4,760,303). Here a seek leaves the read offset one before the offset sought
+(``_consumer_seek``, ``_perform_seek``), and a message below the committed offset (a stale
+fetch), which the read offset kept out before, is not handed on (``_getmany``).
 """
 
 from __future__ import annotations
@@ -96,7 +107,7 @@ import time
 from typing import Optional
 
 from faust.tables.recovery import Recovery
-from faust.transport.consumer import Consumer, ThreadDelegateConsumer
+from faust.transport.consumer import Consumer, ThreadDelegateConsumer, ensure_TP
 from faust.transport.producer import ProducerBuffer
 from faust.types.tuples import TP, ack_lock
 from faust.utils.functional import consecutive_numbers
@@ -248,6 +259,9 @@ async def _getmany(self: Consumer, timeout: float):
             continue
         read = self._read_offset[tp]
         committed = self._committed_offset[tp]
+        if committed is not None and message.offset < committed \
+                and self.app.topics.acks_enabled_for(message.topic):
+            continue  # processed before it was committed: a stale fetch's copy
         # The next offset due: one past the last read, or the committed offset if that is
         # further (those before it were processed, here or by the partition's last owner).
         due = None if read is None else read + 1 if committed is None else \
@@ -277,6 +291,13 @@ async def _getmany(self: Consumer, timeout: float):
         yield tp, message
 
 
+async def _consumer_seek(self: Consumer, partition: TP, offset: int) -> None:
+    """Faust's ``Consumer.seek``, but the read offset (the last offset read) is left one
+    before the offset sought, not at it: the message there has not been read yet."""
+    await self._seek(partition, offset)
+    self._read_offset[ensure_TP(partition)] = offset - 1 if offset > 0 else None
+
+
 _original_perform_seek = Consumer.perform_seek
 
 
@@ -294,6 +315,10 @@ sought to its start here: its messages dropped before the seek are read again.""
     generation = self.app.consumer_generation_id
     await _original_perform_seek(self)
     assigned = self.assignment()
+    for tp in assigned:  # Faust set the read offset to the committed one: none read there yet
+        committed = self._committed_offset.get(tp)
+        if committed is not None and self._read_offset.get(tp) == committed:
+            self._read_offset[tp] = committed - 1 if committed > 0 else None
     sought = self.__dict__.setdefault("_paycore_sought", {})
     for tp in assigned:  # the client seeks only to a committed offset above 0
         if self._committed_offset.get(tp) is None and self.app.topics.acks_enabled_for(tp.topic):
@@ -443,6 +468,7 @@ def drain_on_flush() -> None:
     Consumer.wait_empty = _wait_empty
     Consumer.getmany = _getmany
     Consumer.perform_seek = _perform_seek
+    Consumer.seek = _consumer_seek
     Consumer.ack = _ack
     ThreadDelegateConsumer._seek = _seek
     Recovery._seek_offsets = _seek_offsets

@@ -215,9 +215,9 @@ def fetching(batches: list[list[int]], read: int, monkeypatch, committed: int | 
         for offset in next(fetches):
             yield tp, SimpleNamespace(offset=offset, topic=tp.topic)
 
-    async def seek(partition, offset):  # as Faust's: the offset sought counts as read
+    async def seek(partition, offset):  # as the fixed one: the one before counts as read
         seeks.append(offset)
-        consumer._read_offset[partition] = offset
+        consumer._read_offset[partition] = offset - 1
 
     monkeypatch.setattr(faust_fixes, "_original_getmany", original)
     consumer = SimpleNamespace(
@@ -490,12 +490,14 @@ def test_a_partition_whose_seek_to_its_start_fails_is_left_unsought(monkeypatch)
             raise asyncio.TimeoutError()
 
     consumer = SimpleNamespace(
-        _committed_offset={orders: 7}, assignment=lambda: {commands, orders}, seek=seek,
+        _committed_offset={orders: 7}, _read_offset={orders: 7},
+        assignment=lambda: {commands, orders}, seek=seek,
         app=SimpleNamespace(consumer_generation_id=3, topics=SimpleNamespace(
             acks_enabled_for=lambda topic: True)))
     monkeypatch.setattr(faust_fixes, "_original_perform_seek", nothing_committed)
     asyncio.run(Consumer.perform_seek(consumer))
     assert consumer._paycore_sought == {orders: 3}
+    assert consumer._read_offset == {orders: 6}  # the last read: 7 is due
 
 
 def test_a_seek_runs_in_the_kafka_clients_thread_not_the_callers():
@@ -548,3 +550,59 @@ def test_standby_partitions_with_no_known_offset_are_read_from_the_start():
                                        {added, known}, offsets, "standby"))
     assert sought == [{added: 0, known: 17}]
     assert offsets[added] == -1  # what Faust counts from: nothing read yet
+
+
+def test_after_a_seek_the_message_at_the_offset_sought_is_due_not_read():
+    # Faust left the read offset at the offset sought; the jump check then took the next
+    # one as due and sought past the committed message (2752), which the ledger, getting it
+    # after 2753, took for a redelivery: a leg never applied.
+    from faust.transport.consumer import Consumer
+    from faust.types.tuples import TP
+
+    drain_on_flush()
+    tp = TP("pay.ledger.postings", 2)
+    sought = []
+
+    async def client_seek(partition, offset):
+        sought.append((partition, offset))
+
+    consumer = SimpleNamespace(_seek=client_seek, _read_offset={tp: 2760})
+    asyncio.run(Consumer.seek(consumer, tp, 2752))
+    assert sought == [(tp, 2752)] and consumer._read_offset[tp] == 2751
+    asyncio.run(Consumer.seek(consumer, tp, 0))
+    assert consumer._read_offset[tp] is None
+
+
+def test_the_seek_to_committed_leaves_the_committed_message_due(monkeypatch):
+    from faust.transport.consumer import Consumer
+    from faust.types.tuples import TP
+
+    from streams import faust_fixes
+
+    drain_on_flush()
+    tp = TP("pay.ledger.postings", 2)
+
+    async def as_faust_does(self):  # Faust's perform_seek: the read offset = the committed
+        self._committed_offset[tp] = 2752
+        self._read_offset[tp] = 2752
+
+    consumer = SimpleNamespace(
+        _committed_offset={}, _read_offset={}, assignment=lambda: {tp},
+        app=SimpleNamespace(consumer_generation_id=9, topics=SimpleNamespace(
+            acks_enabled_for=lambda topic: True)))
+    monkeypatch.setattr(faust_fixes, "_original_perform_seek", as_faust_does)
+    asyncio.run(Consumer.perform_seek(consumer))
+    assert consumer._read_offset[tp] == 2751
+
+
+def test_a_fetch_ahead_right_after_the_seek_reads_from_the_committed_offset(monkeypatch):
+    # The soak's case once the read offset is right: 2816 fetched first, 2752 due.
+    handed, seeks = fetching([[2816, 2817], [2752, 2753]], read=2751, committed=2752,
+                             monkeypatch=monkeypatch)
+    assert (handed, seeks) == ([2752, 2753], [2752])
+
+
+def test_a_stale_copy_below_the_committed_offset_is_not_handed_on(monkeypatch):
+    handed, seeks = fetching([[2750, 2751, 2752, 2753]], read=2751, committed=2752,
+                             monkeypatch=monkeypatch)
+    assert (handed, seeks) == ([2752, 2753], [])
