@@ -102,6 +102,10 @@ class LedgerStage:
             if earlier is None:  # its record came back older than the row: repair it,
                 # or a later copy from upstream would be applied a second time
                 same = row.last_id == some_id
+                if not same:  # also what a message read out of order looks like: say so
+                    log.warning("%s at offset %d, below the row's input offset %d, has no "
+                                "record of its own: taken as applied", some_id, offset,
+                                row.input_offset)
                 earlier = self.remember(some_id, offset, row.last_outcome if same else "",
                                         row.last_sent if same else "")
             return True, earlier
