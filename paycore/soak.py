@@ -378,7 +378,8 @@ def closing_checks(stack: Stack, observer: Observer, tally: Tally) -> dict:
         "suspense_minor": balances.get(accounts.suspense("USD"), 0),
         "entries_unbalanced": unbalanced[:20],
         "unbalanced_traced": trace(s, {e["payment_id"]: ids[e["payment_id"]]
-                                       for e in unbalanced if e["payment_id"] in ids}),
+                                       for e in unbalanced if e["payment_id"] in ids})
+        if unbalanced else {},
         "journal_matches_balances": observer.reported_equals_rebuilt(),
         "histories_not_allowed": check_histories(observer, final_only=True)[:20],
         "auditor": audit,

@@ -282,7 +282,7 @@ async def _getmany(self: Consumer, timeout: float):
                     await self.seek(tp, due)
                 except Exception as exc:  # revoked meanwhile: its next owner reads it
                     log.warning("%s[%d]: could not seek back (%r)", tp.topic, tp.partition, exc)
-                self._read_offset[tp] = due - 1  # as if the one before was last (seek sets due)
+                self._read_offset[tp] = due - 1  # as the seek does; also if it failed
                 continue
             log.error("%s[%d]: still no records between %d and %d after %d reads: taking "
                       "the gap as real", tp.topic, tp.partition, due, message.offset, tries)
@@ -295,7 +295,7 @@ async def _consumer_seek(self: Consumer, partition: TP, offset: int) -> None:
     """Faust's ``Consumer.seek``, but the read offset (the last offset read) is left one
     before the offset sought, not at it: the message there has not been read yet."""
     await self._seek(partition, offset)
-    self._read_offset[ensure_TP(partition)] = offset - 1 if offset > 0 else None
+    self._read_offset[ensure_TP(partition)] = offset - 1  # -1 at the start: 0 is due
 
 
 _original_perform_seek = Consumer.perform_seek
@@ -320,15 +320,17 @@ sought to its start here: its messages dropped before the seek are read again.""
         if committed is not None and self._read_offset.get(tp) == committed:
             self._read_offset[tp] = committed - 1 if committed > 0 else None
     sought = self.__dict__.setdefault("_paycore_sought", {})
-    for tp in assigned:  # the client seeks only to a committed offset above 0
-        if self._committed_offset.get(tp) is None and self.app.topics.acks_enabled_for(tp.topic):
-            try:
-                await self.seek(tp, 0)  # nothing committed: from the start
-            except Exception as exc:  # not sought: the stall watch seeks again
-                log.warning("%s[%d]: could not seek to its start (%r)", tp.topic, tp.partition,
-                            exc)
-                continue
-        sought[tp] = generation
+    # The client seeks only to a committed offset above 0: nothing committed, from the start.
+    # All at once, within one seek's time (Faust gives the whole of this seek a deadline).
+    starts = [tp for tp in assigned if self._committed_offset.get(tp) is None
+              and self.app.topics.acks_enabled_for(tp.topic)]
+    results = await asyncio.gather(*(self.seek(tp, 0) for tp in starts),
+                                   return_exceptions=True)
+    failed = {tp: result for tp, result in zip(starts, results, strict=True)
+              if isinstance(result, BaseException)}
+    for tp, exc in sorted(failed.items()):  # not sought: the stall watch seeks again
+        log.warning("%s[%d]: could not seek to its start (%r)", tp.topic, tp.partition, exc)
+    sought.update(dict.fromkeys(set(assigned) - set(failed), generation))
 
 
 def _sought(consumer: Consumer, tp: TP) -> bool:

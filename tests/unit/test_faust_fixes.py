@@ -197,7 +197,8 @@ def test_a_rebalance_whose_messages_are_acked_in_time_goes_on():
 # ---------------------------------------------------------------- a fetch that skips ahead
 
 
-def fetching(batches: list[list[int]], read: int, monkeypatch, committed: int | None = None):
+def fetching(batches: list[list[int]], read: int, monkeypatch, committed: int | None = None,
+             nothing_committed: bool = False):
     """A consumer whose fetches give these offsets of one partition, batch by batch, and
     whose drain loop (played here) records each message handed on as read."""
     from faust.transport.consumer import Consumer
@@ -221,7 +222,8 @@ def fetching(batches: list[list[int]], read: int, monkeypatch, committed: int | 
 
     monkeypatch.setattr(faust_fixes, "_original_getmany", original)
     consumer = SimpleNamespace(
-        _read_offset={tp: read}, _committed_offset={tp: read if committed is None else committed},
+        _read_offset={tp: read}, _committed_offset={
+            tp: None if nothing_committed else read if committed is None else committed},
         seek=seek, _paycore_sought={tp: 3},
         app=SimpleNamespace(topics=SimpleNamespace(acks_enabled_for=lambda topic: True),
                             consumer_generation_id=3))
@@ -570,7 +572,14 @@ def test_after_a_seek_the_message_at_the_offset_sought_is_due_not_read():
     asyncio.run(Consumer.seek(consumer, tp, 2752))
     assert sought == [(tp, 2752)] and consumer._read_offset[tp] == 2751
     asyncio.run(Consumer.seek(consumer, tp, 0))
-    assert consumer._read_offset[tp] is None
+    assert consumer._read_offset[tp] == -1  # 0 is due: a fetch starting later is a jump
+
+
+def test_a_partition_never_committed_and_fetched_ahead_is_read_from_its_start(monkeypatch):
+    # Sought to 0 (nothing committed), the first fetch gave 5: 0..4 are read first.
+    handed, seeks = fetching([[5, 6], [0, 1]], read=-1, nothing_committed=True,
+                             monkeypatch=monkeypatch)
+    assert (handed, seeks) == ([0, 1], [0])
 
 
 def test_the_seek_to_committed_leaves_the_committed_message_due(monkeypatch):
