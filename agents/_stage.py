@@ -25,6 +25,7 @@ from streams.app import Wire
 from streams.envelope import child
 from streams.faust_fixes import EXIT_CANNOT_PROCEED  # the supervisor restarts us
 from streams.metrics import DUE_ROWS, OVERDUE, STAGE_EVENTS, STAGE_SECONDS
+from streams.table_store import AckedTable
 
 log = logging.getLogger(__name__)
 
@@ -144,11 +145,16 @@ def table(wire: Wire, name: str, help_text: str):
     """A table of bytes keys and JSON bytes rows, co-partitioned with the stage's input.
 
     Rows are pydantic ``model_dump_json`` bytes: one encode per write, no dict round trip.
-    Each partition is its own RocksDB, sized by the settings (``table_options``).
+    Each partition is its own RocksDB, sized by the settings (``table_options``); its rows
+    reach it once their changelog records are acked (``streams/table_store.py``) unless
+    ``table_rows_after_ack`` is off.
     """
-    return wire.app.Table(name, partitions=wire.settings.partitions, key_type=bytes,
-                          value_type=bytes, help=help_text,
-                          options=table_options(wire.settings))
+    kwargs = dict(partitions=wire.settings.partitions, key_type=bytes, value_type=bytes,
+                  help=help_text, options=table_options(wire.settings))
+    if not wire.settings.table_rows_after_ack:
+        return wire.app.Table(name, **kwargs)
+    app = wire.app
+    return app.tables.add(AckedTable(app, name=name, beacon=app.tables.beacon, **kwargs))
 
 
 def table_options(settings) -> dict[str, int]:

@@ -48,7 +48,8 @@ def run_worker(settings: Settings, worker_index: int | str = 0,
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     datadir = worker_datadir(settings, worker_index)
-    local_state.claim(datadir)  # a killed run's rows may be missing from the changelogs
+    # A killed run's rows may be missing from the changelogs, unless written after their acks
+    local_state.claim(datadir, settings.table_rows_after_ack)
     wire = build_worker(settings, worker_index)
     if settings.trace_offsets:  # after the app is built: wraps Faust as fixed
         offset_trace.enable(settings.data_dir / "logs" / f"offsets-{worker_index}.log")

@@ -16,6 +16,12 @@ a clean stop (the producer flushed, the stores closed). A worker that finds the 
 start was killed or crashed: its local state is dropped, and every table it is assigned is
 rebuilt from the changelogs, which then hold everything any worker saw. A crash costs a
 full table recovery; a clean restart (a deploy) keeps its state and only reads the tail.
+
+Since ``streams/table_store.py`` a row reaches RocksDB only with its changelog record's
+offset, once the broker has it: RocksDB is a prefix of the changelogs whatever stopped the
+worker. The marker then records that (``rows after ack``), and a killed worker whose last
+run wrote rows that way keeps its state, like one stopped cleanly. State written by
+Faust's own store (``table_rows_after_ack`` off, or an older run) is still dropped.
 """
 
 from __future__ import annotations
@@ -28,22 +34,31 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 MARKER = "RUNNING"
+AFTER_ACK = "rows after ack"
 
 
-def claim(datadir: Path) -> bool:
+def claim(datadir: Path, rows_after_ack: bool = False) -> bool:
     """Mark ``datadir`` as in use; drop its contents first if its last user did not stop
-    cleanly. True if local state was dropped."""
+    cleanly, unless that run and this one write rows only after their changelog acks
+    (``rows_after_ack``). True if local state was dropped."""
     marker = datadir / MARKER
     dropped = False
     if marker.exists():
-        last = marker.read_text(errors="replace").strip() or "?"
+        lines = marker.read_text(errors="replace").splitlines()
+        last = lines[0].strip() if lines and lines[0].strip() else "?"
+        if rows_after_ack and AFTER_ACK in lines[1:]:
+            log.warning("%s: the last run (pid %s) did not stop cleanly; its tables wrote "
+                        "rows only after their changelog acks, so its local state is kept "
+                        "and only the changelogs after it are read", datadir, last)
+            marker.write_text(f"{os.getpid()}\n{AFTER_ACK}\n")
+            return False
         log.warning("%s: the last run (pid %s) did not stop cleanly: its local table state "
                     "may hold rows its changelogs never got; dropped, the tables are rebuilt "
                     "from the changelogs", datadir, last)
         shutil.rmtree(datadir)
         dropped = True
     datadir.mkdir(parents=True, exist_ok=True)
-    marker.write_text(f"{os.getpid()}\n")
+    marker.write_text(f"{os.getpid()}\n{AFTER_ACK}\n" if rows_after_ack else f"{os.getpid()}\n")
     return dropped
 
 

@@ -36,6 +36,14 @@ class Settings(BaseSettings):
     table_store: str = "rocksdb://"
     """Faust table store; tests may use memory://."""
 
+    table_rows_after_ack: bool = True
+    """Hold each table row in memory until the broker acks its changelog record, then
+    write it to RocksDB with that record's offset (``streams/table_store.py``): RocksDB is
+    then always a prefix of the changelog, and a worker killed by SIGKILL keeps its state
+    (it reads only the changelog after it). False: Faust's own store, which writes rows at
+    once, and a killed worker drops its state and rebuilds every table from the changelogs
+    (``streams/local_state.py``)."""
+
     table_memtable_mb: int = Field(default=1, ge=1, le=256)
     """RocksDB write buffer of each table partition, two of them at most (a worker holding
     every partition opens 14 tables x ``partitions`` databases). With Faust's default, 64 MB

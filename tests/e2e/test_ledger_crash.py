@@ -1,6 +1,11 @@
 """Thousands of postings straight into the ledger, a SIGKILL in the middle, a restart,
 then every posting fed again: each applied exactly once, balances equal a rebuild from
 the journal and the test's own arithmetic, and the auditor process saw no violation.
+
+While the worker is down, each of its ledger tables' RocksDB partitions must hold exactly
+its changelog read up to the offset it records (``streams/table_store.py``: rows reach
+RocksDB only with their acked changelog records), and the restarted worker keeps that
+state instead of rebuilding it (``streams/local_state.py``).
 """
 
 from __future__ import annotations
@@ -11,7 +16,8 @@ from collections import defaultdict
 
 import pytest
 
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from rocksdict import AccessType, Options, Rdict
 
 from domain import accounts
 from domain.events import JournalEntryDecided, Leg
@@ -19,7 +25,9 @@ from paycore.observe import Observer, audit_totals
 from paycore.stack import Stack, wait_until_ready
 from streams import topics as t
 from streams.accounts_config import load_accounts
+from streams.app import group_of
 from streams.envelope import child, encode
+from streams.table_store import AckedStore
 
 pytestmark = pytest.mark.e2e
 
@@ -86,6 +94,8 @@ def test_ledger_sigkilled_mid_stream_applies_each_posting_once(own_stack):
     observer.wait_until(lambda: len(observer.legs) >= legs_total // 3, 120)
     own_stack.kill("worker-0")
     at_kill = len(observer.legs)
+    prefixes = {name: _rocksdb_is_changelog_prefix(settings, name)
+                for name in ("accounts", "applied_ids")}
     own_stack.restart("worker-0")
     done = observer.wait_until(lambda: len(observer.legs) >= legs_total, 240)
     _publish(producer, entries[: len(entries) // 2], place)  # the same postings again
@@ -96,6 +106,9 @@ def test_ledger_sigkilled_mid_stream_applies_each_posting_once(own_stack):
     info = f"seed={seed} postings={postings} legs applied at kill={at_kill}/{legs_total}"
     print(info)
     assert 0 < at_kill < legs_total, f"{info}: the kill did not land mid-stream"
+    assert all(rows > 0 for rows in prefixes.values()), (info, prefixes)
+    log = own_stack.part("worker-0").log_path.read_text(errors="replace")
+    assert "its local state is kept" in log, "the killed worker's state was not kept"
     assert done and len(observer.legs) == legs_total, (info, len(observer.legs))
     assert observer.balances() == _expected(entries, place), info
     assert observer.reported_equals_rebuilt(), info
@@ -112,3 +125,48 @@ def _expected(entries, place) -> dict[str, int]:
         for leg in entry.legs:
             totals[place(leg.account_id, entry.payment_id)] += leg.amount_minor
     return dict(totals)
+
+
+def _rocksdb_is_changelog_prefix(settings, table: str) -> int:
+    """Compare every RocksDB partition of ``table`` left by the killed worker with its
+    changelog folded up to the offset that partition records; the rows compared."""
+    found = sorted((settings.data_dir / "worker-0").glob(f"**/{table}-*.db"))
+    assert found, f"no RocksDB of {table} under the worker's data directory"
+    topic = f"{group_of(settings)}-{table}-changelog"
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap,
+                             enable_auto_commit=False, consumer_timeout_ms=2_000)
+    compared = 0
+    try:
+        for path in found:
+            partition = int(path.name.removesuffix(".db").rsplit("-", 1)[1])
+            db = Rdict(str(path), Options(raw_mode=True), access_type=AccessType.read_only())
+            try:
+                local = dict(db.items())
+            finally:
+                db.close()
+            recorded = int(local.pop(AckedStore.offset_key, b"-1"))
+            folded: dict[bytes, bytes] = {}
+            tp = TopicPartition(topic, partition)
+            consumer.assign([tp])
+            consumer.seek_to_beginning(tp)
+            last = -1
+            deadline = time.monotonic() + 30
+            while last < recorded and time.monotonic() < deadline:
+                for records in consumer.poll(timeout_ms=500).values():
+                    for record in records:
+                        if record.offset <= recorded:
+                            if record.value is None:
+                                folded.pop(record.key, None)
+                            else:
+                                folded[record.key] = record.value
+                        last = max(last, record.offset)
+            assert last >= recorded, f"{topic}[{partition}]: read to {last} of {recorded}"
+            differ = sum(1 for k in local if k in folded and local[k] != folded[k])
+            assert local == folded, (f"{topic}[{partition}] up to {recorded}: RocksDB only "
+                                     f"{sorted(set(local) - set(folded))[:5]}, changelog "
+                                     f"only {sorted(set(folded) - set(local))[:5]}, "
+                                     f"{differ} differ")
+            compared += len(local)
+    finally:
+        consumer.close()
+    return compared
