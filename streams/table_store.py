@@ -15,14 +15,21 @@ clean stop. Reads see the held rows first: the stage sees its own writes at once
 The producer sends the records of a partition in order and acks them in order (aiokafka
 keeps one batch in flight per partition). An ack at or below the offset already recorded
 would break that; it is logged and counted, and its row is not written
-(``paycore_table_acks_out_of_order_total``). A partition taken away drops its held rows,
-and acks that arrive for it afterwards are ignored: the changelog has them, and whoever
-reads that partition next recovers them from there.
+(``paycore_table_acks_out_of_order_total``). A partition taken away, or kept only as a
+standby, drops its held rows, and acks that arrive for it afterwards are ignored: the
+changelog has them, and whoever reads that partition next recovers them from there.
+
+A changelog record the broker refuses, or a RocksDB write that fails, would leave a row
+only in memory: the worker exits with ``EXIT_CANNOT_PROCEED`` instead, its supervisor
+restarts it, and it goes on from the acked prefix on disk with its input delivered again.
+Global tables, tables with their own partitioner and exactly-once transactions keep
+Faust's own store.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections import defaultdict
 from functools import partial
 from typing import Any, Iterator, Optional
@@ -32,7 +39,10 @@ import rocksdict
 from faust.stores.rocksdb import Store
 from faust.streams import current_event
 from faust.types import TP
+from faust.types.enums import ProcessingGuarantee
 from prometheus_client import Counter
+
+from streams.faust_fixes import EXIT_CANNOT_PROCEED
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +50,15 @@ OUT_OF_ORDER = Counter("paycore_table_acks_out_of_order_total",
                        "Changelog acks at or below a partition's recorded offset (none "
                        "expected): their rows were not written to RocksDB", ["table"])
 NOT_HELD = object()  # no row held for the key (a held row's value may be None: deleted)
+_exit = os._exit  # replaced in tests
+
+
+def cannot_proceed(what: str, *args: Any) -> None:
+    """A row would stay only in memory: exit to be restarted from the acked prefix."""
+    log.critical(what + ": exiting, to restart from the rows on disk and have the input "
+                 "delivered again", *args)
+    logging.shutdown()
+    _exit(EXIT_CANNOT_PROCEED)
 
 
 class AckedStore(Store):
@@ -97,7 +116,12 @@ class AckedStore(Store):
             else:
                 batch.put(key, value)
             batch.put(self.offset_key, str(offset).encode())
-            db.write(batch)
+            try:
+                db.write(batch)
+            except Exception as exc:  # disk full, I/O error: the row would stay in memory
+                cannot_proceed("%s[%d]: RocksDB write at %d failed: %r", self.table_name,
+                               partition, offset, exc)
+                return
             self._recorded[partition] = offset
         held = self._held[partition]
         row = held.get(key)
@@ -110,13 +134,32 @@ class AckedStore(Store):
         super().set_persisted_offset(tp, offset)  # recovery: rows and offset from the log
         self._recorded[tp.partition] = offset
 
+    def _forget(self, partition: int) -> None:
+        self._held.pop(partition, None)
+        self._recorded.pop(partition, None)
+        self._epochs[partition] += 1
+
     def revoke_partitions(self, table, tps) -> None:
         for tp in tps:
             if tp.topic in table.changelog_topic.topics:
-                self._held.pop(tp.partition, None)
-                self._recorded.pop(tp.partition, None)
-                self._epochs[tp.partition] += 1
+                self._forget(tp.partition)
         super().revoke_partitions(table, tps)
+
+    async def on_rebalance(self, assigned, revoked, newly_assigned,
+                           generation_id: int = 0) -> None:
+        await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
+        # An active partition kept as a standby is not revoked, but its changelog is now
+        # replayed into RocksDB by the standby reader: its held rows and acks are not ours.
+        actives = self.app.assignor.assigned_actives()
+        topic = self.table.changelog_topic_name
+        for partition in list(self._held):
+            if TP(topic=topic, partition=partition) not in actives:
+                self._forget(partition)
+
+    def reset_state(self) -> None:
+        for partition in list(self._held) + list(self._recorded):
+            self._forget(partition)
+        super().reset_state()
 
     def held_rows(self) -> int:
         return sum(len(rows) for rows in self._held.values())
@@ -174,7 +217,8 @@ class AckedTable(faust.Table):
     """A Faust table whose rows go to an ``AckedStore`` when the store is RocksDB."""
 
     def _new_store_by_url(self, url):
-        if str(url).split(":", 1)[0] != "rocksdb":
+        if (str(url).split(":", 1)[0] != "rocksdb" or self.is_global or self.use_partitioner
+                or self.app.conf.processing_guarantee == ProcessingGuarantee.EXACTLY_ONCE):
             return super()._new_store_by_url(url)
         return AckedStore(url, self.app, self, table_name=self.name, key_type=self.key_type,
                           key_serializer=self.key_serializer,
@@ -187,12 +231,19 @@ class AckedTable(faust.Table):
         if not isinstance(store, AckedStore) or partition is None or self.app.in_transaction:
             return super().send_changelog(partition, key, value, key_serializer,
                                           value_serializer)
-        return self.changelog_topic.send_soon(
+        fut = self.changelog_topic.send_soon(
             key=key, value=value, partition=partition,
             key_serializer=key_serializer or self.key_serializer,
             value_serializer=value_serializer or self.value_serializer,
             callback=partial(self._on_acked, store.epoch(partition)),
             eager_partitioning=True)
+        fut.add_done_callback(partial(self._on_sent, partition))  # the callback: acks only
+        return fut
+
+    def _on_sent(self, partition: int, fut) -> None:
+        if not fut.cancelled() and fut.exception() is not None:
+            cannot_proceed("%s[%d]: changelog record refused: %r", self.name, partition,
+                           fut.exception())
 
     def _on_acked(self, epoch: int, fut) -> None:
         res = fut.result()

@@ -46,8 +46,9 @@ class DictApp:
 
 def stage() -> tuple[LedgerStage, list]:
     sent: list = []
+    # Dict tables: the stage's crash rules, not the acked store (tests/unit/test_table_store.py).
     settings = SimpleNamespace(partitions=4, config_dir=Path("config"), table_memtable_mb=2,
-                               table_block_cache_mb=4)
+                               table_block_cache_mb=4, table_rows_after_ack=False)
     wire = Wire(app=DictApp(sent), settings=settings)
     for name in t.ALL:
         wire.topics[name] = wire.topic(name)

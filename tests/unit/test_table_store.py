@@ -7,6 +7,7 @@ sends are caught, and acked in the order they were sent, as the producer does.
 
 from __future__ import annotations
 
+import asyncio
 import weakref
 from types import SimpleNamespace
 
@@ -19,7 +20,9 @@ from hypothesis import strategies as st
 from agents._stage import table
 from streams.app import create_app
 from streams.settings import Settings
-from streams.table_store import OUT_OF_ORDER, AckedStore
+from streams import table_store
+from streams.faust_fixes import EXIT_CANNOT_PROCEED
+from streams.table_store import OUT_OF_ORDER, AckedStore, AckedTable
 
 PARTITIONS = 2
 
@@ -80,6 +83,16 @@ class Rig:
 
     def recorded(self, partition: int) -> int | None:
         return self.store.persisted_offset(self.tp(partition))
+
+
+@pytest.fixture(autouse=True)
+def loop():
+    """The event loop the table's futures are made on (they are made outside a coroutine)."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    yield loop
+    asyncio.set_event_loop(None)
+    loop.close()
 
 
 @pytest.fixture
@@ -146,6 +159,61 @@ def test_a_revoked_partition_drops_its_held_rows_and_ignores_late_acks(rig):
     assert rig.store.held_rows() == 0
     rig.ack()  # the broker has it; whoever reads partition 1 next recovers it from there
     assert rig.on_disk(1) == {} and rig.recorded(1) is None
+
+
+def test_a_partition_kept_only_as_a_standby_drops_its_held_rows_and_late_acks(rig, loop):
+    rig.on(1)
+    rig.rows[b"k"] = b"v"
+    rig.actives = {rig.tp(0)}  # partition 1 still assigned, as a standby: not revoked
+    loop.run_until_complete(rig.store.on_rebalance(
+        assigned={rig.tp(0), rig.tp(1)}, revoked=set(), newly_assigned=set()))
+    assert rig.store.held_rows() == 0
+    rig.ack()  # the standby reader replays it from the changelog
+    assert rig.on_disk(1) == {} and rig.recorded(1) is None
+
+
+@pytest.fixture
+def exits(monkeypatch):
+    codes: list[int] = []
+    monkeypatch.setattr(table_store, "_exit", codes.append)
+    return codes
+
+
+def test_a_changelog_record_the_broker_refuses_makes_the_worker_exit(rig, exits, loop):
+    rig.on(0)
+    rig.rows[b"k"] = b"v"
+    fut = rig.sent.pop(0)
+    fut.set_exception(RuntimeError("broker refused"))  # what Faust's _on_published does
+    loop.run_until_complete(asyncio.sleep(0))  # the future's done callbacks run
+    assert exits == [EXIT_CANNOT_PROCEED]
+    assert rig.on_disk(0) == {}  # the row was never acked: not on disk
+
+
+class _FailingWrites:
+    def __init__(self, db) -> None:
+        self.get = db.get
+
+    def write(self, _batch) -> None:
+        raise OSError("No space left on device")
+
+
+def test_a_failed_rocksdb_write_makes_the_worker_exit(rig, exits):
+    rig.on(0)
+    rig.rows[b"k"] = b"v"
+    good = rig.store._db_for_partition(0)
+    rig.store._dbs[0] = _FailingWrites(good)
+    rig.ack()
+    assert exits == [EXIT_CANNOT_PROCEED]
+    assert rig.recorded(0) is None
+
+
+def test_global_tables_keep_faust_store(tmp_path):
+    wire = create_app(Settings(data_dir=tmp_path, kafka_bootstrap="127.0.0.1:9",
+                               partitions=PARTITIONS))
+    rows = wire.app.tables.add(AckedTable(wire.app, name="g", is_global=True,
+                                          beacon=wire.app.tables.beacon, key_type=bytes,
+                                          value_type=bytes))
+    assert not isinstance(rows.data, AckedStore)
 
 
 def test_an_ack_out_of_order_is_counted_and_not_written(rig):
