@@ -9,7 +9,7 @@ from faust import Worker
 from prometheus_client import start_http_server
 
 from agents import register_stages
-from streams import local_state, offset_trace
+from streams import local_state, membership, offset_trace
 from streams.app import Wire, create_app, webhooks_app_id
 from streams.settings import Settings
 
@@ -51,6 +51,10 @@ def run_worker(settings: Settings, worker_index: int | str = 0,
     # A killed run's rows may be missing from the changelogs, unless written after their acks
     local_state.claim(datadir, settings.table_rows_after_ack)
     wire = build_worker(settings, worker_index)
+    group = wire.app.conf.id  # the consumer group Faust joins
+    if settings.end_killed_membership:  # a killed run's membership: ended, not waited out
+        membership.end_previous(settings.bootstrap_servers(), datadir, group)
+    membership.record(group, datadir)
     if settings.trace_offsets:  # after the app is built: wraps Faust as fixed
         offset_trace.enable(settings.data_dir / "logs" / f"offsets-{worker_index}.log")
         offset_trace.install()

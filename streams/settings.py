@@ -104,6 +104,11 @@ class Settings(BaseSettings):
 
     session_timeout_s: int = 10
 
+    end_killed_membership: bool = True
+    """A worker starting on the data directory of one that was killed first removes that
+    one's member from the group (LeaveGroup), instead of waiting out its session
+    (``streams/membership.py``)."""
+
     deadline_sweep_ms: int = Field(default=500, ge=50, le=60_000)
     """How often the order stage looks for orders past their deadline (timeouts, expiry)."""
 

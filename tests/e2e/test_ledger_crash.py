@@ -109,6 +109,7 @@ def test_ledger_sigkilled_mid_stream_applies_each_posting_once(own_stack):
     assert all(rows > 0 for rows in prefixes.values()), (info, prefixes)
     log = own_stack.part("worker-0").log_path.read_text(errors="replace")
     assert "its local state is kept" in log, "the killed worker's state was not kept"
+    assert "did not leave group" in log, "the killed run's membership was not ended"
     assert done and len(observer.legs) == legs_total, (info, len(observer.legs))
     assert observer.balances() == _expected(entries, place), info
     assert observer.reported_equals_rebuilt(), info
