@@ -81,6 +81,7 @@ def run_worker(settings: Settings, worker_index: int | str = 0,
     except SystemExit as done:
         if done.code in (0, None) and worker.crash_reason is None:
             local_state.release(datadir)  # stopped cleanly: changelogs flushed, stores closed
+            membership.forget(datadir)  # and it left the group itself
         raise
 
 

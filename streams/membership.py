@@ -10,12 +10,13 @@ that made a restart spend about 18 s of its 29 s in the join (`paycore bench --r
 So each worker writes its member id to its data directory whenever it joins
 (``record``), and a worker starting on that directory first ends that membership
 (``end_previous``): LeaveGroup for the recorded id, as the killed process would have sent
-had it stopped cleanly. The data directory is the worker's identity (its RocksDB); only
-one process uses it at a time, and the supervisor starts the next only after the last has
-exited, so the member removed is a dead one. Were it alive after all, the group would treat
-it as a member whose session expired: its commits are refused for the old generation and
-it joins again, which Faust handles as any rebalance. Nothing depends on the leave for
-correctness; when it fails (no broker yet, a timeout) the join waits as before.
+had it stopped cleanly (a clean stop removes the record: ``forget``). The data directory is
+the worker's identity (its RocksDB); only one process uses it at a time, and the supervisor
+starts the next only after the last has exited, so the member removed is a dead one. Were
+it alive after all, the group would treat it as a member whose session expired: its commits
+are refused for the old generation and it joins again, which Faust handles as any
+rebalance. Nothing depends on the leave for correctness; when it fails (no broker yet, a
+timeout) the join waits as before.
 """
 
 from __future__ import annotations
@@ -68,6 +69,11 @@ def write(datadir: Path, group_id: str, member_id: str) -> None:
     os.replace(part, path)  # a kill mid-write leaves the old id or the new one, never half
 
 
+def forget(datadir: Path) -> None:
+    """After a clean stop, which left the group itself: nothing for the next run to end."""
+    (datadir / FILE).unlink(missing_ok=True)
+
+
 def read(datadir: Path) -> tuple[str, str] | None:
     """The (group id, member id) this directory's last run joined with, if any."""
     try:
@@ -115,9 +121,9 @@ def end_previous(bootstrap: str, datadir: Path, group_id: str, timeout_s: float 
         return "failed"
     finally:
         loop.close()
-    if outcome == "left":
-        log.warning("the last run on %s did not leave group %s: removed its member %s, so "
-                    "the group rebalances now instead of after its session timeout",
+    if outcome == "left":  # Tansu 0.6 also answers so for a member it no longer has
+        log.warning("the last run on %s did not leave group %s: ended its membership "
+                    "(member %s), so the group need not wait out its session",
                     datadir, group_id, member_id)
     else:
         log.info("the last run's member %s of group %s had already left", member_id, group_id)

@@ -11,6 +11,7 @@ state instead of rebuilding it (``streams/local_state.py``).
 from __future__ import annotations
 
 import random
+import signal
 import time
 from collections import defaultdict
 
@@ -23,6 +24,7 @@ from domain import accounts
 from domain.events import JournalEntryDecided, Leg
 from paycore.observe import Observer, audit_totals
 from paycore.stack import Stack, wait_until_ready
+from streams import local_state, membership
 from streams import topics as t
 from streams.accounts_config import load_accounts
 from streams.app import group_of
@@ -81,6 +83,7 @@ def _publish(producer: KafkaProducer, entries, place) -> int:
 def test_ledger_sigkilled_mid_stream_applies_each_posting_once(own_stack):
     seed = random.randrange(1 << 30)
     settings = own_stack.settings
+    datadir = settings.data_dir / "worker-0"
     place = load_accounts(settings.config_dir).place
     entries = _entries(random.Random(seed))
     observer = Observer(settings.kafka_bootstrap, settings.partitions, merchant="nobody")
@@ -118,6 +121,13 @@ def test_ledger_sigkilled_mid_stream_applies_each_posting_once(own_stack):
     assert audit["violations"] == 0, (info, audit)
     assert audit["checks"] >= legs_total, (info, audit)
     observer.close()
+
+    # A clean stop (SIGTERM) leaves neither the crash marker nor a membership to end
+    assert membership.read(datadir) is not None, "the restarted worker recorded no member id"
+    own_stack.kill("worker-0", signal.SIGTERM)
+    assert own_stack.part("worker-0").process.returncode == 0
+    assert not (datadir / local_state.MARKER).exists(), "a clean stop kept the crash marker"
+    assert membership.read(datadir) is None, "a clean stop kept its member id to end"
 
 
 def _expected(entries, place) -> dict[str, int]:

@@ -109,3 +109,10 @@ def test_the_record_survives_only_whole(tmp_path):
     assert not (tmp_path / "GROUP_MEMBER.part").exists()
     (tmp_path / membership.FILE).write_text("g\n")  # half a record: none
     assert membership.read(tmp_path) is None
+
+
+def test_a_clean_stop_leaves_nothing_to_end(kafka_bootstrap, tmp_path):
+    membership.write(tmp_path, "paycore-v9", "member-1")
+    membership.forget(tmp_path)
+    assert membership.read(tmp_path) is None
+    assert membership.end_previous(kafka_bootstrap, tmp_path, "paycore-v9") == "none"
