@@ -78,7 +78,7 @@ def read(datadir: Path) -> tuple[str, str] | None:
     """The (group id, member id) this directory's last run joined with, if any."""
     try:
         lines = (datadir / FILE).read_text().splitlines()
-    except (FileNotFoundError, UnicodeDecodeError):
+    except (OSError, UnicodeDecodeError):  # none, or unreadable: the join waits as before
         return None
     if len(lines) < 2 or not lines[0] or not lines[1]:
         return None
@@ -88,8 +88,8 @@ def read(datadir: Path) -> tuple[str, str] | None:
 async def leave(bootstrap: str, group_id: str, member_id: str) -> str:
     """LeaveGroup for ``member_id``: "left" if the group still had it, "gone" if not."""
     client = AIOKafkaClient(bootstrap_servers=bootstrap, client_id="paycore-rejoin")
-    await client.bootstrap()
     try:
+        await client.bootstrap()
         node = await client.coordinator_lookup(CoordinationType.GROUP, group_id)
         response = await client.send(node, LeaveGroupRequest(group_id, member_id),
                                      group=ConnectionGroup.COORDINATION)

@@ -109,6 +109,9 @@ def test_the_record_survives_only_whole(tmp_path):
     assert not (tmp_path / "GROUP_MEMBER.part").exists()
     (tmp_path / membership.FILE).write_text("g\n")  # half a record: none
     assert membership.read(tmp_path) is None
+    (tmp_path / membership.FILE).unlink()
+    (tmp_path / membership.FILE).mkdir()  # unreadable: none, the start goes on
+    assert membership.read(tmp_path) is None
 
 
 def test_a_clean_stop_leaves_nothing_to_end(kafka_bootstrap, tmp_path):
